@@ -1,0 +1,29 @@
+"""Shared CLI plumbing: user errors become one line on stderr and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+from rlflat.errors import RlflatError
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Run ``main``; turn an :class:`RlflatError` into ``error: <message>`` and exit status 2."""
+    try:
+        return main(argv)
+    except RlflatError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def set_torch_threads(threads: int) -> None:
+    """One torch thread by default: measured faster for small policies, and robust to a busy machine."""
+    import torch
+
+    if threads < 1:
+        raise RlflatError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)

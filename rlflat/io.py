@@ -1,0 +1,70 @@
+"""Atomic file writes: a reader never sees a half-written result (write to a temp name, then rename)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_atomic(path: str | Path, writer: Callable[[Path], Any]) -> Path:
+    """Call ``writer(tmp_path)`` and atomically move the result to ``path``."""
+    with atomic_path(path) as tmp:
+        writer(tmp)
+    return Path(path)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return write_atomic(path, lambda p: p.write_text(text))
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write JSON atomically; numpy scalars/arrays are converted, NaN/inf become null (strict JSON)."""
+    return write_text(path, json.dumps(to_jsonable(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def to_jsonable(value: Any) -> Any:
+    """Recursively convert numpy/torch/Path values into plain JSON types (non-finite floats -> None)."""
+    import math
+
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return to_jsonable(value.item())
+    if hasattr(value, "detach") and hasattr(value, "tolist"):  # torch tensor
+        return to_jsonable(value.detach().cpu().tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
