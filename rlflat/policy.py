@@ -92,9 +92,7 @@ class FunctionalPolicy:
         if not isinstance(policy, ActorCriticPolicy):
             raise RlflatError(f"not an on-policy actor-critic policy: {type(policy).__name__}")
         dist = policy.action_dist
-        if not isinstance(
-            dist, CategoricalDistribution | DiagGaussianDistribution | StateDependentNoiseDistribution
-        ):
+        if not isinstance(dist, CategoricalDistribution | DiagGaussianDistribution | StateDependentNoiseDistribution):
             raise RlflatError(
                 f"unsupported action distribution {type(dist).__name__}; "
                 "valid: Categorical (Discrete), DiagGaussian or gSDE (Box)"
@@ -222,18 +220,12 @@ def load_policy(path: str | Path) -> FunctionalPolicy:
     return FunctionalPolicy(policy, normalizer)
 
 
-def check_spaces(
-    policy: FunctionalPolicy, observation_space: spaces.Space, action_space: spaces.Space
-) -> None:
+def check_spaces(policy: FunctionalPolicy, observation_space: spaces.Space, action_space: spaces.Space) -> None:
     """Fail early, in one line, when a policy is evaluated on a task it was not built for."""
-    if policy.observation_space.shape != observation_space.shape or type(policy.action_space) is not type(
-        action_space
-    ):
+    if policy.observation_space.shape != observation_space.shape or type(policy.action_space) is not type(action_space):
         raise RlflatError(
             f"policy spaces (obs {policy.observation_space}, action {policy.action_space}) do not match the "
             f"task's (obs {observation_space}, action {action_space})"
         )
     if isinstance(action_space, spaces.Discrete) and policy.action_space != action_space:
-        raise RlflatError(
-            f"policy action space {policy.action_space} does not match the task's {action_space}"
-        )
+        raise RlflatError(f"policy action space {policy.action_space} does not match the task's {action_space}")

@@ -51,9 +51,7 @@ def make_env(spec: TaskSpec, dynamics: Mapping[str, float] | None = None, **make
     recomputed, so an env built here follows the physics its parameters describe.
     """
     if spec.requires and importlib.util.find_spec(_REQUIRES_MODULE.get(spec.requires, spec.requires)) is None:
-        raise RlflatError(
-            f"task {spec.alias} needs the {spec.requires!r} extra: pip install 'rlflat[{spec.requires}]'"
-        )
+        raise RlflatError(f"task {spec.alias} needs the {spec.requires!r} extra: pip install 'rlflat[{spec.requires}]'")
     env = gym.make(spec.id, **env_kwargs(spec, dynamics), **make_kwargs)
     set_dynamics(env, spec, dynamics)
     return env

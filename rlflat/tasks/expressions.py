@@ -33,17 +33,13 @@ def evaluate(expression: str, values: Mapping[str, float]) -> float:
             return float(node.value)
         if isinstance(node, ast.Name):
             if node.id not in values:
-                raise RlflatError(
-                    f"unknown name {node.id!r} in {expression!r}; valid names: {', '.join(values)}"
-                )
+                raise RlflatError(f"unknown name {node.id!r} in {expression!r}; valid names: {', '.join(values)}")
             return float(values[node.id])
         if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
             return _BINARY[type(node.op)](visit(node.left), visit(node.right))
         if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
             return _UNARY[type(node.op)](visit(node.operand))
-        raise RlflatError(
-            f"unsupported syntax {ast.dump(node)!r} in {expression!r}; use numbers, names, + - * / **"
-        )
+        raise RlflatError(f"unsupported syntax {ast.dump(node)!r} in {expression!r}; use numbers, names, + - * / **")
 
     return visit(_parse(expression))
 

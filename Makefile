@@ -1,0 +1,34 @@
+# The two set-up commands of the README: `make demo` and `make test`. Each creates .venv if missing.
+#
+# TORCH_SPEC is the one place torch is pinned: a CPU build (on this project's machines, a local wheel that
+# installs in seconds). A GPU user swaps it, e.g. `make demo TORCH_SPEC='torch>=2.3'` (PyPI's default CUDA build)
+# or installs their own torch into .venv first. The package itself only asks for torch>=2.3.
+TORCH_SPEC ?= torch==2.13.0
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_RUN ?= results/demo/ppo_sam-CartPole
+
+.PHONY: demo test lint venv clean-demo
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev,ray]"
+	touch $@
+
+# Train ppo_sam on CartPole, probe its sharpness, evaluate its robustness, then run the smoke study and report.
+demo: venv
+	rm -rf $(DEMO_RUN)
+	$(PY) -m rlflat.train ppo_sam CartPole --steps 30000 --out $(DEMO_RUN)
+
+lint: venv
+	$(VENV)/bin/ruff check rlflat tests benchmarks
+	$(VENV)/bin/ruff format --check rlflat tests benchmarks
+	$(VENV)/bin/mypy rlflat
+
+test: lint
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest
