@@ -133,6 +133,7 @@ class FunctionalPolicy:
         latent = latent_pi if dist.learn_features else latent_pi.detach()
         std = log_std.exp()
         if not dist.full_std:
+            assert dist.latent_sde_dim is not None
             std = torch.ones(dist.latent_sde_dim, dist.action_dim) * std
         return torch.sqrt((latent**2) @ (std**2) + dist.epsilon)
 
@@ -215,7 +216,7 @@ def load_policy(path: str | Path) -> FunctionalPolicy:
     if data.get("use_sde"):
         kwargs["use_sde"] = True
     policy = policy_class(data["observation_space"], data["action_space"], lambda _: 0.0, **kwargs)
-    policy.load_state_dict(state["policy"])
+    policy.load_state_dict(dict(state["policy"]))  # type: ignore[call-overload]
     normalizer = ObservationNormalizer.load(normalizer_path) if normalizer_path.exists() else None
     return FunctionalPolicy(policy, normalizer)
 

@@ -52,7 +52,8 @@ def make_env(spec: TaskSpec, dynamics: Mapping[str, float] | None = None, **make
     """
     if spec.requires and importlib.util.find_spec(_REQUIRES_MODULE.get(spec.requires, spec.requires)) is None:
         raise RlflatError(f"task {spec.alias} needs the {spec.requires!r} extra: pip install 'rlflat[{spec.requires}]'")
-    env = gym.make(spec.id, **env_kwargs(spec, dynamics), **make_kwargs)
+    kwargs: dict[str, Any] = {**env_kwargs(spec, dynamics), **make_kwargs}
+    env = gym.make(spec.id, **kwargs)
     set_dynamics(env, spec, dynamics)
     return env
 

@@ -14,7 +14,8 @@ from rlflat.tasks.expressions import expression_names
 ENVS_DIR = Path(__file__).resolve().parents[2] / "envs"
 """Where the shipped specs live (the repository's top-level ``envs/``)."""
 
-NOISE_FAMILIES = ("action", "observation")
+NoiseFamily = Literal["action", "observation"]
+NOISE_FAMILIES: tuple[NoiseFamily, ...] = ("action", "observation")
 
 
 class DynamicsParameter(BaseModel):
@@ -61,7 +62,7 @@ class TaskSpec(BaseModel):
     parameters: dict[str, DynamicsParameter]
     derived: dict[str, str] = Field(default_factory=dict)
     """Quantities Gymnasium precomputes from parameters (name -> arithmetic over parameter names)."""
-    noise: tuple[Literal["action", "observation"], ...] = NOISE_FAMILIES
+    noise: tuple[NoiseFamily, ...] = NOISE_FAMILIES
     default_suite: tuple[str, ...] = ()
     requires: str | None = None
     """The rlflat extra the task needs (``box2d``, ``mujoco``), named in the error when it is missing."""

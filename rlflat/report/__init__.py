@@ -1,0 +1,1 @@
+"""Statistics, figures and the report that answer the question across runs."""
