@@ -27,18 +27,43 @@ StepResult = tuple[npt.NDArray[np.float32], FloatArray, BoolArray, BoolArray]
 class BatchedSimulator(Protocol):
     """``num_rows`` independent episodes of one Gymnasium task, each with its own dynamics parameters."""
 
-    env_id: str
-    num_rows: int
-    max_episode_steps: int
-    observation_space: spaces.Space[Any]
-    action_space: spaces.Space[Any]
+    @property
+    def env_id(self) -> str:
+        """Gymnasium id of the simulated task."""
+        ...
+
+    @property
+    def num_rows(self) -> int:
+        """Number of independent episodes stepped together."""
+        ...
+
+    @property
+    def max_episode_steps(self) -> int:
+        """TimeLimit of the registered env: rows are truncated after this many steps."""
+        ...
+
+    @property
+    def observation_space(self) -> spaces.Space[Any]:
+        """The single env's observation space."""
+        ...
+
+    @property
+    def action_space(self) -> spaces.Space[Any]:
+        """The single env's action space."""
+        ...
+
+    def __init__(self, num_rows: int, params: Mapping[str, npt.ArrayLike]) -> None: ...
 
     def reset(self, seeds: npt.ArrayLike) -> npt.NDArray[np.float32]:
         """Start every row as ``gym.make(env_id).reset(seed=seeds[i])`` would; return ``(num_rows, obs_dim)``."""
         ...
 
     def step(self, actions: npt.ArrayLike) -> StepResult:
-        """Advance every row one step: ``(obs, reward, terminated, truncated)``; no autoreset."""
+        """Advance every row one step: ``(obs, reward, terminated, truncated)``; no autoreset.
+
+        Rows already finished are frozen (last obs, reward 0, the flags they finished with). Continuous
+        actions keep float32 arithmetic when given as float32, like the env; other dtypes act as float64.
+        """
         ...
 
 
@@ -63,9 +88,7 @@ def resolve_params(
     """Per-row float64 arrays for every parameter; missing ones take Gymnasium's default."""
     unknown = [name for name in params if name not in defaults]
     if unknown:
-        raise RlflatError(
-            f"unknown parameter {unknown[0]!r} for {env_id}; valid choices: {', '.join(defaults)}"
-        )
+        raise RlflatError(f"unknown parameter {unknown[0]!r} for {env_id}; valid choices: {', '.join(defaults)}")
     resolved: dict[str, FloatArray] = {}
     for name, default in defaults.items():
         raw = params.get(name, default)
@@ -111,7 +134,7 @@ def discrete_actions(actions: npt.ArrayLike, num_rows: int, n: int) -> npt.NDArr
         )
     bad = (array < 0) | (array >= n)
     if np.any(bad):
-        raise RlflatError(f"invalid action {array[bad][0]!r}; valid choices: {', '.join(map(str, range(n)))}")
+        raise RlflatError(f"invalid action {array[bad][0].item()!r}; valid choices: {', '.join(map(str, range(n)))}")
     return array.astype(np.int64)
 
 
@@ -166,9 +189,7 @@ class EpisodeRows:
         """Rows whose episode has terminated or been truncated (copy)."""
         return self._done.copy()
 
-    def _finish_step(
-        self, obs: npt.NDArray[np.float32], reward: FloatArray, terminated: BoolArray
-    ) -> StepResult:
+    def _finish_step(self, obs: npt.NDArray[np.float32], reward: FloatArray, terminated: BoolArray) -> StepResult:
         """Apply the time limit, freeze rows that were already done, and remember the outcome."""
         last_obs = self._require_reset()
         was_done = self._done
