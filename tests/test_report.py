@@ -1,0 +1,320 @@
+"""The report renders from a synthetic study that follows the sweep/probe/evaluate on-disk formats.
+
+The fixture mimics ``results/<study>/``: ``runs.parquet`` (flat dotted columns, one failed run), and per run
+``train.csv``, ``robustness.parquet`` (nominal row, one-axis sweeps, a noise family, a 2-D grid) and
+``probe.npz`` (eigenvalues, spectral density, 1-D and 2-D landscapes). Sharpness is built to predict the
+robust AUC, and the Hessian trace is pure noise, so the report must state one association and say that the
+other's CI spans zero.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rlflat.cli import run_cli
+from rlflat.errors import RlflatError
+from rlflat.report import figures as F
+from rlflat.report import render as R
+from rlflat.report import study as D
+from rlflat.report.__main__ import main
+
+ALGOS = ("ppo", "ppo_sam", "pg", "pg_sam")
+NOMINAL = {"length": 0.5, "masspole": 0.1, "masscart": 1.0}
+FAST: dict[str, Any] = {"n_boot": 150, "figure_n_boot": 60}
+
+
+def _robustness(rng: np.random.Generator, fragility: float) -> pd.DataFrame:
+    """Rows as rlflat.evaluate writes them: absolute parameter values, family, factor, return stats."""
+    rows = []
+
+    def row(family: str, factor: float, values: dict[str, float], noise: float = 0.0) -> None:
+        shift = abs(np.log(factor)) if factor == factor else 0.0
+        norm = float(np.clip(1.0 / (1.0 + fragility * (shift**2 + noise) * 4) + rng.normal(0, 0.03), 0, 1.05))
+        rows.append(
+            {
+                "family": family,
+                "factor": factor,
+                **{k: NOMINAL[k] * values.get(k, 1.0) for k in NOMINAL},
+                "action_noise": noise,
+                "obs_noise": 0.0,
+                "episodes": 10,
+                "return_mean": 500 * norm,
+                "return_std": 10.0,
+                "return_ci_low": 500 * norm - 5,
+                "return_ci_high": 500 * norm + 5,
+                "normalized_return": norm,
+                "collapsed": norm < 0.5,
+            }
+        )
+
+    row("nominal", 1.0, {})
+    for name in ("length", "masspole"):
+        for f in np.geomspace(0.25, 4.0, 7):
+            row(name, float(f), {name: float(f)})
+    for level in (0.0, 0.1, 0.2, 0.3):
+        row("action_noise", float("nan"), {}, noise=level)
+    for fa in np.geomspace(0.5, 2.0, 4):
+        for fb in np.geomspace(0.5, 2.0, 4):
+            rows.append(dict(rows[-1]))
+            row("length:masscart", float("nan"), {"length": float(fa), "masscart": float(fb)})
+            rows.pop(-2)
+            rows[-1]["normalized_return"] = float(np.clip(1 - fragility * abs(np.log(fa * fb)), 0, 1))
+    return pd.DataFrame(rows)
+
+
+def _probe(rng: np.random.Generator, lam: float) -> dict[str, Any]:
+    eig = np.sort(lam * np.geomspace(1, 0.01, 10) * rng.uniform(0.9, 1.1, 10))[::-1]
+    grid = np.linspace(-0.2 * lam, 1.1 * lam, 200)
+    density = np.exp(-((grid / (0.05 * lam)) ** 2)) + 0.01 * np.exp(-(((grid - lam) / (0.05 * lam)) ** 2))
+    alphas = np.linspace(-1, 1, 21)
+    betas = np.linspace(-1, 1, 15)
+    loss1 = 0.5 * lam * alphas[None, :] ** 2 * rng.uniform(0.8, 1.2, (3, 1)) + 1.0
+    loss2 = 1.0 + 0.5 * lam * (betas[:, None] ** 2 + 0.5 * betas[None, :] ** 2)
+    return {  # key names as rlflat.probe.run writes them
+        "hessian_top_eigenvalues": eig,
+        "hessian_bottom_eigenvalues": -eig[::-1] / 100,
+        "density_grid": grid,
+        "density": density / np.trapezoid(density, grid),
+        "landscape_alphas": alphas,
+        "landscape_alphas_2d": betas,
+        "landscape_1d_filter_loss": loss1[0],
+        "landscape_1d_eigen_loss": 3 * loss1[0],
+        "landscape_1d_filter_return": 500 - loss1[0],
+        "landscape_2d_filter_loss": loss2,
+        "landscape_2d_eigen_loss": 3 * loss2,
+        "observations": rng.normal(size=(8, 4)),
+    }
+
+
+def make_study(
+    root: Path, algos: tuple[str, ...] = ALGOS, seeds: int = 3, *, failed: int = 1, files: bool = True
+) -> Path:
+    """A synthetic study: algos x 2 learning rates x seeds runs, plus ``failed`` failed runs."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for algo in algos:
+        for lr in (1e-3, 3e-3):
+            for seed in range(seeds):
+                run_id = f"{algo}-lr{lr:g}-s{seed}"
+                lam = float(np.exp(rng.normal(np.log(40 if algo.endswith("_sam") else 120), 0.6)))
+                fragility = 0.3 * lam / 100 * rng.uniform(0.7, 1.3)
+                robust = _robustness(rng, fragility)
+                sweeps = robust[robust["family"].isin(["length", "masspole"])]
+                rows.append(
+                    {
+                        "run_id": run_id,
+                        "algo": algo,
+                        "task": "CartPole",
+                        "seed": seed,
+                        "status": "ok",
+                        "hp.learning_rate": lr,
+                        "hp.rho": 0.05 if algo.endswith("_sam") else np.nan,
+                        "hp.update_rule": "sam" if algo.endswith("_sam") else "plain",
+                        "train.return_mean": float(480 + rng.normal(0, 10)),
+                        "probe.hessian.lambda_max": lam,
+                        "probe.hessian.trace": float(rng.uniform(50, 500)),
+                        "probe.hessian.trace_stderr": 3.0,
+                        "probe.n_params": 4610,
+                        "robustness.auc": float(sweeps["normalized_return"].mean()),
+                        "robustness.worst_return": float(robust["return_mean"].min()),
+                        "robustness.collapse_point": float(np.exp(1.0 / max(fragility, 0.05) ** 0.5 / 3)),
+                        "robustness.frac_collapsed": float(robust["collapsed"].mean()),
+                    }
+                )
+                if not files:
+                    continue
+                run_dir = root / run_id
+                run_dir.mkdir(exist_ok=True)
+                steps = np.sort(rng.integers(100, 30_000, 120))
+                curve = 500 / (1 + np.exp(-(steps - 12_000) / 3000)) + rng.normal(0, 25, steps.size)
+                pd.DataFrame(
+                    {
+                        "timesteps": steps,
+                        "episode_return": curve,
+                        "episode_length": curve.astype(int),
+                        "wall_seconds": steps / 1e3,
+                    }
+                ).to_csv(run_dir / "train.csv", index=False)
+                robust.to_parquet(run_dir / "robustness.parquet")
+                np.savez(run_dir / "probe.npz", **_probe(rng, lam))
+    for i in range(failed):
+        rows.append({"run_id": f"broken-{i}", "algo": "ppo", "task": "CartPole", "seed": 99 + i, "status": "failed"})
+    pd.DataFrame(rows).to_parquet(root / "runs.parquet")
+    return root
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    study = make_study(tmp_path_factory.mktemp("study") / "cartpole_sam")
+    return R.build_report([study], seed=0, **FAST)
+
+
+def test_report_writes_every_figure_and_references_it(report_dir: Path) -> None:
+    md = (report_dir / "report.md").read_text()
+    html = (report_dir / "report.html").read_text()
+    expected = {
+        "correlation_heatmap",
+        "sharpness_vs_robustness",
+        "robustness_curves",
+        "dynamics_grid_CartPole_length-masscart",
+        "hessian_density",
+        "hessian_top_eigenvalues",
+        "landscape_1d",
+        "landscape_2d",
+        "learning_curves",
+    }
+    written = {p.stem for p in (report_dir / "figures").glob("*.png")}
+    assert written == expected
+    for name in expected:
+        assert f"figures/{name}.png" in md
+    assert html.count("data:image/png;base64,") == len(expected)
+    assert "skipped" not in md and "failed (" not in md
+    tables = {p.stem for p in (report_dir / "tables").glob("*.csv")}
+    assert {"runs", "correlations", "granulated_kendall", "aggregates", "comparisons"} <= tables
+
+
+def test_html_is_self_contained(report_dir: Path) -> None:
+    html = (report_dir / "report.html").read_text()
+    sources = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)""", html)
+    assert sources and all(s.startswith("data:") for s in sources)
+    assert "<link" not in html and "<script" not in html and "@import" not in html
+
+
+def test_report_states_findings_and_spanning_zero(report_dir: Path) -> None:
+    md = (report_dir / "report.md").read_text()
+    assert "1 failed run(s) excluded" in md
+    assert "Hessian λ_max vs robust AUC on CartPole: Spearman ρ = -" in md
+    assert "the CI excludes zero: sharper runs were less robust" in md
+    assert "the CI spans zero: no evidence" in md  # the trace is noise
+    assert re.search(
+        r"- ppo_sam (raised|lowered) nominal return .* lowered Hessian λ_max by [^ ]+ \[CI [^]]+\] .*relative to ppo on CartPole",
+        md,
+    )
+    assert "pg_sam vs pg" in md
+    gk = pd.read_csv(report_dir / "tables" / "granulated_kendall.csv")
+    assert set(gk["factor"]) == {"algo", "hp.learning_rate", "overall", "kendall_all"}  # rho/update_rule follow algo
+
+
+def test_describe_correlation_says_when_ci_spans_zero() -> None:
+    row = pd.Series(
+        {
+            "task": "CartPole",
+            "method": "spearman",
+            "estimate": 0.1,
+            "ci_low": -0.2,
+            "ci_high": 0.4,
+            "n": 12,
+            "reason": "",
+        }
+    )
+    text = R.describe_correlation(row, "Hessian trace", "robust AUC")
+    assert "Spearman ρ = 0.10 [CI -0.20, 0.40] over 12 runs" in text
+    assert "the CI spans zero: no evidence of an association" in text
+
+
+def test_missing_per_run_files_skip_figures_with_a_note(tmp_path: Path) -> None:
+    study = make_study(tmp_path / "bare", algos=("ppo", "ppo_sam"), seeds=2, failed=0, files=False)
+    out = R.build_report([study], tmp_path / "out", **FAST)
+    md = (out / "report.md").read_text()
+    assert "Figure 'learning_curves' skipped" in md and "Figure 'hessian_density' skipped" in md
+    assert (out / "figures" / "sharpness_vs_robustness.png").exists()
+
+
+def test_two_studies_merge_and_need_out(tmp_path: Path) -> None:
+    a = make_study(tmp_path / "a", algos=("ppo", "ppo_sam"), seeds=2, failed=0, files=False)
+    b = make_study(tmp_path / "b", algos=("pg", "pg_sam"), seeds=2, failed=0, files=False)
+    with pytest.raises(RlflatError, match="--out"):
+        R.build_report([a, b], **FAST)
+    out = R.build_report([a, b], tmp_path / "compare", **FAST)
+    md = (out / "report.md").read_text()
+    assert "ppo_sam vs ppo" in md and "pg_sam vs pg" in md and "from " in md
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("missing", "does not exist"),
+        ("empty", "is empty"),
+        ("no_table", "has no runs.parquet"),
+        ("one_run", "1 successful run"),
+    ],
+)
+def test_unreportable_studies_raise_one_line_errors(tmp_path: Path, setup: str, message: str) -> None:
+    study = tmp_path / "s"
+    if setup != "missing":
+        study.mkdir()
+    if setup == "no_table":
+        (study / "stray.txt").write_text("x")
+    if setup == "one_run":
+        pd.DataFrame([{"run_id": "r", "algo": "ppo", "task": "CartPole", "status": "ok"}]).to_parquet(
+            study / "runs.parquet"
+        )
+    with pytest.raises(RlflatError, match=message) as info:
+        R.build_report([study], **FAST)
+    assert "\n" not in str(info.value)
+
+
+def test_cli_exit_code_two_on_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    assert run_cli(main, [str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert run_cli(main, [str(tmp_path / "empty"), "--n-boot", "0"]) == 2
+
+
+def test_palette_is_fixed_and_shades_variants_of_one_hue() -> None:
+    a = F.algo_palette(["ppo", "ppo_sam", "pg", "pg_sam", "ppo_asam"])
+    b = F.algo_palette(["ppo_sam", "ppo", "pg"])
+    assert a["ppo_sam"] == b["ppo_sam"] and a["ppo"] == b["ppo"]
+    assert len(set(a.values())) == 5
+    assert F.split_algo("ppo_asam") == ("ppo", "asam") and F.split_algo("a2c") == ("a2c", "")
+
+
+def test_factor_columns_skip_seed_and_algo_aliases() -> None:
+    runs = pd.DataFrame(
+        {
+            "algo": ["ppo", "ppo", "ppo_sam", "ppo_sam"],
+            "task": "CartPole",
+            "hp.rule": ["plain", "plain", "sam", "sam"],
+            "hp.rho": [np.nan, np.nan, 0.01, 0.05],
+            "hp.seed": [0, 1, 0, 1],
+        }
+    )
+    assert D.factor_columns(runs) == ["algo", "hp.rho"]
+
+
+def test_columns_as_the_sweep_flattens_metrics_json(tmp_path: Path) -> None:
+    """rlflat.sweep writes probe.lambda_max, robustness.auc_mean, per-parameter collapse blocks and bookkeeping."""
+    study = make_study(tmp_path / "real", algos=("ppo", "ppo_sam"), seeds=3, failed=0, files=False)
+    runs = pd.read_parquet(study / "runs.parquet")
+    runs = runs.rename(
+        columns={
+            "probe.hessian.lambda_max": "probe.lambda_max",
+            "probe.hessian.trace": "probe.trace",
+            "robustness.auc": "robustness.auc_mean",
+            "robustness.collapse_point": "robustness.parameters.length.collapse_log_factor",
+        }
+    ).drop(columns=["probe.hessian.trace_stderr", "probe.n_params"])
+    runs["path"] = runs["run_id"]
+    runs["probe.loss"] = "ppo_clip"
+    runs["probe.loss_value"] = np.linspace(0, 1, len(runs))
+    runs["probe.seed"] = 0
+    runs["probe.wall_seconds"] = np.linspace(1, 2, len(runs))
+    runs["robustness.collapse_frac"] = 0.5
+    runs["robustness.nominal_return_std"] = np.linspace(0, 1, len(runs))
+    runs["robustness.parameters.length.collapsed_within_range"] = True
+    runs.to_parquet(study / "runs.parquet")
+    loaded = D.load_study([study]).runs
+    assert D.measure_columns(loaded) == ["probe.lambda_max", "probe.trace"]
+    assert "robustness.nominal_return_std" not in D.metric_columns(loaded)
+    out = R.build_report([study], tmp_path / "out", **FAST)
+    md = (out / "report.md").read_text()
+    assert "Hessian λ_max vs robust AUC on CartPole" in md
+    assert "length collapse log factor" in md
