@@ -1,0 +1,143 @@
+"""Batched robustness evaluation vs SB3's ``evaluate_policy`` looping over one Gymnasium env per setting.
+
+Usage: ``OMP_NUM_THREADS=1 python benchmarks/eval_speed.py [model.zip | run_dir] [--timesteps 30000]
+[--throughput]``. Without a model, a CartPole PPO is trained with the rl-baselines3-zoo hyperparameters for
+``--timesteps`` steps. 50 dynamics settings (10 log-spaced factors of each default-suite parameter) x 20
+episodes; episode j of every setting resets with seed j in both evaluators, so their returns must agree
+exactly (CartPole's actions are discrete). ``--throughput`` adds the evaluator's end-to-end row-steps/s
+(policy + simulator) per task at 1k and 10k rows; raw simulator rates are in ``benchmarks/sim_speed.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from rlflat.evaluate import rollout_returns, sweep_factors
+from rlflat.policy import load_policy
+from rlflat.tasks import TaskSpec, load_task, make_env
+
+EPISODES = 20
+PER_PARAMETER = 10
+
+
+def train_cartpole(timesteps: int, folder: Path) -> Path:
+    """PPO with the zoo's CartPole-v1 hyperparameters (linear schedules as in the zoo)."""
+    task = load_task("CartPole")
+    env = make_vec_env(lambda: make_env(task), n_envs=8, seed=0)
+    model = PPO(
+        "MlpPolicy",
+        env,
+        n_steps=32,
+        batch_size=256,
+        gae_lambda=0.8,
+        gamma=0.98,
+        n_epochs=20,
+        ent_coef=0.0,
+        learning_rate=lambda p: 1e-3 * p,
+        clip_range=lambda p: 0.2 * p,
+        seed=0,
+    )
+    model.learn(timesteps)
+    path = folder / "model.zip"
+    model.save(path)
+    return path
+
+
+def settings_of(task: TaskSpec) -> list[dict[str, float]]:
+    """10 factors per default-suite parameter (log-spaced over its range, nominal excluded): 50 for CartPole."""
+    settings = []
+    for name in task.default_suite:
+        parameter = task.parameters[name]
+        factors = [f for f in sweep_factors(*parameter.range, PER_PARAMETER) if f != 1.0]
+        settings += [{name: parameter.nominal * f} for f in factors[:PER_PARAMETER]]
+    return settings
+
+
+def looped(model_path: Path, task: TaskSpec, settings: list[dict[str, float]]) -> np.ndarray:
+    """SB3's evaluate_policy, one env per setting, re-seeded per episode so episode j starts from seed j."""
+    model = PPO.load(model_path, device="cpu")
+    returns = np.zeros((len(settings), EPISODES))
+    for i, dynamics in enumerate(settings):
+        env = DummyVecEnv([lambda d=dynamics: Monitor(make_env(task, d))])  # type: ignore[misc]
+        for j in range(EPISODES):
+            env.seed(j)  # applied at the reset evaluate_policy starts the episode with
+            rewards, _ = evaluate_policy(model, env, n_eval_episodes=1, deterministic=True, return_episode_rewards=True)
+            returns[i, j] = rewards[0]  # type: ignore[index]
+        env.close()
+    return returns
+
+
+def throughput() -> None:
+    """End-to-end evaluator rates (untrained MLP policy + batched simulator), 1k and 10k rows.
+
+    ``row-steps/s`` counts every row every batched step (what the simulator computes); ``live steps/s`` only
+    the steps of episodes still running (the env steps a Gymnasium loop would take).
+    """
+    from rlflat.tasks.sims import SIMULATORS
+
+    print(f"\n{'task':<26}{'rows':>7}{'row-steps/s':>14}{'live steps/s':>14}{'steps':>7}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for env_id in SIMULATORS:
+            task = load_task(env_id)
+            path = Path(tmp) / f"{task.alias}.zip"
+            PPO("MlpPolicy", make_env(task), seed=0).save(path)
+            policy = load_policy(path)
+            for rows in (1000, 10_000):
+                # rows = settings x episodes; every row runs to its own end, so count actual steps
+                settings: list[dict[str, float]] = [{}] * (rows // 100)
+                stats: dict[str, int] = {}
+                start = time.perf_counter()
+                rollout_returns(policy, task, settings, episodes=100, stats=stats)
+                elapsed = time.perf_counter() - start
+                rate = stats["rows"] * stats["steps"] / elapsed
+                print(f"{env_id:<26}{rows:>7}{rate:>14,.0f}{stats['env_steps'] / elapsed:>14,.0f}{stats['steps']:>7}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", nargs="?", help="CartPole model.zip or run dir (default: train one)")
+    parser.add_argument("--timesteps", type=int, default=30_000, help="PPO steps when training (default 30k)")
+    parser.add_argument("--throughput", action="store_true", help="also time every batched task")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    task = load_task("CartPole")
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.model:
+            model_path = Path(args.model)
+            model_path = model_path / "model.zip" if model_path.is_dir() else model_path
+        else:
+            start = time.perf_counter()
+            model_path = train_cartpole(args.timesteps, Path(tmp))
+            print(f"trained CartPole PPO ({args.timesteps} steps) in {time.perf_counter() - start:.1f} s")
+        settings = settings_of(task)
+        policy = load_policy(model_path)
+        rollout_returns(policy, task, settings[:2], episodes=2)  # warm-up (imports, first forward)
+        start = time.perf_counter()
+        batched = rollout_returns(policy, task, settings, episodes=EPISODES)[0]
+        t_batched = time.perf_counter() - start
+        start = time.perf_counter()
+        reference = looped(model_path, task, settings)
+        t_looped = time.perf_counter() - start
+    print(f"{len(settings)} settings x {EPISODES} episodes; nominal-suite mean return {batched.mean():.1f}")
+    print(f"(a) SB3 evaluate_policy, one env per setting: {t_looped:8.2f} s")
+    print(f"(b) batched rollout_returns:                  {t_batched:8.2f} s")
+    print(f"speed-up {t_looped / t_batched:.0f}x; returns agree exactly: {np.array_equal(batched, reference)}")
+    if not np.array_equal(batched, reference):
+        print(f"  max |difference| {np.abs(batched - reference).max()}")
+    if args.throughput:
+        throughput()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""Evaluate a policy over a robustness suite: the table (``robustness.parquet``) and the metrics block."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rlflat.errors import RlflatError
+from rlflat.evaluate.metrics import normalize, return_floor, robustness_block
+from rlflat.evaluate.rollout import Backend, _rollout, episodes_ci
+from rlflat.evaluate.suites import ACTION_NOISE, OBS_NOISE, Setting, SuiteSpec, build_settings
+from rlflat.io import read_json, write_atomic, write_json
+from rlflat.policy import FunctionalPolicy, load_policy
+from rlflat.tasks import TaskSpec, load_task
+
+__all__ = ["METRICS_FILE", "TABLE_FILE", "evaluate", "evaluate_run", "resolve_task"]
+
+TABLE_FILE = "robustness.parquet"
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.json"
+
+
+def evaluate(
+    policy: FunctionalPolicy,
+    task: TaskSpec,
+    suite: SuiteSpec | None = None,
+    *,
+    episodes: int = 20,
+    seed: int = 0,
+    deterministic: bool = True,
+    rng_seed: int = 0,
+    collapse_frac: float = 0.5,
+    backend: Backend = "auto",
+    progress: bool | None = None,
+) -> pd.DataFrame:
+    """One row per setting of ``suite`` (default: the task's default suite), all rolled out in one batch.
+
+    Columns: ``family``, ``factor``, the absolute value of every perturbed parameter (nominal where a row
+    does not perturb it), ``action_noise``, ``obs_noise``, ``episodes``, ``return_mean``, ``return_std``,
+    ``return_ci_low``/``high`` (95% Student-t), ``normalized_return``, ``collapsed`` and the per-episode
+    ``returns`` (episode j used seed ``seed + j`` in every row, so rows and runs can be compared pairwise).
+    """
+    _check_collapse_frac(collapse_frac)
+    settings = build_settings(task, suite)
+    by_key: dict[tuple[object, ...], Setting] = {}  # equal physics and noise -> identical returns: run once
+    for setting in settings:
+        by_key.setdefault(setting.key, setting)
+    index = {key: i for i, key in enumerate(by_key)}
+    distinct = list(by_key.values())
+    returns = _rollout(
+        policy,
+        task,
+        [s.dynamics(task) for s in distinct],
+        np.array([s.action_noise for s in distinct]),
+        np.array([s.obs_noise for s in distinct]),
+        episodes,
+        seed=seed,
+        deterministic=deterministic,
+        rng_seed=rng_seed,
+        backend=backend,
+        progress=progress,
+    )[0]
+    per_row = returns[[index[s.key] for s in settings]]
+    return _table(task, settings, per_row, seed, deterministic, collapse_frac)
+
+
+def _table(
+    task: TaskSpec,
+    settings: list[Setting],
+    returns: np.ndarray,
+    seed: int,
+    deterministic: bool,
+    collapse_frac: float,
+) -> pd.DataFrame:
+    perturbed = {name for s in settings for name, _ in s.factors}
+    quantities = [name for name in task.parameters if name in perturbed]
+    nominal_return = float(returns[0].mean())  # build_settings puts nominal first
+    floor = return_floor(task, nominal_return)
+    mean = returns.mean(-1)
+    low, high = episodes_ci(returns)
+    normalized = normalize(mean, nominal_return, floor)
+    rows: dict[str, Any] = {
+        "family": [s.family for s in settings],
+        "factor": [s.factor for s in settings],
+    }
+    for name in quantities:
+        nominal = task.parameters[name].nominal
+        rows[name] = [nominal * dict(s.factors).get(name, 1.0) for s in settings]
+    rows[ACTION_NOISE] = [s.action_noise for s in settings]
+    rows[OBS_NOISE] = [s.obs_noise for s in settings]
+    rows.update(
+        episodes=returns.shape[-1],
+        return_mean=mean,
+        return_std=returns.std(-1),
+        return_ci_low=low,
+        return_ci_high=high,
+        normalized_return=normalized,
+        collapsed=np.nan_to_num(normalized, nan=np.inf) < collapse_frac,
+        returns=[list(map(float, r)) for r in returns],
+    )
+    table = pd.DataFrame(rows)
+    table.attrs.update(
+        task=task.alias,
+        episodes=int(returns.shape[-1]),
+        seed=int(seed),
+        deterministic=bool(deterministic),
+        return_floor=floor,
+        nominal_return=nominal_return,
+        collapse_frac=float(collapse_frac),
+        quantity_columns=[*quantities, ACTION_NOISE, OBS_NOISE],
+    )
+    return table
+
+
+def _check_collapse_frac(value: float) -> None:
+    if not isinstance(value, int | float) or not (0 < value <= 1):
+        raise RlflatError(f"collapse_frac must be in (0, 1], got {value!r}")
+
+
+def resolve_task(path: str | Path, task: str | TaskSpec | None = None) -> TaskSpec:
+    """The task of a run dir (``config.json``'s ``task``) or the given one; a bare zip needs ``task``."""
+    path = Path(path)
+    config = path / CONFIG_FILE
+    recorded: str | None = None
+    if path.is_dir() and config.exists():
+        try:
+            recorded = read_json(config).get("task")
+        except (ValueError, AttributeError):
+            raise RlflatError(f"{config}: not a JSON object") from None
+    if task is None:
+        if recorded is None:
+            raise RlflatError(f"{path}: cannot tell the task (no 'task' in {CONFIG_FILE}); pass --task")
+        return load_task(str(recorded))
+    spec = task if isinstance(task, TaskSpec) else load_task(task)
+    if recorded is not None and load_task(str(recorded)).id != spec.id:
+        raise RlflatError(f"{path} was trained on {recorded}, not {spec.alias}; drop --task or fix it")
+    return spec
+
+
+def evaluate_run(
+    path: str | Path,
+    task: str | TaskSpec | None = None,
+    out: str | Path | None = None,
+    *,
+    write: bool = True,
+    **options: Any,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Evaluate a run dir or SB3 zip; write ``robustness.parquet`` and ``metrics.json``'s ``robustness`` block.
+
+    ``options`` are :func:`evaluate`'s (``suite``, ``episodes``, ...). ``out`` defaults to the run dir (or the
+    zip's folder). Everything is validated and computed before anything is written, so a failure leaves the
+    output folder as it was. Returns the table and the robustness block.
+    """
+    path = Path(path)
+    spec = resolve_task(path, task)
+    policy = load_policy(path)
+    table = evaluate(policy, spec, **options)
+    block = robustness_block(table, spec, table.attrs["collapse_frac"])
+    block["table"] = TABLE_FILE
+    block["policy"] = str(path)
+    if write:
+        out_dir = Path(out) if out is not None else (path if path.is_dir() else path.parent)
+        metrics_path = out_dir / METRICS_FILE
+        _read_metrics(metrics_path)  # a corrupt metrics.json fails here, before the table is written
+        write_atomic(out_dir / TABLE_FILE, lambda tmp: table.to_parquet(tmp, index=False))
+        with _locked(out_dir):
+            metrics = _read_metrics(metrics_path)
+            metrics["robustness"] = block
+            write_json(metrics_path, metrics)
+    return table, block
+
+
+def _read_metrics(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        data = read_json(path)
+    except ValueError:
+        raise RlflatError(f"{path}: not valid JSON; fix or remove it") from None
+    if not isinstance(data, dict):
+        raise RlflatError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the folder during read-modify-write, so concurrent writers of other
+    ``metrics.json`` blocks (probe, train) cannot lose each other's keys; a no-op where flock is missing."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -1,0 +1,232 @@
+"""Collapse metrics: normalised return curves, collapse points, robust AUC, worst case.
+
+Normalisation. ``return / nominal`` is meaningless when returns are negative (Pendulum, Acrobot, MountainCar:
+a policy doing worse has a *larger* ratio). Every curve is therefore normalised against the task's worst
+possible return ``R_min``: ``(R - R_min) / (R_nominal - R_min)`` -- 1 at nominal, 0 at the floor. For
+CartPole ``R_min = 0`` and this is the plain ratio. The floors live here (:data:`RETURN_FLOORS`), not in the
+task specs, because only the evaluator reads them; tasks without a known floor use 0 when the nominal return
+is positive and are left un-normalised (NaN) otherwise.
+
+Collapse point. Per parameter, walking outward from nominal on each side separately (factors < 1 and > 1),
+the first crossing of ``collapse_frac`` is located by linear interpolation in log-factor between the last
+point at or above the threshold and the first below it. ``collapse_factor`` is the nearer of the two sides
+(smallest |log-factor|), and both sides are reported; ``None`` (JSON null) with ``collapsed_within_range:
+false`` when the curve never falls below the threshold inside the range.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rlflat.errors import RlflatError
+from rlflat.tasks import TaskSpec
+
+__all__ = [
+    "RETURN_FLOORS",
+    "Collapse",
+    "collapse_point",
+    "normalize",
+    "return_floor",
+    "robust_auc",
+    "robustness_block",
+]
+
+_PENDULUM_WORST_STEP = math.pi**2 + 0.1 * 8.0**2 + 0.001 * 2.0**2
+"""Pendulum's largest per-step cost: angle pi, speed at its clip (8), torque at the policy's bound (2)."""
+
+RETURN_FLOORS: dict[str, float] = {
+    "CartPole-v1": 0.0,  # +1 per step, so no episode returns less than 0
+    "Acrobot-v1": -500.0,  # -1 per step for the full 500-step time limit
+    "MountainCar-v0": -200.0,  # -1 per step for the full 200-step time limit
+    "MountainCarContinuous-v0": -0.1 * 999,  # -0.1 a^2 with |a| <= 1 (policy actions are clipped), 999 steps
+    "Pendulum-v1": -_PENDULUM_WORST_STEP * 200,  # about -3254.7 over the 200-step limit
+}
+"""Worst possible episode return per Gymnasium id, the zero point of normalised returns."""
+
+
+def return_floor(task: TaskSpec, nominal_return: float) -> float | None:
+    """The task's worst return; 0 for unknown tasks when the nominal return is positive, else ``None``."""
+    if task.id in RETURN_FLOORS:
+        return RETURN_FLOORS[task.id]
+    return 0.0 if nominal_return > 0 else None
+
+
+def normalize(returns: np.ndarray | float, nominal_return: float, floor: float | None) -> np.ndarray:
+    """``(R - floor) / (R_nominal - floor)``; NaN when there is no floor or the nominal return sits on it."""
+    values = np.asarray(returns, dtype=np.float64)
+    if floor is None or not nominal_return - floor > 1e-12:
+        return np.full(values.shape, math.nan)
+    return (values - floor) / (nominal_return - floor)
+
+
+@dataclass(frozen=True)
+class Collapse:
+    """Where a robustness curve first drops below the threshold (factors; ``None`` = never within range)."""
+
+    low: float | None
+    high: float | None
+
+    @property
+    def factor(self) -> float | None:
+        """The nearer side in |log-factor| (the low side on a tie)."""
+        sides = [f for f in (self.low, self.high) if f is not None]
+        return min(sides, key=lambda f: abs(math.log(f))) if sides else None
+
+    @property
+    def log_distance(self) -> float | None:
+        factor = self.factor
+        return None if factor is None else abs(math.log(factor))
+
+
+def _first_crossing(x: Sequence[float], y: Sequence[float], threshold: float) -> float | None:
+    """Walking along ``x`` (outward from the reference point at index 0), the interpolated first y < threshold."""
+    for i in range(1, len(x)):
+        if y[i] < threshold:
+            y0, y1 = y[i - 1], y[i]
+            if y0 < threshold:  # the reference point itself is below: collapse at the reference
+                return x[i - 1]
+            return x[i - 1] + (y0 - threshold) / (y0 - y1) * (x[i] - x[i - 1])
+    return None
+
+
+def collapse_point(
+    factors: Sequence[float], normalized: Sequence[float], collapse_frac: float = 0.5, log: bool = True
+) -> Collapse:
+    """Collapse factor on each side of 1 (interpolated in log-factor); NaN points are skipped.
+
+    With ``log=False`` the axis is the value itself measured from 0 (noise levels), and only ``high`` is used.
+    """
+    points = sorted((float(f), float(v)) for f, v in zip(factors, normalized, strict=True) if not math.isnan(float(v)))
+    if log and any(f <= 0 for f, _ in points):
+        raise RlflatError(f"factors must be > 0 for a log-factor collapse point, got {sorted(factors)}")
+    to_x = (lambda f: math.log(f)) if log else (lambda f: f)
+    from_x = (lambda x: math.exp(x)) if log else (lambda x: x)
+    origin = 0.0
+    ref = next((v for f, v in points if math.isclose(to_x(f), origin, abs_tol=1e-12)), 1.0)
+    above = [(to_x(f), v) for f, v in points if to_x(f) > origin + 1e-12]
+    below = [(-to_x(f), v) for f, v in reversed(points) if to_x(f) < origin - 1e-12]
+
+    def side(pairs: list[tuple[float, float]], sign: float) -> float | None:
+        if not pairs:
+            return None
+        x = [0.0] + [p[0] for p in pairs]
+        y = [ref] + [p[1] for p in pairs]
+        crossing = _first_crossing(x, y, collapse_frac)
+        return None if crossing is None else from_x(sign * crossing)
+
+    return Collapse(low=side(below, -1.0) if log else None, high=side(above, 1.0))
+
+
+def robust_auc(factors: Sequence[float], normalized: Sequence[float], log: bool = True) -> float:
+    """Mean normalised return over the range: trapezoidal area in (log-)factor divided by the range's width."""
+    points = sorted(
+        (math.log(f) if log else float(f), float(v))
+        for f, v in zip(factors, normalized, strict=True)
+        if not math.isnan(float(v))
+    )
+    if not points:
+        return math.nan
+    if len(points) == 1:
+        return points[0][1]
+    x = np.array([p[0] for p in points])
+    y = np.array([p[1] for p in points])
+    return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)) / (x[-1] - x[0]))
+
+
+def _curve(rows: pd.DataFrame, axis: str, collapse_frac: float, log: bool) -> dict[str, Any]:
+    rows = rows.sort_values(axis)
+    factors = rows[axis].to_list()
+    normalized = rows["normalized_return"].to_list()
+    collapse = collapse_point(factors, normalized, collapse_frac, log=log)
+    block: dict[str, Any] = {
+        ("factors" if log else "levels"): factors,
+        "return_mean": rows["return_mean"].to_list(),
+        "normalized_return": normalized,
+    }
+    if log:
+        block.update(collapse_factor=collapse.factor, collapse_low=collapse.low, collapse_high=collapse.high)
+        block["collapse_log_factor"] = collapse.log_distance
+    else:
+        block["collapse_level"] = collapse.high
+    block["collapsed_within_range"] = collapse.low is not None or collapse.high is not None
+    block["auc"] = robust_auc(factors, normalized, log=log)
+    return block
+
+
+def robustness_block(table: pd.DataFrame, task: TaskSpec, collapse_frac: float = 0.5) -> dict[str, Any]:
+    """The ``robustness`` block of ``metrics.json`` from a table made by :func:`rlflat.evaluate.evaluate`."""
+    from rlflat.evaluate.suites import ACTION_NOISE, NOMINAL, OBS_NOISE, RANDOM
+
+    nominal = table[table["family"] == NOMINAL]
+    if len(nominal) != 1:
+        raise RlflatError(f"robustness table needs exactly one nominal row, found {len(nominal)}")
+    nominal_return = float(nominal["return_mean"].iloc[0])
+    parameters: dict[str, Any] = {}
+    grids: dict[str, Any] = {}
+    noise: dict[str, Any] = {}
+    for family, rows in table.groupby("family", sort=False):
+        family = str(family)
+        if family in (NOMINAL, RANDOM):
+            continue
+        if family in (ACTION_NOISE, OBS_NOISE):
+            noise[family] = _curve(rows, family, collapse_frac, log=False)
+        elif ":" in family:
+            grids[family] = {
+                "mean_normalized_return": float(rows["normalized_return"].mean()),
+                "collapsed_fraction": float(rows["collapsed"].mean()),
+                "worst_return": float(rows["return_mean"].min()),
+            }
+        else:
+            parameters[family] = _curve(rows, "factor", collapse_frac, log=True)
+    others = table[table["family"] != NOMINAL]
+    dynamics = others[~others["family"].isin([ACTION_NOISE, OBS_NOISE])]
+    worst = others.iloc[int(np.argmin(others["return_mean"].to_numpy()))] if len(others) else nominal.iloc[0]
+    aucs = [p["auc"] for p in parameters.values() if not math.isnan(p["auc"])]
+    random_rows = table[table["family"] == RANDOM]
+    block: dict[str, Any] = {
+        "task": task.alias,
+        "collapse_frac": collapse_frac,
+        "collapse_side": "nearest of the low (factor < 1) and high (factor > 1) crossings, each interpolated "
+        "in log-factor walking outward from nominal",
+        "normalization": {
+            "floor": table.attrs.get("return_floor"),
+            "formula": "(R - floor) / (R_nominal - floor)",
+        },
+        "episodes": table.attrs.get("episodes"),
+        "seed": table.attrs.get("seed"),
+        "deterministic": table.attrs.get("deterministic"),
+        "nominal_return": nominal_return,
+        "nominal_return_std": float(nominal["return_std"].iloc[0]),
+        "parameters": parameters,
+        "auc_mean": float(np.mean(aucs)) if aucs else None,
+        "worst_return": float(worst["return_mean"]),
+        "worst_setting": {"family": str(worst["family"]), **_setting_values(worst, table)},
+        "worst_dynamics_return": float(dynamics["return_mean"].min()) if len(dynamics) else nominal_return,
+        "collapsed_fraction": float(others["collapsed"].mean()) if len(others) else 0.0,
+        "n_settings": len(others),
+    }
+    if grids:
+        block["grids"] = grids
+    if noise:
+        block["noise"] = noise
+    if len(random_rows):
+        block["random"] = {
+            "samples": len(random_rows),
+            "mean_normalized_return": float(random_rows["normalized_return"].mean()),
+            "collapsed_fraction": float(random_rows["collapsed"].mean()),
+            "worst_return": float(random_rows["return_mean"].min()),
+        }
+    return block
+
+
+def _setting_values(row: pd.Series, table: pd.DataFrame) -> dict[str, float]:
+    """The row's perturbed quantities (absolute values differing from nominal, noise levels > 0)."""
+    nominal = table[table["family"] == "nominal"].iloc[0]
+    columns = table.attrs.get("quantity_columns", [])
+    return {c: float(row[c]) for c in columns if not math.isclose(float(row[c]), float(nominal[c]))}

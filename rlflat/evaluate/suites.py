@@ -1,0 +1,189 @@
+"""Which perturbed settings an evaluation runs: one-axis sweeps, 2-D grids, random boxes, noise levels.
+
+Dynamics are perturbed by multiplicative factors of the nominal value within the spec's ``range``, log-spaced,
+so every parameter's robustness curve lives on the same |log-factor| scale and includes the nominal point.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rlflat.errors import RlflatError, bad_choice
+from rlflat.tasks import TaskSpec
+
+__all__ = [
+    "FAMILIES",
+    "Setting",
+    "SuiteSpec",
+    "build_settings",
+    "parse_grids",
+    "parse_levels",
+    "parse_suite",
+    "sweep_factors",
+]
+
+NOMINAL, ACTION_NOISE, OBS_NOISE, RANDOM = "nominal", "action_noise", "obs_noise", "random"
+FAMILIES = (NOMINAL, ACTION_NOISE, OBS_NOISE, RANDOM, "<parameter>", "<a>:<b>")
+"""Values of the ``family`` column: a parameter name for its sweep, ``a:b`` for a grid, or a fixed name."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the robustness table: multiplicative factors per perturbed parameter, and noise levels."""
+
+    family: str
+    factors: tuple[tuple[str, float], ...] = ()
+    action_noise: float = 0.0
+    obs_noise: float = 0.0
+    factor: float = math.nan
+    """The swept factor for a one-axis sweep (1.0 for nominal); NaN for grids, random samples and noise."""
+
+    def dynamics(self, task: TaskSpec) -> dict[str, float]:
+        """Absolute parameter values (only the perturbed ones), as ``make_env``/``rollout_returns`` take them."""
+        return {name: task.parameters[name].nominal * f for name, f in self.factors}
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        """Physics and noise, without the family: settings with equal keys have identical returns."""
+        physics = tuple(sorted((n, f) for n, f in self.factors if f != 1.0))
+        return physics, self.action_noise, self.obs_noise
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    """What to evaluate. Empty ``parameters`` with no other family means the task's default suite."""
+
+    parameters: tuple[str, ...] = ()
+    grids: tuple[tuple[str, str], ...] = ()
+    points: int = 11
+    random: int = 0
+    random_seed: int = 0
+    random_parameters: tuple[str, ...] = ()
+    """Box for random samples; empty means ``parameters`` (or the default suite when that is empty too)."""
+    action_noise: tuple[float, ...] = ()
+    obs_noise: tuple[float, ...] = ()
+    factors: Mapping[str, Sequence[float]] = field(default_factory=dict)
+    """Explicit factors per parameter, replacing the log-spaced grid for that parameter's sweep."""
+
+    @property
+    def only_default(self) -> bool:
+        return not (self.parameters or self.grids or self.random or self.action_noise or self.obs_noise)
+
+
+def sweep_factors(low: float, high: float, points: int) -> list[float]:
+    """``points`` log-spaced factors from ``low`` to ``high``, with 1.0 (nominal) inserted when missing."""
+    if isinstance(points, bool) or not isinstance(points, int) or points < 2:
+        raise RlflatError(f"points must be an integer >= 2, got {points!r}")
+    grid = [float(f) for f in np.geomspace(low, high, points)] if high > low else [float(low)]
+    grid[0], grid[-1] = float(low), float(high)  # exact ends despite rounding in geomspace
+    if not any(math.isclose(f, 1.0, rel_tol=1e-9) for f in grid):
+        grid.append(1.0)
+    return sorted({1.0 if math.isclose(f, 1.0, rel_tol=1e-9) else f for f in grid})
+
+
+def _check_factor(task: TaskSpec, name: str, factor: float) -> float:
+    parameter = task.parameter(name)
+    low, high = parameter.range
+    if not isinstance(factor, int | float) or not (factor > 0 and low <= factor <= high):
+        raise RlflatError(f"factor {factor!r} for {task.alias} parameter {name} is outside its range [{low}, {high}]")
+    return float(factor)
+
+
+def parse_suite(task: TaskSpec, text: str) -> tuple[str, ...]:
+    """``length,masspole`` -> parameter names (``default`` = the task's default suite, ``all`` = every one)."""
+    names: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if item == "default":
+            names.extend(task.default_suite)
+        elif item == "all":
+            names.extend(task.parameters)
+        else:
+            task.parameter(item)  # raises listing the task's parameters
+            names.append(item)
+    if not names:
+        raise RlflatError(f"empty suite {text!r}; valid parameters: {', '.join(task.parameters)}")
+    return tuple(dict.fromkeys(names))
+
+
+def parse_grids(task: TaskSpec, texts: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """``["length:masscart", "a:b,c:d"]`` -> parameter pairs for 2-D grids."""
+    pairs: list[tuple[str, str]] = []
+    for text in texts:
+        for item in (part.strip() for part in text.split(",")):
+            names = item.split(":")
+            if len(names) != 2 or names[0] == names[1]:
+                raise RlflatError(f"grid {item!r} must name two different parameters as a:b")
+            for name in names:
+                task.parameter(name)
+            pairs.append((names[0], names[1]))
+    return tuple(dict.fromkeys(pairs))
+
+
+def parse_levels(text: str, points: int, what: str) -> tuple[float, ...]:
+    """Noise levels: ``lo:hi`` (``points`` evenly spaced), ``a,b,c`` (explicit) or one number."""
+    try:
+        if ":" in text:
+            low, high = (float(v) for v in text.split(":"))
+            levels = [float(v) for v in np.linspace(low, high, max(points, 2))]
+        else:
+            levels = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise RlflatError(f"{what} {text!r} is not lo:hi, a,b,c or a number") from None
+    if not levels or any(not math.isfinite(v) or v < 0 for v in levels):
+        raise RlflatError(f"{what} levels must be finite and >= 0, got {text!r}")
+    return tuple(levels)
+
+
+def build_settings(task: TaskSpec, suite: SuiteSpec | None = None) -> list[Setting]:
+    """The suite's settings: nominal first, then sweeps, grids, random samples, noise levels (in that order)."""
+    suite = suite or SuiteSpec()
+    for name in suite.factors:
+        task.parameter(name)
+    parameters = suite.parameters or (task.default_suite if suite.only_default else ())
+    if suite.only_default and not parameters:
+        parameters = tuple(task.parameters)
+    for name in parameters:
+        task.parameter(name)
+    if isinstance(suite.random, bool) or not isinstance(suite.random, int) or suite.random < 0:
+        raise RlflatError(f"random must be a non-negative integer, got {suite.random!r}")
+
+    def factors_of(name: str) -> list[float]:
+        if name in suite.factors:
+            given = sorted({_check_factor(task, name, f) for f in suite.factors[name]})
+            return given if 1.0 in given else sorted([*given, 1.0])
+        return sweep_factors(*task.parameters[name].range, suite.points)
+
+    settings = [Setting(NOMINAL, factor=1.0)]
+    for name in parameters:
+        settings += [Setting(name, ((name, f),), factor=f) for f in factors_of(name)]
+    for a, b in suite.grids:
+        settings += [Setting(f"{a}:{b}", ((a, fa), (b, fb))) for fa in factors_of(a) for fb in factors_of(b)]
+    if suite.random:
+        box = suite.random_parameters or parameters or task.default_suite or tuple(task.parameters)
+        rng = np.random.default_rng(suite.random_seed)
+        for name in box:
+            task.parameter(name)
+        logs = [np.log(task.parameters[n].range) for n in box]
+        samples = np.exp([rng.uniform(lo, hi, suite.random) for lo, hi in logs]).T
+        settings += [Setting(RANDOM, tuple(zip(box, map(float, row), strict=True))) for row in samples]
+    _check_noise_families(task, suite)
+    for family, levels in ((ACTION_NOISE, suite.action_noise), (OBS_NOISE, suite.obs_noise)):
+        for level in sorted({0.0, *map(float, levels)}) if levels else ():  # 0 = the reference point
+            if not math.isfinite(level) or level < 0:
+                raise RlflatError(f"{family} level {level!r} must be finite and >= 0")
+            noisy = Setting(family, action_noise=level) if family == ACTION_NOISE else Setting(family, obs_noise=level)
+            settings.append(noisy)
+    return settings
+
+
+def _check_noise_families(task: TaskSpec, suite: SuiteSpec) -> None:
+    """Noise families must be ones the task spec declares (``noise: [action, observation]``)."""
+    for requested, family in ((suite.action_noise, "action"), (suite.obs_noise, "observation")):
+        if requested and family not in task.noise:
+            raise bad_choice(f"noise family of {task.alias}", family, task.noise)
