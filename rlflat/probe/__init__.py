@@ -1,0 +1,20 @@
+"""Sharpness probes of trained policies: Hessian spectra, perturbation and worst-case sharpness, landscapes.
+
+``probe_run(path, task=None, out=None, **options)`` is the public entry point (also ``python -m rlflat.probe``);
+the numerics live in :mod:`rlflat.probe.hvp`, :mod:`~rlflat.probe.spectrum`, :mod:`~rlflat.probe.directions` and
+:mod:`~rlflat.probe.worst_case`. Imports are lazy so the numerics modules load without the evaluator.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["DEFAULT_MEASURES", "MEASURES", "ProbeOptions", "probe_run"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from rlflat.probe import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module 'rlflat.probe' has no attribute {name!r}")
