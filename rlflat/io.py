@@ -75,3 +75,46 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+@contextmanager
+def _directory_lock(directory: Path) -> Iterator[None]:
+    """Exclusive ``flock`` on a folder: concurrent writers of one file's blocks cannot lose each other's keys."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX: no lock, still atomic
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """A JSON object from ``path`` ({} if missing); a corrupt file is a one-line user error."""
+    from rlflat.errors import RlflatError
+
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        data = read_json(path)
+    except ValueError:
+        raise RlflatError(f"{path}: not valid JSON; fix or remove it") from None
+    if not isinstance(data, dict):
+        raise RlflatError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def update_json_block(path: str | Path, key: str, block: Any) -> Path:
+    """Set ``data[key] = block`` in the JSON object at ``path``, keeping every other key (locked, atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _directory_lock(path.parent):
+        data = read_json_object(path)
+        data[key] = block
+        return write_json(path, data)

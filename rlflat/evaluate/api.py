@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +12,7 @@ from rlflat.errors import RlflatError
 from rlflat.evaluate.metrics import normalize, return_floor, robustness_block
 from rlflat.evaluate.rollout import Backend, _rollout, episodes_ci
 from rlflat.evaluate.suites import ACTION_NOISE, OBS_NOISE, Setting, SuiteSpec, build_settings
-from rlflat.io import read_json, write_atomic, write_json
+from rlflat.io import read_json, read_json_object, update_json_block, write_atomic
 from rlflat.policy import FunctionalPolicy, load_policy
 from rlflat.tasks import TaskSpec, load_task
 
@@ -167,40 +164,7 @@ def evaluate_run(
     if write:
         out_dir = Path(out) if out is not None else (path if path.is_dir() else path.parent)
         metrics_path = out_dir / METRICS_FILE
-        _read_metrics(metrics_path)  # a corrupt metrics.json fails here, before the table is written
+        read_json_object(metrics_path)  # a corrupt metrics.json fails here, before the table is written
         write_atomic(out_dir / TABLE_FILE, lambda tmp: table.to_parquet(tmp, index=False))
-        with _locked(out_dir):
-            metrics = _read_metrics(metrics_path)
-            metrics["robustness"] = block
-            write_json(metrics_path, metrics)
+        update_json_block(metrics_path, "robustness", block)
     return table, block
-
-
-def _read_metrics(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    try:
-        data = read_json(path)
-    except ValueError:
-        raise RlflatError(f"{path}: not valid JSON; fix or remove it") from None
-    if not isinstance(data, dict):
-        raise RlflatError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
-@contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on the folder during read-modify-write, so concurrent writers of other
-    ``metrics.json`` blocks (probe, train) cannot lose each other's keys; a no-op where flock is missing."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX
-        yield
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)

@@ -25,7 +25,7 @@ import torch
 
 from rlflat.cli import run_cli, set_torch_threads
 from rlflat.errors import RlflatError, bad_choice
-from rlflat.io import read_json, to_jsonable, write_atomic, write_json
+from rlflat.io import read_json, to_jsonable, update_json_block, write_atomic, write_json
 from rlflat.policy import MODEL_FILE, FunctionalPolicy, Params, check_spaces, load_policy
 from rlflat.probe.batch import DEFAULT_GAE_LAMBDA, DEFAULT_GAMMA, collect_batch, reward_scale, subseed
 from rlflat.probe.directions import KINDS, dict_norm
@@ -277,7 +277,9 @@ def probe_run(
     write_atomic(out_dir / PROBE_NPZ, lambda p: _save_npz(p, arrays_np))
     write_json(out_dir / PROBE_JSON, result)
     if source.run_dir is not None and opts.update_metrics:
-        _update_metrics(source.run_dir / METRICS_JSON, _summary(result, out_dir, source.run_dir, timer.seconds))
+        update_json_block(
+            source.run_dir / METRICS_JSON, "probe", _summary(result, out_dir, source.run_dir, timer.seconds)
+        )
     result_timing = dict(timer.seconds)
     result_timing["total"] = sum(timer.seconds.values())
     _LAST_TIMING.clear()
@@ -603,15 +605,6 @@ def _summary(result: Mapping[str, Any], out_dir: Path, run_dir: Path, seconds: M
         "worst_case_raw": ((wc.get("raw") or {}).get("multi_step") or {}).get("sharpness"),
         "wall_seconds": float(sum(seconds.values())),
     }
-
-
-def _update_metrics(path: Path, summary: dict[str, Any]) -> None:
-    """Read-modify-write ``metrics.json`` atomically, keeping every other key."""
-    metrics = read_json(path) if path.exists() else {}
-    if not isinstance(metrics, dict):
-        metrics = {"previous": metrics}
-    metrics["probe"] = summary
-    write_json(path, metrics)
 
 
 # ----- CLI -------------------------------------------------------------------------------------------
