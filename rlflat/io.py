@@ -19,7 +19,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp creates 0600; results should read like any other file
+    os.chmod(tmp_path, 0o666 & ~umask())  # mkstemp creates 0600; results should read like any other file
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -28,7 +28,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process umask (read without changing it for longer than a moment)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

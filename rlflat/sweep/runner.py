@@ -1,0 +1,291 @@
+"""A whole sweep: expand and validate the study, skip what is done, run the rest, rebuild ``runs.parquet``.
+
+Resuming needs no bookkeeping of its own: the run id is the content hash of the resolved config, each run's
+directory says which stages are finished (see :mod:`rlflat.sweep.pipeline`), so rerunning the same command
+after any interruption does exactly the missing work. A lock file keeps two sweeps out of one study directory
+(the lock dies with its process, so ``kill -9`` leaves nothing to clean by hand).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import pandas as pd
+
+from rlflat.errors import RlflatError
+from rlflat.io import write_text
+from rlflat.sweep.config import (
+    LoadedStudy,
+    RunSpec,
+    check_stage_options,
+    expand_runs,
+    load_study_config,
+    parse_study_config,
+)
+from rlflat.sweep.executors import run_jobs
+from rlflat.sweep.pipeline import LOGS_DIR, RunJob, RunOutcome, remaining_stages, run_state
+from rlflat.sweep.table import RUNS_FILE, STUDY_FILE, collect
+
+RESULTS_DIR = Path("results")
+LOCK_FILE = ".sweep.lock"
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """A run of the study and its state in the study directory before the sweep."""
+
+    spec: RunSpec
+    state: str
+    """``done``, ``failed``, ``partial`` or ``todo`` (see :func:`rlflat.sweep.pipeline.run_state`)."""
+    remaining: tuple[str, ...]
+
+
+@dataclass
+class SweepResult:
+    """What a sweep did; ``table`` is the rebuilt ``runs.parquet`` (None for a dry run)."""
+
+    study_dir: Path
+    plan: list[PlannedRun]
+    outcomes: list[RunOutcome] = field(default_factory=list)
+    table: pd.DataFrame | None = None
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[RunOutcome]:
+        return [o for o in self.outcomes if o.status in ("failed", "lost")]
+
+    @property
+    def ok(self) -> list[RunOutcome]:
+        return [o for o in self.outcomes if o.status == "ok"]
+
+    @property
+    def already_done(self) -> int:
+        return sum(1 for p in self.plan if p.state == "done")
+
+
+def default_study_dir(study: LoadedStudy) -> Path:
+    return RESULTS_DIR / study.config.name
+
+
+def plan_sweep(study: LoadedStudy, study_dir: Path) -> list[PlannedRun]:
+    """Every run of the study with its current state (reads the directories, writes nothing)."""
+    stages = study.config.stages
+    plan = []
+    for spec in expand_runs(study):
+        run_dir = study_dir / spec.name
+        plan.append(PlannedRun(spec, run_state(run_dir, stages), remaining_stages(run_dir, stages)))
+    return plan
+
+
+def run_sweep(
+    study: LoadedStudy | str | Path,
+    out: str | Path | None = None,
+    *,
+    backend: str = "local",
+    workers: int | None = None,
+    address: str | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    dry_run: bool = False,
+    command: Sequence[str] | None = None,
+) -> SweepResult:
+    """Run every unfinished run of ``study`` into ``out`` (default ``results/<name>``) and rebuild the table.
+
+    Everything is validated before the first run starts. Failed runs do not stop the sweep: they are recorded
+    (see ``SweepResult.failed``) and retried by the next sweep.
+    """
+    loaded = study if isinstance(study, LoadedStudy) else load_study_config(study)
+    study_dir = Path(out) if out is not None else default_study_dir(loaded)
+    plan = plan_sweep(loaded, study_dir)
+    check_stage_options(loaded)
+    result = SweepResult(study_dir=study_dir, plan=plan)
+    if dry_run:
+        return result
+    start = time.perf_counter()
+    study_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(study_dir):
+        _check_compatible(loaded, study_dir)
+        write_text(study_dir / STUDY_FILE, loaded.text)
+        _remove_leftovers(study_dir)
+        config = loaded.config
+        jobs = [
+            RunJob(
+                config=p.spec.config,
+                run_id=p.spec.run_id,
+                name=p.spec.name,
+                stages=config.stages,
+                probe=config.stage_options("probe"),
+                evaluate=config.stage_options("evaluate"),
+                device=device,
+                command=tuple(command) if command is not None else None,
+            )
+            for p in plan
+            if p.state != "done"
+        ]
+        view = _ProgressView(len(plan), len(jobs), loaded.config.name, enabled=progress)
+
+        def on_done(outcome: RunOutcome) -> None:
+            result.outcomes.append(outcome)
+            view.finished(outcome)
+
+        try:
+            with view:
+                run_jobs(
+                    backend,
+                    jobs,
+                    study_dir,
+                    workers=workers,
+                    address=address,
+                    on_start=view.started,
+                    on_done=on_done,
+                )
+        finally:
+            result.table = collect(study_dir, config.stages)
+            result.seconds = time.perf_counter() - start
+    return result
+
+
+@contextmanager
+def _locked(study_dir: Path) -> Any:
+    """Hold ``<study>/.sweep.lock`` (an flock, released by the kernel even on kill -9)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no protection against two sweeps in one directory
+        yield
+        return
+    with open(study_dir / LOCK_FILE, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RlflatError(f"another sweep is running in {study_dir}; wait for it or use another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _check_compatible(study: LoadedStudy, study_dir: Path) -> None:
+    """Refuse to mix probe/evaluate settings in one study (the run id covers training only)."""
+    path = study_dir / STUDY_FILE
+    if not path.exists():
+        return
+    try:
+        previous = parse_study_config(path.read_text(), source=str(path)).config
+    except RlflatError:
+        return  # an unreadable old copy: the new config replaces it
+    for stage in ("probe", "evaluate"):
+        before, now = getattr(previous, stage), getattr(study.config, stage)
+        if before != now:
+            raise RlflatError(
+                f"{study_dir} was run with {stage}: {before}, {study.source} asks {stage}: {now}; finished runs "
+                f"would mix settings: use another --out (or restore the setting)"
+            )
+
+
+def _remove_leftovers(study_dir: Path) -> None:
+    """Hidden staging directories and temp files of killed sweeps (we hold the lock: nobody is writing)."""
+    for path in study_dir.iterdir():
+        if not path.name.startswith(".") or path.name == LOCK_FILE:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.name.endswith(".tmp"):
+            path.unlink(missing_ok=True)
+
+
+class _ProgressView:
+    """One overall view: runs done / failed / running and an ETA; a line per run when not on a terminal."""
+
+    def __init__(self, total: int, todo: int, name: str, enabled: bool, stream: IO[str] | None = None) -> None:
+        self.total, self.todo, self.name = total, todo, name
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self.done = self.failed = self.running = 0
+        self.skipped = 0
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _ProgressView:
+        if self.enabled and self.stream.isatty() and self.todo:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[state]}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=Console(file=self.stream),
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(self.name, total=self.todo, state=self._state())
+        elif self.enabled:
+            print(f"{self.name}: {self.todo} of {self.total} runs to do", file=self.stream, flush=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def _state(self) -> str:
+        return f"ok {self.done}  failed {self.failed}  running {self.running}"
+
+    def started(self, job: RunJob) -> None:
+        self.running += 1
+        self._refresh(advance=0)
+
+    def finished(self, outcome: RunOutcome) -> None:
+        self.running = max(0, self.running - 1)
+        if outcome.status in ("failed", "lost"):
+            self.failed += 1
+        elif outcome.status == "skipped":
+            self.skipped += 1
+        else:
+            self.done += 1
+        self._refresh(advance=1)
+        if self.enabled and self._progress is None:
+            count = self.done + self.failed + self.skipped
+            detail = f" ({outcome.stage}: {outcome.error})" if outcome.error else ""
+            print(
+                f"[{count}/{self.todo}] {outcome.status} {outcome.name} {outcome.seconds:.1f} s{detail}",
+                file=self.stream,
+                flush=True,
+            )
+
+    def _refresh(self, advance: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, advance=advance, state=self._state())
+
+
+def summary_lines(result: SweepResult) -> list[str]:
+    """The end-of-sweep report: counts, where the failed runs' logs are, where the table is."""
+    rows = 0 if result.table is None else len(result.table)
+    ran = len(result.outcomes)
+    lines = [
+        f"{result.study_dir}: {len(result.plan)} runs, {result.already_done} already done, {ran} run now "
+        f"({len(result.ok)} ok, {len(result.failed)} failed) in {result.seconds:.1f} s",
+        f"table: {result.study_dir / RUNS_FILE} ({rows} rows)",
+    ]
+    if result.failed:
+        lines.append(f"{len(result.failed)} failed runs (rerun the same command to retry them):")
+        for outcome in result.failed:
+            log = result.study_dir / (outcome.log or f"{LOGS_DIR}/{outcome.name}.log")
+            lines.append(f"  {outcome.name}: {outcome.stage or outcome.status}: {outcome.error}  [log: {log}]")
+    return lines

@@ -1,0 +1,272 @@
+"""``python -m rlflat.train ALGO TASK``: train one policy into a self-describing run directory.
+
+A run directory holds ``config.json`` (everything needed to reproduce it), ``model.zip`` (SB3 format),
+``vecnormalize.pkl`` (when trained with observation normalisation), ``train.csv`` (learning curve) and
+``metrics.json`` (final deterministic evaluation on the nominal task). The directory is assembled under a hidden
+temporary name and renamed into place, so a crash never leaves a half-written run behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+from tqdm.auto import tqdm
+
+from rlflat import algos
+from rlflat.cli import run_cli, set_torch_threads
+from rlflat.errors import RlflatError
+from rlflat.io import read_json, umask, write_json
+from rlflat.policy import MODEL_FILE, NORMALIZER_FILE, FunctionalPolicy, ObservationNormalizer
+from rlflat.tasks import TaskSpec, list_tasks, load_task, make_env
+
+RUNS_DIR = Path("results/runs")
+EVAL_EPISODES = 20
+VERSIONED_PACKAGES = ("rlflat", "torch", "gymnasium", "stable-baselines3", "numpy")
+
+
+def resolve_run_config(
+    algo: str,
+    task: str,
+    seed: int = 0,
+    steps: int | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The fully resolved, hashable description of a run (no versions, paths or times: those don't change it)."""
+    spec = load_task(task)
+    overrides = dict(overrides or {})
+    if steps is not None:
+        overrides["total_timesteps"] = steps
+    hyperparameters = algos.resolve_hyperparameters(algo, spec, overrides)
+    return {"algo": algo, "task": spec.alias, "task_id": spec.id, "seed": int(seed), "hyperparameters": hyperparameters}
+
+
+def run_id(config: Mapping[str, Any]) -> str:
+    """Content address of a run: a short hash of its resolved config (identical configs share an id)."""
+    canonical = json.dumps(
+        {k: config[k] for k in ("algo", "task", "seed", "hyperparameters")}, sort_keys=True, default=str
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+
+def default_run_dir(config: Mapping[str, Any], root: Path = RUNS_DIR) -> Path:
+    return root / f"{config['algo']}-{config['task']}-s{config['seed']}-{run_id(config)}"
+
+
+def train_run(
+    config: Mapping[str, Any],
+    out: str | Path | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    command: Sequence[str] | None = None,
+) -> Path:
+    """Train the run ``config`` (from :func:`resolve_run_config`) and return its directory.
+
+    On divergence (a non-finite loss or parameter) the run directory records ``status: failed`` and the error,
+    and holds no model; the error is re-raised for the caller.
+    """
+    out = Path(out) if out is not None else default_run_dir(config)
+    if out.exists() and any(out.iterdir()):
+        raise RlflatError(f"run directory {out} already exists and is not empty; choose another --out")
+    spec = load_task(config["task"])
+    hyperparameters = dict(config["hyperparameters"])
+    full_config = {
+        **config,
+        "run_id": run_id(config),
+        "versions": _versions(),
+        "command": list(command) if command is not None else None,
+        "device": device,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging.chmod(0o777 & ~umask())  # mkdtemp makes 0700; a run dir should read like any other folder
+    try:
+        write_json(staging / "config.json", full_config)
+        try:
+            metrics = _train_into(staging, spec, config, hyperparameters, device, progress)
+        except algos.TrainingDiverged as exc:
+            write_json(staging / "metrics.json", {"status": "failed", "error": str(exc)})
+            _publish(staging, out)
+            raise
+        write_json(staging / "metrics.json", {"status": "ok", "train": metrics})
+        _publish(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return out
+
+
+def _publish(staging: Path, out: Path) -> None:
+    if out.exists():
+        out.rmdir()  # empty (checked above)
+    os.replace(staging, out)
+
+
+def _train_into(
+    directory: Path,
+    spec: TaskSpec,
+    config: Mapping[str, Any],
+    hyperparameters: dict[str, Any],
+    device: str,
+    progress: bool,
+) -> dict[str, Any]:
+    seed = int(config["seed"])
+    total = int(hyperparameters["total_timesteps"])
+    env = _training_env(spec, hyperparameters, seed)
+    model = algos.build_model(config["algo"], env, hyperparameters, seed=seed, device=device)
+    curve = _LearningCurve(total, progress=progress, label=f"{config['algo']} {spec.alias} s{seed}")
+    start = time.perf_counter()
+    try:
+        model.learn(total_timesteps=total, callback=curve)
+    finally:
+        curve.close()
+    wall = time.perf_counter() - start
+    _check_finite(model)
+    model.save(directory / MODEL_FILE)
+    normalizer = None
+    if isinstance(env, VecNormalize):
+        env.save(str(directory / NORMALIZER_FILE))
+        normalizer = ObservationNormalizer.load(directory / NORMALIZER_FILE)
+    curve.write_csv(directory / "train.csv")
+    policy = FunctionalPolicy(model.policy, normalizer)
+    returns = evaluate_nominal(policy, spec, EVAL_EPISODES)
+    return {
+        "return_mean": float(np.mean(returns)),
+        "return_std": float(np.std(returns)),
+        "episodes": len(returns),
+        "solved": bool(np.mean(returns) >= spec.solved_threshold),
+        "total_timesteps": int(model.num_timesteps),
+        "wall_seconds": wall,
+        "steps_per_second": model.num_timesteps / wall if wall > 0 else math.nan,
+    }
+
+
+def _training_env(spec: TaskSpec, hyperparameters: Mapping[str, Any], seed: int) -> VecEnv:
+    env: VecEnv = make_vec_env(lambda: make_env(spec), n_envs=int(hyperparameters.get("n_envs", 1)), seed=seed)
+    if hyperparameters.get("normalize", False):
+        env = VecNormalize(env, gamma=float(hyperparameters.get("gamma", 0.99)))
+    return env
+
+
+def evaluate_nominal(policy: FunctionalPolicy, spec: TaskSpec, episodes: int) -> np.ndarray:
+    """Deterministic returns on the nominal task, episode j seeded with j (the evaluator's convention)."""
+    from rlflat.evaluate import rollout_returns
+
+    return rollout_returns(policy, spec, [{}], episodes=episodes, seed=0)[0, 0]
+
+
+def _check_finite(model: BaseAlgorithm) -> None:
+    for name, param in model.policy.named_parameters():
+        if not torch.isfinite(param).all():
+            raise algos.TrainingDiverged(f"parameter {name} is not finite after training")
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "unknown"
+    return versions
+
+
+class _LearningCurve(BaseCallback):
+    """Records every finished episode (from SB3's Monitor) and shows a progress bar with the recent return."""
+
+    def __init__(self, total: int, progress: bool, label: str) -> None:
+        super().__init__()
+        self.rows: list[tuple[int, float, int, float]] = []
+        self._start = time.perf_counter()
+        self._bar = tqdm(
+            total=total, desc=label, unit="step", disable=None if progress else True, leave=False, file=sys.stderr
+        )
+
+    def _on_step(self) -> bool:
+        for info in self.locals.get("infos", []):
+            episode = info.get("episode")
+            if episode is not None:
+                self.rows.append(
+                    (self.num_timesteps, float(episode["r"]), int(episode["l"]), time.perf_counter() - self._start)
+                )
+        self._bar.n = self.num_timesteps
+        if self.rows and self.n_calls % 64 == 0:
+            recent = [r[1] for r in self.rows[-20:]]
+            self._bar.set_postfix(ret=f"{np.mean(recent):.1f}", refresh=False)
+            self._bar.refresh()
+        return True
+
+    def close(self) -> None:
+        self._bar.close()
+
+    def write_csv(self, path: Path) -> None:
+        with open(path, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["timesteps", "episode_return", "episode_length", "wall_seconds"])
+            writer.writerows(self.rows)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m rlflat.train", description=__doc__.splitlines()[0])
+    parser.add_argument("algo", nargs="?", help="algorithm, e.g. ppo, ppo_sam, pg_asam (see --list)")
+    parser.add_argument("task", nargs="?", help="task alias or Gymnasium id, e.g. CartPole or CartPole-v1")
+    parser.add_argument("--steps", type=int, help="total environment steps (default: the task spec's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rho", type=float, help="SAM/ASAM neighbourhood radius")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a hyperparameter (repeatable)")  # fmt: skip
+    parser.add_argument("--out", type=Path, help="run directory (default results/runs/<algo>-<task>-s<seed>-<id>)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for small policies)")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--list", action="store_true", help="list algorithms and tasks, one per line")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.list:
+        for line in algos.describe_algorithms():
+            print(f"algo {line}")
+        for spec in list_tasks():
+            print(f"task {spec.alias:<24} {spec.id}  (parameters: {', '.join(spec.parameters)})")
+        return 0
+    if not args.algo or not args.task:
+        parser.error("ALGO and TASK are required (or --list)")
+    if args.steps is not None and args.steps <= 0:
+        raise RlflatError(f"--steps must be a positive integer, got {args.steps}")
+    overrides = dict(algos.parse_override(text) for text in args.overrides)
+    if args.rho is not None:
+        overrides["rho"] = args.rho
+    set_torch_threads(args.threads)
+    config = resolve_run_config(args.algo, args.task, seed=args.seed, steps=args.steps, overrides=overrides)
+    out = train_run(config, out=args.out, device=args.device, progress=not args.no_progress,
+                    command=["python", "-m", "rlflat.train", *(argv if argv is not None else sys.argv[1:])])  # fmt: skip
+    metrics = read_json(out / "metrics.json")["train"]
+    print(f"return {metrics['return_mean']:.1f} +- {metrics['return_std']:.1f} over {metrics['episodes']} episodes")
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

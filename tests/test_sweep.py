@@ -1,0 +1,298 @@
+"""Sweeps: config validation and expansion, resumable execution, failure recording, the table, Ray = local.
+
+Training is expensive on the shared CI cores, so one tiny 3-run study is swept once (module fixture) on the
+local process pool; the resume, failure and collect tests work on copies of its directory, and the Ray test
+sweeps it once more to compare the tables.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+
+from rlflat.errors import RlflatError
+from rlflat.io import read_json, write_json
+from rlflat.sweep import (
+    collect,
+    expand_runs,
+    load_study_config,
+    parse_study_config,
+    pipeline,
+    plan_sweep,
+    run_sweep,
+    timing_columns,
+)
+from rlflat.sweep.__main__ import main
+
+TINY_HP = {"n_envs": [2], "n_steps": [64], "batch_size": [64], "n_epochs": [2]}
+TINY_STUDY: dict[str, Any] = {
+    "name": "tiny",
+    "tasks": ["CartPole"],
+    "algos": ["ppo", "ppo_sam"],
+    "seeds": [0],
+    "steps": 256,
+    "grid": {**TINY_HP, "rho": [0.01, 0.1]},
+    "probe": {"batch": 64, "batch_envs": 2, "measures": ["trace"], "trace_probes": 2},
+    "evaluate": {"suite": {"parameters": ["length"], "points": 3}, "episodes": 2},
+}
+
+
+def _write(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _study(tmp_path: Path, **changes: Any) -> Path:
+    return _write(tmp_path / "study.yaml", {**TINY_STUDY, **changes})
+
+
+def _comparable(table: pd.DataFrame) -> pd.DataFrame:
+    return table.drop(columns=timing_columns(table)).sort_values("run_id").reset_index(drop=True)
+
+
+# -- config validation and expansion (no training) -------------------------------------------------------
+
+
+def test_unknown_key_names_file_path_and_valid_keys(tmp_path: Path) -> None:
+    path = _study(tmp_path, grd={"rho": [0.1]})
+    with pytest.raises(RlflatError) as info:
+        load_study_config(path)
+    message = str(info.value)
+    assert str(path) in message and "'grd'" in message
+    assert "valid keys: name, tasks, algos, seeds" in message and "\n" not in message
+
+
+def test_bad_values_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(RlflatError, match="missing required key 'algos'"):
+        parse_study_config("name: x\ntasks: [CartPole]\n")
+    with pytest.raises(RlflatError, match="seeds"):
+        parse_study_config("name: x\ntasks: [CartPole]\nalgos: [ppo]\nseeds: 0\n")
+    with pytest.raises(RlflatError, match="overrides names 'pg'"):
+        parse_study_config("name: x\ntasks: [CartPole]\nalgos: [ppo]\noverrides: {pg: {n_envs: 2}}\n")
+    with pytest.raises(RlflatError, match="<string> line 3: not valid YAML"):
+        parse_study_config("name: x\ntasks: [CartPole\n")
+
+
+def test_seeds_count_or_list() -> None:
+    base = "name: x\ntasks: [CartPole]\nalgos: [ppo]\nsteps: 256\n"
+    assert [r.config["seed"] for r in expand_runs(parse_study_config(base + "seeds: 3\n"))] == [0, 1, 2]
+    assert [r.config["seed"] for r in expand_runs(parse_study_config(base + "seeds: [7, 3]\n"))] == [7, 3]
+    with pytest.raises(RlflatError, match="distinct"):
+        parse_study_config(base + "seeds: [1, 1]\n")
+
+
+def test_grid_crosses_only_into_algorithms_that_accept_the_key() -> None:
+    text = "name: x\ntasks: [CartPole]\nalgos: [ppo, ppo_sam]\nseeds: 2\nsteps: 256\n"
+    text += "grid: {rho: [0.01, 0.1], batch_size: [32, 64]}\n"
+    runs = expand_runs(parse_study_config(text))
+    plain = [r for r in runs if r.config["algo"] == "ppo"]
+    sam = [r for r in runs if r.config["algo"] == "ppo_sam"]
+    assert len(plain) == 2 * 2 and all("rho" not in r.config["hyperparameters"] for r in plain)
+    assert len(sam) == 2 * 2 * 2
+    assert {r.config["hyperparameters"]["rho"] for r in sam} == {0.01, 0.1}
+    assert len({r.run_id for r in runs}) == len(runs)
+    assert all(r.name == f"{r.config['algo']}-CartPole-s{r.config['seed']}-{r.run_id}" for r in runs)
+
+
+def test_overrides_beat_the_grid_and_duplicates_merge() -> None:
+    text = "name: x\ntasks: [CartPole]\nalgos: [ppo_sam, ppo_asam]\nseeds: 1\nsteps: 256\n"
+    text += "grid: {rho: [0.01, 0.1]}\noverrides: {ppo_sam: {rho: 0.05}}\n"
+    runs = expand_runs(parse_study_config(text))
+    assert [r.config["hyperparameters"]["rho"] for r in runs if r.config["algo"] == "ppo_sam"] == [0.05]
+    assert len([r for r in runs if r.config["algo"] == "ppo_asam"]) == 2
+    # a list of grids is a union; {} is the baseline, and identical runs are merged by run id
+    union = "name: x\ntasks: [CartPole]\nalgos: [ppo]\nseeds: 1\nsteps: 256\n"
+    union += "grid: [{}, {batch_size: [32, 64]}, {}, {batch_size: [64]}]\n"
+    loaded = parse_study_config(union)
+    assert len(expand_runs(loaded, with_duplicates=True)) == 5
+    assert len(expand_runs(loaded)) == 3
+
+
+def test_invalid_runs_fail_the_whole_sweep_up_front(tmp_path: Path) -> None:
+    with pytest.raises(RlflatError, match=r"grid.rhoo is not a hyperparameter of any of ppo.*valid keys:"):
+        expand_runs(parse_study_config("name: x\ntasks: [CartPole]\nalgos: [ppo]\ngrid: {rhoo: [1]}\n"))
+    bad = _study(tmp_path, grid={**TINY_HP, "rho": [0.1, -1.0]})
+    with pytest.raises(RlflatError, match=r"run ppo_sam CartPole seed 0 .*rho=-1.0.*rho must be >= 0"):
+        run_sweep(bad, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()  # nothing was started
+    with pytest.raises(RlflatError, match="unknown probe option 'batchsize'"):
+        run_sweep(_study(tmp_path, probe={"batchsize": 3}), tmp_path / "out", dry_run=True)
+    with pytest.raises(RlflatError, match="evaluate.*unknown evaluate option 'points'"):
+        run_sweep(_study(tmp_path, evaluate={"points": 3}), tmp_path / "out", dry_run=True)
+
+
+def test_cli_errors_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rlflat.cli import run_cli
+
+    path = _study(tmp_path, algos=["ppo", "sgd"])
+    assert run_cli(main, [str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "'sgd'" in err and "ppo_sam" in err and "\n" not in err
+
+
+def test_shipped_configs_expand() -> None:
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    counts = {p.stem: len(expand_runs(load_study_config(p))) for p in sorted(configs.glob("*.yaml"))}
+    assert counts["smoke"] == 4 and counts["cartpole_sam"] == 20
+    assert counts["batch_size"] == 7 * 5 and counts["sam_rho"] == (1 + 5 + 5) * 5
+    assert counts["flatness_knobs"] == (1 + 3 + 2 + 2) * 5
+
+
+# -- one real sweep, reused -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    """The tiny study swept on the local pool with 2 workers: (config path, study dir)."""
+    root = tmp_path_factory.mktemp("sweep")
+    config = _write(root / "tiny.yaml", TINY_STUDY)
+    result = run_sweep(config, root / "tiny", workers=2, progress=False)
+    assert not result.failed, [(o.name, o.error) for o in result.failed]
+    yield config, root / "tiny"
+
+
+def _copy(study: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(study, tmp_path / "copy"))
+
+
+def test_sweep_writes_one_flat_row_per_run(swept: tuple[Path, Path]) -> None:
+    config, study = swept
+    assert (study / "study.yaml").read_text() == config.read_text()
+    table = pd.read_parquet(study / "runs.parquet")
+    assert len(table) == 3 and table["run_id"].is_unique and set(table["status"]) == {"ok"}
+    for column in ("algo", "task", "seed", "run_id", "status", "error", "log", "hp.batch_size", "hp.rho"):
+        assert column in table.columns
+    assert {"train.return_mean", "probe.trace", "robustness.auc_mean"} <= set(table.columns)
+    assert table["hp.rho"].isna().sum() == 1  # plain ppo has no rho
+    assert not any(isinstance(v, list | dict) for v in table.to_numpy().ravel())
+    for _, row in table.iterrows():
+        assert (study / row["path"]).is_dir() and (study / row["log"]).is_file()
+        assert row["path"].endswith(row["run_id"])
+
+
+def test_dry_run_lists_runs_and_which_are_done(
+    swept: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, study = swept
+    copy = _copy(study, tmp_path)
+    metrics = read_json(next(copy.glob("ppo-*")) / "metrics.json")
+    del metrics["robustness"]
+    write_json(next(copy.glob("ppo-*")) / "metrics.json", metrics)
+    assert main([str(config), "--out", str(copy), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith("done ") for line in lines) == 2
+    assert any(line.startswith("partial ") and "to do: evaluate" in line for line in lines)
+    assert "3 runs (2 done, 0 failed, 1 partial, 0 todo)" in lines[-1]
+
+
+def test_rerun_skips_everything(swept: tuple[Path, Path], tmp_path: Path) -> None:
+    config, study = swept
+    copy = _copy(study, tmp_path)
+    stamps = {p: p.stat().st_mtime_ns for p in copy.glob("*/*") if p.is_file()}
+    result = run_sweep(config, copy, backend="serial", progress=False)
+    assert result.outcomes == [] and result.already_done == 3
+    assert {p: p.stat().st_mtime_ns for p in copy.glob("*/*") if p.is_file()} == stamps
+
+
+def test_crash_leftovers_resume_without_duplicates(swept: tuple[Path, Path], tmp_path: Path) -> None:
+    config, study = swept
+    copy = _copy(study, tmp_path)
+    sam = sorted(copy.glob("ppo_sam-*"))
+    # killed between stages: trained and probed, no robustness block yet
+    metrics = read_json(sam[0] / "metrics.json")
+    del metrics["robustness"]
+    write_json(sam[0] / "metrics.json", metrics)
+    # killed while training: only train_run's hidden staging directory exists
+    shutil.rmtree(sam[1])
+    staging = copy / f".{sam[1].name}.abc123"
+    staging.mkdir()
+    (staging / "config.json").write_text("{}")
+    assert len(collect(copy)) == 1  # half-finished runs have no row
+    model_mtime = (sam[0] / "model.zip").stat().st_mtime_ns
+    result = run_sweep(config, copy, backend="serial", progress=False)
+    assert sorted(o.ran for o in result.outcomes) == [("evaluate",), ("train", "probe", "evaluate")]
+    assert (sam[0] / "model.zip").stat().st_mtime_ns == model_mtime  # not retrained
+    assert not staging.exists()
+    table = pd.read_parquet(copy / "runs.parquet")
+    assert len(table) == 3 and table["run_id"].is_unique and set(table["status"]) == {"ok"}
+    original = pd.read_parquet(study / "runs.parquet")
+    pd.testing.assert_frame_equal(_comparable(table), _comparable(original))  # same seeds, same numbers
+
+
+def test_failed_run_is_recorded_and_exit_code_nonzero(
+    swept: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, study = swept
+    copy = _copy(study, tmp_path)
+    target = next(copy.glob("ppo-*"))
+    metrics = read_json(target / "metrics.json")
+    del metrics["robustness"]
+    write_json(target / "metrics.json", metrics)
+
+    def broken(run_dir: Path, job: pipeline.RunJob) -> None:
+        print("about to fail")
+        raise FloatingPointError("simulated divergence")
+
+    monkeypatch.setitem(pipeline.STAGE_RUNNERS, "evaluate", broken)
+    assert main([str(config), "--out", str(copy), "--backend", "serial", "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert "1 failed" in out and f"logs/{target.name}.log" in out
+    table = pd.read_parquet(copy / "runs.parquet")
+    row = table.set_index("path").loc[target.name]
+    assert row["status"] == "failed" and row["failed_stage"] == "evaluate"
+    assert row["error"] == "FloatingPointError: simulated divergence"
+    log = (copy / row["log"]).read_text()
+    assert "about to fail" in log and "Traceback" in log
+    assert row["train.return_mean"] == row["train.return_mean"]  # the finished stages' metrics are kept
+    # the next sweep retries it and the failure record goes
+    monkeypatch.undo()
+    assert main([str(config), "--out", str(copy), "--backend", "serial", "--no-progress"]) == 0
+    table = pd.read_parquet(copy / "runs.parquet")
+    assert len(table) == 3 and set(table["status"]) == {"ok"}
+
+
+def test_diverging_training_is_recorded(tmp_path: Path) -> None:
+    path = _study(tmp_path, algos=["ppo"], grid={**TINY_HP, "ent_coef": [1.0e39]}, probe=False, evaluate=False)
+    result = run_sweep(path, tmp_path / "out", backend="serial", progress=False)
+    assert result.table is not None and len(result.table) == 1
+    row = result.table.iloc[0]  # the entropy term overflows float32: loss -inf at the first minibatch
+    assert row["status"] == "failed" and row["failed_stage"] == "train" and "diverged" in row["error"]
+    assert result.failed and (tmp_path / "out" / row["path"] / "failure.json").exists()
+
+
+def test_collect_rebuilds_an_identical_table(swept: tuple[Path, Path], tmp_path: Path) -> None:
+    _, study = swept
+    copy = _copy(study, tmp_path)
+    before = pd.read_parquet(copy / "runs.parquet")
+    (copy / "runs.parquet").unlink()
+    assert main(["--collect", str(copy)]) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(copy / "runs.parquet"), before)
+
+
+def test_ray_backend_matches_local(swept: tuple[Path, Path], tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    config, study = swept
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        result = run_sweep(config, tmp_path / "ray", backend="ray", progress=False)
+    finally:
+        ray.shutdown()
+    assert not result.failed, [(o.name, o.error) for o in result.failed]
+    local = pd.read_parquet(study / "runs.parquet")
+    remote = pd.read_parquet(tmp_path / "ray" / "runs.parquet")
+    assert sorted(remote["run_id"]) == sorted(local["run_id"])
+    pd.testing.assert_frame_equal(_comparable(remote), _comparable(local))
+    assert json.loads((tmp_path / "ray" / local["path"][0] / "config.json").read_text())["run_id"] == local["run_id"][0]
+
+
+def test_plan_reports_states(swept: tuple[Path, Path]) -> None:
+    config, study = swept
+    states = {p.state for p in plan_sweep(load_study_config(config), study)}
+    assert states == {"done"}
