@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEMO_RUN ?= results/demo/ppo_sam-CartPole
+DEMO_DIR ?= results/demo
 
 .PHONY: demo test lint venv clean-demo
 
@@ -20,10 +20,15 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e ".[dev,ray]"
 	touch $@
 
-# Train ppo_sam on CartPole, probe its sharpness, evaluate its robustness, then run the smoke study and report.
+# The whole chain on a small default: train ppo_sam on CartPole, probe its sharpness (quick measure set), evaluate
+# its robustness on the task's default suite, then run the smoke study (configs/smoke.yaml) and report on it.
 demo: venv
-	rm -rf $(DEMO_RUN)
-	$(PY) -m rlflat.train ppo_sam CartPole --steps 30000 --out $(DEMO_RUN)
+	rm -rf $(DEMO_DIR)
+	$(PY) -m rlflat.train ppo_sam CartPole --steps 30000 --out $(DEMO_DIR)/ppo_sam-CartPole
+	$(PY) -m rlflat.probe $(DEMO_DIR)/ppo_sam-CartPole --quick
+	$(PY) -m rlflat.evaluate $(DEMO_DIR)/ppo_sam-CartPole
+	$(PY) -m rlflat.sweep configs/smoke.yaml --out $(DEMO_DIR)/smoke
+	$(PY) -m rlflat.report $(DEMO_DIR)/smoke
 
 lint: venv
 	$(VENV)/bin/ruff check rlflat tests benchmarks

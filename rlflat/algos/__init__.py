@@ -1,0 +1,312 @@
+"""Algorithms: an SB3 on-policy algorithm + its minibatch loss, stepped by an update rule.
+
+Names compose a base (``ppo``, ``pg``) with a rule (``plain`` is left out of the name, ``sam``, ``asam``):
+``ppo``, ``ppo_sam``, ``pg_asam``, ... Hyperparameters come from the task spec's block for the base
+(``envs/*.yaml``), then the rule's defaults, then ``--set`` overrides; every key is validated here so a typo
+fails before training, with the bad key and the valid ones in the message.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch as th
+import yaml
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.vec_env import VecEnv
+
+from rlflat.algos.base import ADAM_EPS, FlatOnPolicyAlgorithm, TrainingDiverged
+from rlflat.algos.pg import PG
+from rlflat.algos.ppo import RlflatPPO
+from rlflat.algos.rules import ASAM, RULE_DEFAULTS, RULE_KEYS, RULES, SAM, SAM_SCOPES, UpdateRule
+from rlflat.algos.schedules import normalize_schedule, parse_schedule
+from rlflat.errors import RlflatError, bad_choice
+from rlflat.tasks import TaskSpec
+
+__all__ = [
+    "ADAM_EPS",
+    "ALGORITHM_NAMES",
+    "ASAM",
+    "BASES",
+    "PG",
+    "RULES",
+    "RUN_KEYS",
+    "SAM",
+    "FlatOnPolicyAlgorithm",
+    "RlflatPPO",
+    "TrainingDiverged",
+    "UpdateRule",
+    "build_model",
+    "describe_algorithms",
+    "load_model",
+    "parse_algorithm",
+    "parse_override",
+    "resolve_hyperparameters",
+    "valid_keys",
+    "validate_hyperparameters",
+]
+
+BASES: dict[str, type[FlatOnPolicyAlgorithm]] = {"ppo": RlflatPPO, "pg": PG}
+_BASE_DESCRIPTIONS = {
+    "ppo": "PPO (Schulman et al. 2017) as SB3 trains it (the plain rule is SB3 PPO exactly)",
+    "pg": "vanilla policy gradient, value baseline + GAE, one full-batch step per rollout",
+}
+
+ALGORITHM_NAMES: list[str] = [base if rule == "plain" else f"{base}_{rule}" for base in BASES for rule in RULES]
+
+RUN_KEYS = ("total_timesteps", "n_envs", "normalize")
+"""Keys train.py consumes (vec env and learn()); build_model ignores them."""
+FLATNESS_KEYS = ("weight_decay", "swa_start")
+"""Flatness knobs valid with every rule."""
+_NOT_USER_KEYS = {
+    "self",
+    "policy",
+    "env",
+    "seed",
+    "device",
+    "_init_setup_model",
+    "update_rule",
+    "rollout_buffer_class",
+    "rollout_buffer_kwargs",
+    "supported_action_spaces",
+    "monitor_wrapper",
+}
+_ACTIVATIONS: dict[str, type[th.nn.Module]] = {
+    "tanh": th.nn.Tanh,
+    "relu": th.nn.ReLU,
+    "elu": th.nn.ELU,
+    "leaky_relu": th.nn.LeakyReLU,
+}
+_SCHEDULE_KEYS = ("learning_rate", "clip_range", "clip_range_vf")
+_POSITIVE_INTS = {"n_steps", "batch_size", "n_epochs", "total_timesteps", "n_envs", "stats_window_size"}
+_INTS = {"sde_sample_freq", "verbose"}
+_BOOLS = {"use_sde", "normalize_advantage", "normalize"}
+_UNIT_FLOATS = {"gamma", "gae_lambda"}
+_NONNEG_FLOATS = {"rho", "weight_decay", "vf_coef"}
+_POSITIVE_FLOATS = {"max_grad_norm", "asam_eta"}
+_FLOATS = {"ent_coef"}
+_OPTIONAL_POSITIVE_FLOATS = {"target_kl"}
+
+
+def parse_algorithm(name: str) -> tuple[str, str]:
+    """``ppo_sam`` -> (``ppo``, ``sam``); ``ppo`` -> (``ppo``, ``plain``)."""
+    if name not in ALGORITHM_NAMES:
+        raise bad_choice("algorithm", name, ALGORITHM_NAMES)
+    base, _, rule = name.partition("_")
+    return base, rule or "plain"
+
+
+def describe_algorithms() -> list[str]:
+    """One line per algorithm name, for ``--list``."""
+    width = max(len(n) for n in ALGORITHM_NAMES)
+    lines = []
+    for name in ALGORITHM_NAMES:
+        base, rule = parse_algorithm(name)
+        defaults = ", ".join(f"{k}={v}" for k, v in RULE_DEFAULTS[rule].items())
+        extra = f" [{defaults}]" if defaults else ""
+        lines.append(f"{name:<{width}}  {_BASE_DESCRIPTIONS[base]}; {RULES[rule].description}{extra}")
+    return lines
+
+
+def _constructor_keys(cls: type) -> set[str]:
+    """Keyword arguments the class accepts, following ``**kwargs`` up to the SB3 class that takes them."""
+    keys: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        keys |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return keys - _NOT_USER_KEYS
+
+
+def valid_keys(algo: str) -> list[str]:
+    """Every hyperparameter key ``algo`` accepts: SB3 constructor args, rlflat knobs, run keys."""
+    base, rule = parse_algorithm(algo)
+    rule_keys = {k for keys in RULE_KEYS.values() for k in keys}
+    keys = (_constructor_keys(BASES[base]) - rule_keys) | set(RULE_KEYS[rule]) | set(FLATNESS_KEYS)
+    return sorted(keys | set(RUN_KEYS))
+
+
+def _number(key: str, value: Any) -> float:
+    """A finite number; YAML 1.1 reads ``3e-3`` as a string, so numeric strings are accepted."""
+    if isinstance(value, bool):
+        raise RlflatError(f"{key} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise RlflatError(f"{key} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise RlflatError(f"{key} must be finite, got {value!r}")
+    return number
+
+
+def _integer(key: str, value: Any) -> int:
+    number = _number(key, value)
+    if number != int(number):
+        raise RlflatError(f"{key} must be an integer, got {value!r}")
+    return int(number)
+
+
+def _check_policy_kwargs(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise RlflatError(f"policy_kwargs must be a mapping, got {value!r}")
+    valid = set(inspect.signature(ActorCriticPolicy.__init__).parameters) - {
+        "self",
+        "observation_space",
+        "action_space",
+        "lr_schedule",
+        "use_sde",
+    }
+    for key in value:
+        if key not in valid:
+            raise bad_choice("policy_kwargs key", key, sorted(valid))
+    activation = value.get("activation_fn")
+    if isinstance(activation, str) and activation not in _ACTIVATIONS:
+        raise bad_choice("policy_kwargs.activation_fn", activation, _ACTIVATIONS)
+    net_arch = value.get("net_arch")
+    if net_arch is not None:
+        layers = list(net_arch.values()) if isinstance(net_arch, dict) else [net_arch]
+        for sizes in layers:
+            if not isinstance(sizes, list) or not all(isinstance(n, int) and n > 0 for n in sizes):
+                raise RlflatError(f"policy_kwargs.net_arch must list positive layer sizes, got {net_arch!r}")
+    return dict(value)
+
+
+def _validate_value(key: str, value: Any) -> Any:
+    """Check one hyperparameter's value; return it in canonical (JSON-friendly) form."""
+    if key in _SCHEDULE_KEYS:
+        if key == "clip_range_vf" and value is None:
+            return None
+        return normalize_schedule(key, value)
+    if key in _POSITIVE_INTS or key in _INTS:
+        integer = _integer(key, value)
+        if key in _POSITIVE_INTS and integer <= 0:
+            raise RlflatError(f"{key} must be a positive integer, got {value!r}")
+        return integer
+    if key in _BOOLS:
+        if not isinstance(value, bool):
+            raise RlflatError(f"{key} must be true or false, got {value!r}")
+        return value
+    if key in _OPTIONAL_POSITIVE_FLOATS or key == "swa_start":
+        if value is None:
+            return None
+        number = _number(key, value)
+        if key == "swa_start" and not 0.0 <= number < 1.0:
+            raise RlflatError(f"swa_start must be a fraction 0 <= swa_start < 1 (or null), got {value!r}")
+        if key != "swa_start" and number <= 0:
+            raise RlflatError(f"{key} must be > 0 (or null), got {value!r}")
+        return number
+    if key in _UNIT_FLOATS | _NONNEG_FLOATS | _POSITIVE_FLOATS | _FLOATS:
+        number = _number(key, value)
+        if key in _UNIT_FLOATS and not 0.0 <= number <= 1.0:
+            raise RlflatError(f"{key} must lie in [0, 1], got {value!r}")
+        if key in _NONNEG_FLOATS and number < 0:
+            raise RlflatError(f"{key} must be >= 0, got {value!r}")
+        if key in _POSITIVE_FLOATS and number <= 0:
+            raise RlflatError(f"{key} must be > 0, got {value!r}")
+        return number
+    if key == "sam_scope":
+        if value not in SAM_SCOPES:
+            raise bad_choice("sam_scope", value, SAM_SCOPES)
+        return value
+    if key == "policy_kwargs":
+        return _check_policy_kwargs(value)
+    return value
+
+
+def validate_hyperparameters(algo: str, hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """Every key known to ``algo`` and every value well-formed; returns the canonical dict."""
+    valid = valid_keys(algo)
+    checked: dict[str, Any] = {}
+    for key, value in hyperparameters.items():
+        if key not in valid:
+            raise bad_choice(f"hyperparameter for {algo}", key, valid)
+        checked[key] = _validate_value(key, value)
+    return checked
+
+
+def resolve_hyperparameters(algo: str, task: TaskSpec, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Task spec's values for the base, then the rule's defaults, then overrides; validated.
+
+    ``policy_kwargs`` overrides merge into the spec's (one level) so ``--set policy_kwargs={net_arch: [32]}``
+    keeps the spec's ``log_std_init``. Run keys default to ``n_envs=1``, ``normalize=false``;
+    ``total_timesteps`` must come from the spec or an override.
+    """
+    base, rule = parse_algorithm(algo)
+    merged: dict[str, Any] = {"n_envs": 1, "normalize": False}
+    merged.update(task.hyperparameters.get(base, {}))
+    merged.update(RULE_DEFAULTS[rule])
+    for key, value in overrides.items():
+        if key == "policy_kwargs" and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    resolved = validate_hyperparameters(algo, merged)
+    if "total_timesteps" not in resolved:
+        raise RlflatError(f"total_timesteps is not set for {algo} on {task.alias}; pass --set total_timesteps=N")
+    return resolved
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` from ``--set``; the value is YAML (``rho=0.1``, ``policy_kwargs={net_arch: [32]}``)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or not key.isidentifier():
+        raise RlflatError(f"--set expects key=value, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise RlflatError(f"--set {key}: value {raw!r} is not valid YAML ({problem})") from None
+    return key, value
+
+
+def _constructor_kwargs(hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """Hyperparameters (canonical form) -> what the SB3 constructor takes: schedules, activation classes."""
+    kwargs = {k: v for k, v in hyperparameters.items() if k not in RUN_KEYS}
+    for key in _SCHEDULE_KEYS:
+        if kwargs.get(key) is not None:
+            kwargs[key] = parse_schedule(key, kwargs[key])
+    policy_kwargs = kwargs.get("policy_kwargs")
+    if policy_kwargs:
+        policy_kwargs = dict(policy_kwargs)
+        if isinstance(policy_kwargs.get("activation_fn"), str):
+            policy_kwargs["activation_fn"] = _ACTIVATIONS[policy_kwargs["activation_fn"]]
+        kwargs["policy_kwargs"] = policy_kwargs
+    return kwargs
+
+
+def build_model(
+    algo: str, env: VecEnv, hyperparameters: dict[str, Any], seed: int, device: str = "cpu"
+) -> FlatOnPolicyAlgorithm:
+    """The model for ``algo`` on ``env`` (run keys ignored; train.py builds the env and calls learn)."""
+    base, rule = parse_algorithm(algo)
+    kwargs = _constructor_kwargs(validate_hyperparameters(algo, hyperparameters))
+    factory: Callable[..., FlatOnPolicyAlgorithm] = BASES[base]
+    return factory("MlpPolicy", env, update_rule=rule, seed=seed, device=device, **kwargs)
+
+
+def load_model(path: str | Path, env: VecEnv | None = None, device: str = "cpu") -> FlatOnPolicyAlgorithm:
+    """Load a zip saved by any rlflat algorithm (the class is read from the zip's ``rlflat_algorithm``)."""
+    path = Path(path)
+    if not path.exists() and path.with_suffix(".zip").exists():
+        path = path.with_suffix(".zip")  # SB3's save appends .zip
+    try:
+        with zipfile.ZipFile(path) as archive:
+            data = json.loads(archive.read("data"))
+    except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        raise RlflatError(f"{path}: not a saved SB3 model ({exc})") from None
+    name = data.get("rlflat_algorithm")
+    if not isinstance(name, str):
+        raise RlflatError(f"{path}: not saved by rlflat (no rlflat_algorithm); load it with stable_baselines3")
+    base, _ = parse_algorithm(name)
+    return BASES[base].load(path, env=env, device=device)

@@ -1,0 +1,147 @@
+"""`python -m rlflat.train`: run directories, reproducibility, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from stable_baselines3 import PPO
+
+from rlflat import algos
+from rlflat.errors import RlflatError
+from rlflat.train import main, resolve_run_config, run_id, train_run
+
+TINY = {"n_envs": 2, "n_steps": 32, "batch_size": 32, "n_epochs": 2}
+
+
+def _tiny_run(tmp_path: Path, name: str, algo: str = "ppo_sam", seed: int = 0) -> Path:
+    config = resolve_run_config(algo, "CartPole", seed=seed, steps=256, overrides=TINY)
+    return train_run(config, out=tmp_path / name, progress=False)
+
+
+def test_run_directory_is_complete_and_loadable(tmp_path: Path) -> None:
+    out = _tiny_run(tmp_path, "run")
+    assert {p.name for p in out.iterdir()} >= {"config.json", "model.zip", "train.csv", "metrics.json"}
+    config = json.loads((out / "config.json").read_text())
+    assert config["algo"] == "ppo_sam" and config["task"] == "CartPole" and config["seed"] == 0
+    assert config["hyperparameters"]["total_timesteps"] == 256
+    assert config["hyperparameters"]["gamma"] == 0.98  # the task spec's value survives the overrides
+    assert "rho" in config["hyperparameters"]
+    assert config["versions"]["torch"] and config["run_id"] == run_id(config)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "ok" and metrics["train"]["episodes"] == 20
+    assert metrics["train"]["total_timesteps"] >= 256
+    with open(out / "train.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows and float(rows[-1]["timesteps"]) <= metrics["train"]["total_timesteps"]
+    loaded = PPO.load(out / "model.zip")  # loadable with the SB3 class it names
+    assert sum(p.numel() for p in loaded.policy.parameters()) > 0
+    assert not list(tmp_path.glob(".run.*")), "staging directory left behind"
+
+
+def test_same_seed_same_parameters(tmp_path: Path) -> None:
+    a = algos.load_model(_tiny_run(tmp_path, "a") / "model.zip")
+    b = algos.load_model(_tiny_run(tmp_path, "b") / "model.zip")
+    c = algos.load_model(_tiny_run(tmp_path, "c", seed=1) / "model.zip")
+    for (name, pa), pb in zip(a.policy.state_dict().items(), b.policy.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name
+    assert any(
+        not torch.equal(pa, pc)
+        for pa, pc in zip(a.policy.state_dict().values(), c.policy.state_dict().values(), strict=True)
+    )
+
+
+def test_run_id_is_a_content_hash() -> None:
+    a = resolve_run_config("ppo", "CartPole", seed=0)
+    assert run_id(a) == run_id(resolve_run_config("ppo", "CartPole-v1", seed=0))
+    assert run_id(a) != run_id(resolve_run_config("ppo", "CartPole", seed=1))
+    assert run_id(a) != run_id(resolve_run_config("ppo", "CartPole", seed=0, overrides={"n_epochs": 3}))
+
+
+def test_existing_nonempty_out_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    config = resolve_run_config("ppo", "CartPole", steps=64, overrides=TINY)
+    with pytest.raises(RlflatError, match="already exists"):
+        train_run(config, out=tmp_path / "taken", progress=False)
+    assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+
+
+def test_divergence_is_recorded_and_leaves_no_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = resolve_run_config("ppo", "CartPole", steps=64, overrides=TINY)
+    original = algos.build_model
+
+    def poisoned(*args, **kwargs):  # type: ignore[no-untyped-def]
+        model = original(*args, **kwargs)
+        with torch.no_grad():
+            next(model.policy.parameters()).fill_(float("nan"))
+        return model
+
+    monkeypatch.setattr(algos, "build_model", poisoned)
+    with pytest.raises(algos.TrainingDiverged):
+        train_run(config, out=tmp_path / "nan", progress=False)
+    metrics = json.loads((tmp_path / "nan" / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "not finite" in metrics["error"]
+    assert not (tmp_path / "nan" / "model.zip").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["ppo_adam", "CartPole"], "ppo_adam"),
+        (["ppo", "CartPol"], "CartPol"),
+        (["ppo", "CartPole", "--set", "n_stepz=32"], "n_stepz"),
+        (["ppo", "CartPole", "--steps", "0"], "--steps"),
+        (["ppo", "CartPole", "--steps", "-5"], "-5"),
+        (["ppo_sam", "CartPole", "--rho", "-0.1"], "-0.1"),
+        (["ppo", "CartPole", "--set", "n_steps"], "n_steps"),
+        (["ppo", "CartPole", "--set", "n_steps=abc"], "abc"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_nothing_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], needle: str
+) -> None:
+    from rlflat.cli import run_cli
+
+    out = tmp_path / "out"
+    assert run_cli(main, [*argv, "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and needle in err
+    assert not out.exists()
+
+
+def test_list_and_the_real_command_line(tmp_path: Path) -> None:
+    listed = subprocess.run(
+        [sys.executable, "-m", "rlflat.train", "--list"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert any(line.split()[:2] == ["algo", "ppo_sam"] for line in listed)
+    assert any(line.split()[:2] == ["task", "CartPole"] for line in listed)
+    out = tmp_path / "cli"
+    sets = ["--set", "n_envs=2", "--set", "n_steps=32"]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlflat.train",
+            "pg",
+            "CartPole",
+            "--steps",
+            "128",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+            *sets,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == str(out)
+    bad = subprocess.run([sys.executable, "-m", "rlflat.train", "nope", "CartPole"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
