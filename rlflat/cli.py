@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from rlflat.errors import RlflatError
 
@@ -27,3 +29,10 @@ def set_torch_threads(threads: int) -> None:
     if threads < 1:
         raise RlflatError(f"--threads must be >= 1, got {threads}")
     torch.set_num_threads(threads)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is an :class:`RlflatError`: one line, exit 2, like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        raise RlflatError(f"{self.prog}: {message}")
