@@ -19,11 +19,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch as th
 from stable_baselines3 import PPO
-from stable_baselines3.common.env_util import make_vec_env
 
-from rlflat.algos import build_model, resolve_hyperparameters
-from rlflat.algos.schedules import parse_schedule
-from rlflat.tasks import load_task, make_env
+from rlflat.algos import build_model, constructor_kwargs, resolve_hyperparameters
+from rlflat.tasks import load_task
+from rlflat.train import training_env
 
 
 def _timed(build: Callable[[], Any], steps: int) -> float:
@@ -42,17 +41,15 @@ def main() -> None:
     th.set_num_threads(1)
 
     task = load_task(args.task)
+    # every model's hyperparameters, the SB3 twin's included, come from the task spec through rlflat's resolver
     hp = resolve_hyperparameters("ppo", task, {})
     sam_hp = resolve_hyperparameters("ppo_sam", task, {})
     n_envs = hp["n_envs"]
 
     def env() -> Any:
-        return make_vec_env(lambda: make_env(task), n_envs=n_envs)
+        return training_env(task, hp, seed=0)
 
-    sb3_kwargs = {k: v for k, v in hp.items() if k not in ("total_timesteps", "n_envs", "normalize")}
-    for key in ("learning_rate", "clip_range"):
-        if key in sb3_kwargs:
-            sb3_kwargs[key] = parse_schedule(key, sb3_kwargs[key])
+    sb3_kwargs = constructor_kwargs(hp)  # schedules parsed, activation names resolved, run keys dropped
 
     runs: dict[str, Callable[[], Any]] = {
         "sb3 PPO": lambda: PPO("MlpPolicy", env(), seed=0, device="cpu", **sb3_kwargs),
@@ -65,6 +62,7 @@ def main() -> None:
             best[name] = min(best[name], _timed(build, args.steps))
 
     print(f"{task.alias}, {args.steps} steps, n_envs={n_envs}, best of {args.repeats}, torch threads 1")
+    print(f"  hyperparameters (from the task spec): {hp}")
     for name, seconds in best.items():
         print(f"  {name:<15} {seconds:6.2f} s  {args.steps / seconds:7.0f} env-steps/s")
     speed = best["sb3 PPO"] / best["rlflat ppo"]

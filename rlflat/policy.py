@@ -230,3 +230,8 @@ def check_spaces(policy: FunctionalPolicy, observation_space: spaces.Space, acti
         )
     if isinstance(action_space, spaces.Discrete) and policy.action_space != action_space:
         raise RlflatError(f"policy action space {policy.action_space} does not match the task's {action_space}")
+    if isinstance(action_space, spaces.Box) and policy.action_space.shape != action_space.shape:
+        raise RlflatError(
+            f"policy action shape {policy.action_space.shape} does not match the task's {action_space.shape} "
+            f"(policy {policy.action_space}, task {action_space})"
+        )

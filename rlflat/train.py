@@ -8,7 +8,6 @@ temporary name and renamed into place, so a crash never leaves a half-written ru
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import json
@@ -26,14 +25,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from tqdm.auto import tqdm
 
 from rlflat import algos
-from rlflat.cli import run_cli, set_torch_threads
+from rlflat.cli import ArgumentParser, run_cli, set_torch_threads
 from rlflat.errors import RlflatError
 from rlflat.io import read_json, umask, write_json
 from rlflat.policy import MODEL_FILE, NORMALIZER_FILE, FunctionalPolicy, ObservationNormalizer
@@ -52,6 +50,8 @@ def resolve_run_config(
     overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The fully resolved, hashable description of a run (no versions, paths or times: those don't change it)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise RlflatError(f"seed must be an integer in [0, 2**32), got {seed!r}")
     spec = load_task(task)
     overrides = dict(overrides or {})
     if steps is not None:
@@ -72,6 +72,27 @@ def default_run_dir(config: Mapping[str, Any], root: Path = RUNS_DIR) -> Path:
     return root / f"{config['algo']}-{config['task']}-s{config['seed']}-{run_id(config)}"
 
 
+def check_device(device: str) -> str:
+    """``device`` as torch names it, or a one-line error: not a device name, or not present on this machine.
+
+    SB3 silently trains on the CPU when CUDA is asked for but absent; a run recording ``cuda`` must use it.
+    """
+    valid = "cpu, cuda, cuda:N, mps"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise RlflatError(f"--device {device!r} is not a torch device; valid forms: {valid}") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (parsed.index is not None and parsed.index >= count):
+            raise RlflatError(f"--device {device!r}: this machine has {count} CUDA device(s); valid forms: {valid}")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise RlflatError(f"--device {device!r}: MPS is not available on this machine; valid forms: {valid}")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise RlflatError(f"--device {device!r} is not supported; valid forms: {valid}")
+    return str(parsed)
+
+
 def train_run(
     config: Mapping[str, Any],
     out: str | Path | None = None,
@@ -81,14 +102,18 @@ def train_run(
 ) -> Path:
     """Train the run ``config`` (from :func:`resolve_run_config`) and return its directory.
 
+    ``config.json`` is ``config`` plus the run id, versions, command line, device and, in a block of its own
+    that the run id does not hash, ``effective_hyperparameters``: every value the model trains with, SB3's
+    and the policy's defaults included (see :func:`rlflat.algos.effective_hyperparameters`).
+
     On divergence (a non-finite loss or parameter) the run directory records ``status: failed`` and the error,
     and holds no model; the error is re-raised for the caller.
     """
     out = Path(out) if out is not None else default_run_dir(config)
     if out.exists() and any(out.iterdir()):
         raise RlflatError(f"run directory {out} already exists and is not empty; choose another --out")
+    device = check_device(device)
     spec = load_task(config["task"])
-    hyperparameters = dict(config["hyperparameters"])
     full_config = {
         **config,
         "run_id": run_id(config),
@@ -100,9 +125,8 @@ def train_run(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     staging.chmod(0o777 & ~umask())  # mkdtemp makes 0700; a run dir should read like any other folder
     try:
-        write_json(staging / "config.json", full_config)
         try:
-            metrics = _train_into(staging, spec, config, hyperparameters, device, progress)
+            metrics = _train_into(staging, spec, full_config, device, progress)
         except algos.TrainingDiverged as exc:
             write_json(staging / "metrics.json", {"status": "failed", "error": str(exc)})
             _publish(staging, out)
@@ -116,23 +140,26 @@ def train_run(
 
 
 def _publish(staging: Path, out: Path) -> None:
+    """Rename the finished staging directory to ``out`` (an empty ``out`` is replaced; a full one was refused).
+
+    Not :func:`rlflat.io.staging_dir`: a diverged run is published too, with its ``status: failed``.
+    """
     if out.exists():
         out.rmdir()  # empty (checked above)
     os.replace(staging, out)
 
 
 def _train_into(
-    directory: Path,
-    spec: TaskSpec,
-    config: Mapping[str, Any],
-    hyperparameters: dict[str, Any],
-    device: str,
-    progress: bool,
+    directory: Path, spec: TaskSpec, config: Mapping[str, Any], device: str, progress: bool
 ) -> dict[str, Any]:
+    """Build, write config.json (with the effective hyperparameters), train, save, evaluate; the metrics."""
     seed = int(config["seed"])
+    hyperparameters = dict(config["hyperparameters"])
     total = int(hyperparameters["total_timesteps"])
-    env = _training_env(spec, hyperparameters, seed)
+    env = training_env(spec, hyperparameters, seed)
     model = algos.build_model(config["algo"], env, hyperparameters, seed=seed, device=device)
+    effective = algos.effective_hyperparameters(model, hyperparameters)
+    write_json(directory / "config.json", {**config, "effective_hyperparameters": effective})
     curve = _LearningCurve(total, progress=progress, label=f"{config['algo']} {spec.alias} s{seed}")
     start = time.perf_counter()
     try:
@@ -140,7 +167,7 @@ def _train_into(
     finally:
         curve.close()
     wall = time.perf_counter() - start
-    _check_finite(model)
+    model.check_parameters("after training")
     model.save(directory / MODEL_FILE)
     normalizer = None
     if isinstance(env, VecNormalize):
@@ -160,7 +187,8 @@ def _train_into(
     }
 
 
-def _training_env(spec: TaskSpec, hyperparameters: Mapping[str, Any], seed: int) -> VecEnv:
+def training_env(spec: TaskSpec, hyperparameters: Mapping[str, Any], seed: int) -> VecEnv:
+    """The vectorised training env of a run: ``n_envs`` copies, seeded, VecNormalize'd if ``normalize``."""
     env: VecEnv = make_vec_env(lambda: make_env(spec), n_envs=int(hyperparameters.get("n_envs", 1)), seed=seed)
     if hyperparameters.get("normalize", False):
         env = VecNormalize(env, gamma=float(hyperparameters.get("gamma", 0.99)))
@@ -172,12 +200,6 @@ def evaluate_nominal(policy: FunctionalPolicy, spec: TaskSpec, episodes: int) ->
     from rlflat.evaluate import rollout_returns
 
     return rollout_returns(policy, spec, [{}], episodes=episodes, seed=0)[0, 0]
-
-
-def _check_finite(model: BaseAlgorithm) -> None:
-    for name, param in model.policy.named_parameters():
-        if not torch.isfinite(param).all():
-            raise algos.TrainingDiverged(f"parameter {name} is not finite after training")
 
 
 def _versions() -> dict[str, str]:
@@ -225,17 +247,17 @@ class _LearningCurve(BaseCallback):
             writer.writerows(self.rows)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m rlflat.train", description=__doc__.splitlines()[0])
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m rlflat.train", description=__doc__.splitlines()[0])
     parser.add_argument("algo", nargs="?", help="algorithm, e.g. ppo, ppo_sam, pg_asam (see --list)")
     parser.add_argument("task", nargs="?", help="task alias or Gymnasium id, e.g. CartPole or CartPole-v1")
     parser.add_argument("--steps", type=int, help="total environment steps (default: the task spec's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rho", type=float, help="SAM/ASAM neighbourhood radius")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a hyperparameter (repeatable)")  # fmt: skip
+                        help="override a hyperparameter (repeatable; mapping values such as policy_kwargs merge)")  # fmt: skip
     parser.add_argument("--out", type=Path, help="run directory (default results/runs/<algo>-<task>-s<seed>-<id>)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or mps")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for small policies)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--list", action="store_true", help="list algorithms and tasks, one per line")
@@ -255,10 +277,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("ALGO and TASK are required (or --list)")
     if args.steps is not None and args.steps <= 0:
         raise RlflatError(f"--steps must be a positive integer, got {args.steps}")
-    overrides = dict(algos.parse_override(text) for text in args.overrides)
+    overrides = algos.parse_overrides(args.overrides)
     if args.rho is not None:
         overrides["rho"] = args.rho
     set_torch_threads(args.threads)
+    check_device(args.device)
     config = resolve_run_config(args.algo, args.task, seed=args.seed, steps=args.steps, overrides=overrides)
     out = train_run(config, out=args.out, device=args.device, progress=not args.no_progress,
                     command=["python", "-m", "rlflat.train", *(argv if argv is not None else sys.argv[1:])])  # fmt: skip

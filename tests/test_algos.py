@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 import os
 from typing import Any
@@ -19,16 +21,21 @@ from rlflat.algos import (
     ADAM_EPS,
     ALGORITHM_NAMES,
     ASAM,
+    PG,
     SAM,
     RlflatPPO,
     TrainingDiverged,
     UpdateRule,
     build_model,
     describe_algorithms,
+    effective_hyperparameters,
     load_model,
+    merge_overrides,
     parse_algorithm,
     parse_override,
+    parse_overrides,
     resolve_hyperparameters,
+    valid_keys,
 )
 from rlflat.algos.schedules import LinearSchedule, WarmupCosineSchedule, parse_schedule
 from rlflat.errors import RlflatError
@@ -40,11 +47,13 @@ TINY_CARTPOLE: dict[str, Any] = {
     "n_steps": 32,
     "batch_size": 16,
     "n_epochs": 2,
-    "learning_rate": "lin_1e-3",
-    "clip_range": "lin_0.2",
+    "learning_rate": 1e-3,  # constant: with lin_ the last update has lr 0 and compares nothing
+    "clip_range": 0.2,
     "gamma": 0.98,
     "gae_lambda": 0.8,
 }
+ROLLOUT = 2 * 32
+"""Env steps per rollout of TINY_CARTPOLE on ``_env()`` (2 envs)."""
 
 
 _SCHEDULES = ("learning_rate", "clip_range")
@@ -111,8 +120,9 @@ def _compare_logs(ours: _Capture, theirs: _Capture) -> None:
 
 
 def test_ppo_matches_sb3_discrete_with_vf_clip_and_target_kl() -> None:
-    hp = {**TINY_CARTPOLE, "learning_rate": 3e-3, "n_epochs": 4, "clip_range_vf": 0.2, "target_kl": 1e-3}
-    ours, theirs, log_ours, log_theirs = _train_twins("CartPole-v1", hp, seed=3, steps=4 * 64)
+    hp = {**TINY_CARTPOLE, "learning_rate": 3e-3, "clip_range": "lin_0.2", "n_epochs": 4}
+    hp.update(clip_range_vf=0.2, target_kl=1e-3)
+    ours, theirs, log_ours, log_theirs = _train_twins("CartPole-v1", hp, seed=3, steps=4 * ROLLOUT)
     assert isinstance(ours, PPO)
     assert ours._n_updates == theirs._n_updates < 4 * 4  # the KL early stop fired
     _assert_same_params(ours, theirs)
@@ -135,16 +145,23 @@ class _Quadratic(th.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.x = th.nn.Parameter(th.tensor([1.0, -2.0, 0.5], dtype=th.float64))
+        self.matrix = False
         q = th.tensor([[2.0, 0.3, 0.0], [0.3, 1.0, -0.2], [0.0, -0.2, 0.5]], dtype=th.float64)
         self.A = q @ q.T
 
     def forward(self) -> th.Tensor:
-        return 0.5 * self.x @ self.A @ self.x
+        x = self.x.flatten()
+        return 0.5 * x @ self.A @ x
 
 
-def _rule_step(rule: UpdateRule, lr: float = 0.1, max_grad_norm: float | None = None) -> tuple[Any, Any]:
+def _rule_step(
+    rule: UpdateRule, lr: float = 0.1, max_grad_norm: float | None = None, as_weight: bool = False
+) -> tuple[Any, Any]:
+    """One rule step on the quadratic; ``as_weight`` makes x a 1x3 weight matrix (ASAM scales only weights)."""
     quad = _Quadratic()
-    x0 = quad.x.detach().clone()
+    if as_weight:
+        quad.x = th.nn.Parameter(quad.x.detach().reshape(1, 3))
+    x0 = quad.x.detach().flatten().clone()
     opt = th.optim.SGD(quad.parameters(), lr=lr)
     rule.step(opt, quad(), quad, [quad.x], [quad.x], max_grad_norm)
     return quad, x0
@@ -167,17 +184,55 @@ def test_sam_clips_the_gradient_it_steps_with() -> None:
 
 
 def test_asam_step_matches_closed_form() -> None:
-    quad, x = _rule_step(ASAM(rho=0.5, eta=0.01))
+    quad, x = _rule_step(ASAM(rho=0.5, eta=0.01), as_weight=True)
     g = quad.A @ x
     t = x.abs() + 0.01
     e = 0.5 * t * t * g / (t * g).norm()
     expected = x - 0.1 * (quad.A @ (x + e))
-    th.testing.assert_close(quad.x.detach(), expected, rtol=1e-12, atol=1e-12)
+    th.testing.assert_close(quad.x.detach().flatten(), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_asam_scales_weights_but_not_biases() -> None:
+    """Kwon et al.'s reference: T = |w| + eta for weights, T = 1 for biases; one norm over both."""
+    gen = th.Generator().manual_seed(0)
+    weight, bias = th.randn(3, 4, generator=gen), th.randn(3, generator=gen)
+    g_w, g_b = th.randn(3, 4, generator=gen), th.randn(3, generator=gen)
+    e_w, e_b = ASAM(rho=0.5, eta=0.01).perturbation([weight, bias], [g_w, g_b])
+    t_w = weight.abs() + 0.01
+    norm = th.sqrt((t_w * g_w).pow(2).sum() + g_b.pow(2).sum())
+    th.testing.assert_close(e_w, 0.5 * t_w * t_w * g_w / norm)
+    th.testing.assert_close(e_b, 0.5 * g_b / norm)
+    # a bias alone gets SAM's perturbation
+    th.testing.assert_close(ASAM(rho=0.5).perturbation([bias], [g_b])[0], SAM(rho=0.5).perturbation([bias], [g_b])[0])
 
 
 def test_plain_rule_is_gradient_descent() -> None:
     quad, x = _rule_step(UpdateRule())
     th.testing.assert_close(quad.x.detach(), x - 0.1 * (quad.A @ x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("rule", [SAM(rho=0.7), ASAM(rho=2.0)])
+def test_nonfinite_loss_at_the_perturbed_point_raises_with_theta_restored(rule: UpdateRule) -> None:
+    quad = _Quadratic()
+    x0 = quad.x.detach().clone()
+    opt = th.optim.SGD(quad.parameters(), lr=0.1)
+    with pytest.raises(TrainingDiverged, match="loss at the A?SAM-perturbed point is nan"):
+        rule.step(opt, quad(), lambda: quad() * float("nan"), [quad.x], [quad.x], None)
+    assert th.equal(quad.x.detach(), x0)  # restored, and no step taken
+
+
+def test_ppo_names_the_update_whose_perturbed_loss_diverged() -> None:
+    model = build_model("ppo_sam", _env(), TINY_CARTPOLE, seed=0)
+    assert isinstance(model, RlflatPPO)
+    original = model.minibatch_loss
+
+    def spy(batch: Any, clip: float, clip_vf: float | None, with_stats: bool = True) -> Any:
+        loss, stats = original(batch, clip, clip_vf, with_stats=with_stats)
+        return (loss if with_stats else loss * float("inf") * 0.0), stats  # nan at the perturbed point only
+
+    model.minibatch_loss = spy  # type: ignore[method-assign,assignment]
+    with pytest.raises(TrainingDiverged, match=r"iteration 0 .*minibatch 0: loss at the SAM-perturbed point is nan"):
+        model.learn(ROLLOUT)
 
 
 @pytest.mark.parametrize("rule", [SAM(rho=0.7), ASAM(rho=2.0)])
@@ -210,14 +265,17 @@ def test_parameters_restored_bit_for_bit_before_base_step(rule: UpdateRule) -> N
 
 
 def test_sam_with_rho_zero_equals_plain_ppo() -> None:
-    plain = _trained("ppo", TINY_CARTPOLE, seed=5, steps=3 * 64)
-    sam = _trained("ppo_sam", {**TINY_CARTPOLE, "rho": 0.0, "sam_scope": "all"}, seed=5, steps=3 * 64)
+    plain = _trained("ppo", TINY_CARTPOLE, seed=5, steps=3 * ROLLOUT)
+    sam = _trained("ppo_sam", {**TINY_CARTPOLE, "rho": 0.0, "sam_scope": "all"}, seed=5, steps=3 * ROLLOUT)
+    assert plain._n_updates == 3 * TINY_CARTPOLE["n_epochs"]  # three rollouts, all with lr > 0
     _assert_same_params(plain, sam, rtol=0, atol=0)
+    fresh = build_model("ppo", _env(), TINY_CARTPOLE, seed=5)
+    assert not th.equal(_params(fresh)["action_net.weight"], _params(plain)["action_net.weight"])  # it did train
 
 
 def test_sam_changes_training() -> None:
-    plain = _trained("ppo", TINY_CARTPOLE, seed=5, steps=2 * 64)  # lin_ lr is 0 in the last update
-    sam = _trained("ppo_sam", {**TINY_CARTPOLE, "rho": 0.1}, seed=5, steps=2 * 64)
+    plain = _trained("ppo", TINY_CARTPOLE, seed=5, steps=2 * ROLLOUT)
+    sam = _trained("ppo_sam", {**TINY_CARTPOLE, "rho": 0.1}, seed=5, steps=2 * ROLLOUT)
     assert not th.equal(plain.policy.action_net.weight, sam.policy.action_net.weight)
 
 
@@ -260,6 +318,50 @@ def test_weight_decay_switches_to_adamw_keeping_eps() -> None:
     assert type(default) is th.optim.Adam and default.defaults["eps"] == ADAM_EPS
 
 
+@pytest.mark.parametrize(
+    ("policy_kwargs", "optimizer", "eps"),
+    [
+        ({"optimizer_kwargs": {"amsgrad": True}}, th.optim.Adam, ADAM_EPS),  # SB3 alone would give 1e-8
+        ({"optimizer_class": th.optim.AdamW}, th.optim.AdamW, ADAM_EPS),
+        ({"optimizer_class": th.optim.AdamW, "optimizer_kwargs": {"betas": [0.8, 0.9]}}, th.optim.AdamW, ADAM_EPS),
+        ({"optimizer_kwargs": {"eps": 1e-8}}, th.optim.Adam, 1e-8),  # an eps the user names is kept
+        ({"optimizer_class": th.optim.SGD, "optimizer_kwargs": {"momentum": 0.9}}, th.optim.SGD, None),
+    ],
+)
+def test_adam_eps_survives_optimizer_kwargs(policy_kwargs: dict[str, Any], optimizer: type, eps: float | None) -> None:
+    given = copy.deepcopy(policy_kwargs)
+    for algo in ("ppo", "pg"):
+        opt = build_model(algo, _env(), {"policy_kwargs": policy_kwargs}, seed=0).policy.optimizer
+        assert type(opt) is optimizer and opt.defaults.get("eps") == eps
+        for key, value in policy_kwargs.get("optimizer_kwargs", {}).items():
+            assert opt.defaults[key] == (tuple(value) if isinstance(value, list) else value)
+    assert policy_kwargs == given  # the caller's dict is not mutated
+
+
+def test_schedules_clamp_negative_progress() -> None:
+    """SB3's progress_remaining is negative when the last rollout overshoots (30000 steps / 256: -0.0069)."""
+    overshoot = 1.0 - 30_208 / 30_000
+    assert overshoot < 0
+    assert parse_schedule("learning_rate", "lin_1e-3")(overshoot) == 0.0  # type: ignore[operator]
+    assert parse_schedule("learning_rate", "warmcos_1e-3_0.1")(overshoot) == pytest.approx(0.0, abs=1e-15)  # type: ignore[operator]
+    # in training: 100 steps in rollouts of 64 end at progress 1 - 128/100 < 0
+    hp = {**TINY_CARTPOLE, "learning_rate": "lin_1e-3", "clip_range": "lin_0.2"}
+    model = build_model("ppo", _env(), hp, seed=0)
+    assert isinstance(model, RlflatPPO)
+    clip_ranges: list[float] = []
+    original = model.minibatch_loss
+
+    def spy(batch: Any, clip: float, clip_vf: float | None, with_stats: bool = True) -> Any:
+        clip_ranges.append(clip)
+        return original(batch, clip, clip_vf, with_stats=with_stats)
+
+    model.minibatch_loss = spy  # type: ignore[method-assign,assignment]
+    model.learn(100)
+    assert model._current_progress_remaining < 0
+    assert model.policy.optimizer.param_groups[0]["lr"] == 0.0
+    assert clip_ranges[0] == pytest.approx(0.2 * (1 - 64 / 100)) and clip_ranges[-1] == 0.0
+
+
 def test_schedules() -> None:
     cos = parse_schedule("learning_rate", "warmcos_1e-3_0.1")
     assert isinstance(cos, WarmupCosineSchedule)
@@ -300,8 +402,10 @@ def test_swa_yields_the_average_of_the_snapshots() -> None:
 
 
 def test_same_seed_same_parameters() -> None:
-    runs = [_trained("ppo_asam", TINY_CARTPOLE, seed=11, steps=2 * 64) for _ in range(2)]
+    runs = [_trained("ppo_asam", TINY_CARTPOLE, seed=11, steps=3 * ROLLOUT) for _ in range(3)]
     _assert_same_params(runs[0], runs[1], rtol=0, atol=0)
+    other = _trained("ppo_asam", TINY_CARTPOLE, seed=12, steps=3 * ROLLOUT)
+    assert not th.equal(other.policy.action_net.weight, runs[2].policy.action_net.weight)
 
 
 @pytest.mark.parametrize("algo", ["ppo_sam", "pg_asam"])
@@ -358,8 +462,8 @@ def test_nonfinite_parameters_after_update_raise() -> None:
     model = build_model("pg", _env(), {"n_steps": 16}, seed=0)
     original = model._step
 
-    def poisoned(loss: th.Tensor, closure: Any) -> None:
-        original(loss, closure)
+    def poisoned(loss: th.Tensor, closure: Any, minibatch: int = 0) -> None:
+        original(loss, closure, minibatch)
         with th.no_grad():
             model.policy.action_net.bias.fill_(float("inf"))  # type: ignore[operator]
 
@@ -408,11 +512,84 @@ def test_resolve_merges_spec_rule_defaults_and_overrides() -> None:
         ("ppo", {"policy_kwargs": {"activation_fn": "sigmoid"}}, r"'sigmoid'.*tanh"),
         ("ppo", {"policy_kwargs": {"net_arch": [64, -1]}}, r"net_arch"),
         ("ppo", {"use_sde": "yes"}, r"use_sde .*'yes'"),
+        ("ppo", {"tensorboard_log": 5}, r"'tensorboard_log'"),  # logging keys are not hyperparameters
+        ("ppo", {"verbose": 1}, r"'verbose'"),
+        ("ppo", {"stats_window_size": 10}, r"'stats_window_size'"),
+        ("ppo", {"policy_kwargs": {"optimizer_class": "adam"}}, r"optimizer_class must be a subclass .*'adam'"),
+        ("ppo", {"policy_kwargs": {"optimizer_class": th.nn.Tanh}}, r"optimizer_class must be a subclass"),
+        ("ppo", {"policy_kwargs": {"features_extractor_class": 3}}, r"features_extractor_class must be a subclass"),
+        ("ppo", {"policy_kwargs": {"activation_fn": 3}}, r"activation_fn must be one of"),
+        ("ppo", {"policy_kwargs": {"ortho_init": "no"}}, r"ortho_init must be true or false"),
+        ("ppo", {"policy_kwargs": {"log_std_init": "big"}}, r"log_std_init must be a number"),
+        ("ppo", {"policy_kwargs": {"net_arch": {"pi": [8], "q": [8]}}}, r"net_arch may only have keys pi and vf"),
+        ("ppo", {"policy_kwargs": {"optimizer_kwargs": {"bettas": [0.9, 0.9]}}}, r"optimizer_kwargs .*bettas"),
+        ("ppo", {"policy_kwargs": {"optimizer_kwargs": {"eps": -1}}}, r"optimizer_kwargs .*eps"),
+        ("ppo", {"policy_kwargs": {"optimizer_kwargs": {"lr": 0.1}}}, r"may not set lr .*learning_rate"),
+        ("ppo", {"policy_kwargs": {"features_extractor_kwargs": {"dim": 3}}}, r"'dim'"),
+        ("ppo", {"policy_kwargs": 3}, r"policy_kwargs must be a mapping"),
     ],
 )
 def test_bad_keys_and_values_raise(algo: str, overrides: dict[str, Any], needle: str) -> None:
     with pytest.raises(RlflatError, match=needle):
         resolve_hyperparameters(algo, load_task("CartPole"), overrides)
+
+
+def test_only_checked_keys_are_settable() -> None:
+    assert set(valid_keys("pg")) == {
+        *("ent_coef", "gae_lambda", "gamma", "learning_rate", "max_grad_norm", "n_steps", "normalize_advantage"),
+        *("policy_kwargs", "sde_sample_freq", "use_sde", "vf_coef", "weight_decay", "swa_start"),
+        *("n_envs", "normalize", "total_timesteps"),
+    }
+    extra = {"batch_size", "n_epochs", "clip_range", "clip_range_vf", "target_kl"}
+    assert set(valid_keys("ppo_asam")) == set(valid_keys("pg")) | extra | {"rho", "sam_scope", "asam_eta"}
+
+
+def test_policy_kwargs_classes_from_python_are_accepted() -> None:
+    policy_kwargs = {
+        "optimizer_class": th.optim.SGD,
+        "optimizer_kwargs": {"momentum": 0.5},
+        "activation_fn": th.nn.ReLU,
+    }
+    model = build_model("ppo", _env(), {"policy_kwargs": policy_kwargs}, seed=0)
+    assert type(model.policy.optimizer) is th.optim.SGD and model.policy.activation_fn is th.nn.ReLU
+
+
+def test_effective_hyperparameters_record_defaults_and_what_was_built() -> None:
+    hp = resolve_hyperparameters("ppo_asam", load_task("CartPole"), {**TINY_CARTPOLE, "vf_coef": 0.25})
+    model = build_model("ppo_asam", _env(), hp, seed=0)
+    effective = effective_hyperparameters(model, hp)
+    json.dumps(effective)  # JSON-friendly throughout
+    assert set(valid_keys("ppo_asam")) <= set(effective)
+    assert effective["vf_coef"] == 0.25 and effective["learning_rate"] == 1e-3  # the resolved values win
+    # SB3 defaults nobody set, read back from the model that was built
+    for key in ("max_grad_norm", "normalize_advantage", "ent_coef", "target_kl", "rho", "asam_eta", "sam_scope"):
+        assert effective[key] == getattr(model, key), key
+    assert effective["clip_range_vf"] is None and effective["max_grad_norm"] == 0.5
+    policy = effective["policy_kwargs"]
+    assert policy["net_arch"] == {"pi": [64, 64], "vf": [64, 64]} and policy["ortho_init"] is True
+    assert policy["activation_fn"] == "torch.nn.modules.activation.Tanh"
+    assert policy["optimizer_class"] == "torch.optim.adam.Adam"
+    assert policy["optimizer_kwargs"]["eps"] == ADAM_EPS and policy["optimizer_kwargs"]["betas"] == [0.9, 0.999]
+    plain = build_model("pg", _env(), {"weight_decay": 0.1}, seed=0)
+    effective = effective_hyperparameters(plain, {"weight_decay": 0.1})
+    assert "rho" not in effective and effective["policy_kwargs"]["optimizer_class"] == "torch.optim.adamw.AdamW"
+    assert effective["policy_kwargs"]["optimizer_kwargs"]["weight_decay"] == 0.1
+
+
+def test_overrides_merge_mappings_one_level() -> None:
+    assert merge_overrides({"policy_kwargs": {"a": 1, "b": 2}, "n": 1}, {"policy_kwargs": {"b": 3}, "n": 2}) == {
+        "policy_kwargs": {"a": 1, "b": 3},
+        "n": 2,
+    }
+    texts = ["policy_kwargs={net_arch: [16]}", "n_steps=32", "policy_kwargs={activation_fn: relu}", "n_steps=64"]
+    assert parse_overrides(texts) == {"policy_kwargs": {"net_arch": [16], "activation_fn": "relu"}, "n_steps": 64}
+    spec = load_task("MountainCarContinuous")  # its spec sets policy_kwargs {log_std_init, ortho_init}
+    hp = resolve_hyperparameters("ppo", spec, parse_overrides(texts))
+    assert hp["policy_kwargs"] == {
+        **spec.hyperparameters["ppo"]["policy_kwargs"],
+        "net_arch": [16],
+        "activation_fn": "relu",
+    }
 
 
 def test_parse_override() -> None:
@@ -431,11 +608,20 @@ def test_rule_rejects_negative_rho() -> None:
         ASAM(rho=0.5, eta=0.0)
 
 
-def test_pg_learns_cartpole_a_little() -> None:
-    """Sanity: a few hundred steps of PG move the policy and keep the loss finite."""
+def test_pg_takes_one_step_per_rollout_and_moves_the_policy() -> None:
+    """PG's mechanics (not its learning): one update per rollout, and the update changes the policy."""
     model = build_model("pg", _env(), {"n_steps": 64}, seed=0)
+    assert isinstance(model, PG)
     before = _params(model)
+    steps: list[int] = []
+    original = model._step
+
+    def counting(loss: th.Tensor, closure: Any, minibatch: int = 0) -> None:
+        steps.append(minibatch)
+        original(loss, closure, minibatch)
+
+    model._step = counting  # type: ignore[method-assign]
     model.learn(256)
-    assert model._n_updates == 2
+    assert model._n_updates == 2 and steps == [0, 0]  # 256 steps in rollouts of 2 x 64: two full-batch steps
     after = _params(model)
     assert not np.allclose(before["action_net.weight"].numpy(), after["action_net.weight"].numpy())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gymnasium
 import numpy as np
 import pytest
 import torch
@@ -101,3 +102,14 @@ def test_space_mismatch_is_reported(tmp_path: Path) -> None:
     pendulum = make_env(load_task("Pendulum"))
     with pytest.raises(RlflatError, match="do not match"):
         check_spaces(policy, pendulum.observation_space, pendulum.action_space)
+
+
+def test_box_action_shape_mismatch_is_reported() -> None:
+    from rlflat.policy import FunctionalPolicy
+
+    pendulum = make_env(load_task("Pendulum"))
+    policy = FunctionalPolicy(PPO("MlpPolicy", pendulum, seed=0).policy)
+    check_spaces(policy, pendulum.observation_space, pendulum.action_space)  # its own task passes
+    wider = gymnasium.spaces.Box(-2.0, 2.0, shape=(2,), dtype=np.float32)
+    with pytest.raises(RlflatError, match=r"action shape \(1,\) does not match the task's \(2,\)"):
+        check_spaces(policy, pendulum.observation_space, wider)

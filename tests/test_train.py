@@ -33,6 +33,13 @@ def test_run_directory_is_complete_and_loadable(tmp_path: Path) -> None:
     assert config["hyperparameters"]["gamma"] == 0.98  # the task spec's value survives the overrides
     assert "rho" in config["hyperparameters"]
     assert config["versions"]["torch"] and config["run_id"] == run_id(config)
+    effective = config["effective_hyperparameters"]  # SB3's and the policy's defaults, as built
+    assert effective["vf_coef"] == 0.5 and effective["max_grad_norm"] == 0.5 and effective["clip_range_vf"] is None
+    assert effective["normalize_advantage"] is True and effective["n_steps"] == 32 and effective["rho"] == 0.05
+    assert effective["policy_kwargs"]["optimizer_kwargs"]["eps"] == algos.ADAM_EPS
+    assert effective["policy_kwargs"]["activation_fn"] == "torch.nn.modules.activation.Tanh"
+    assert run_id({**config, "effective_hyperparameters": {}}) == config["run_id"]  # not hashed: ids stay stable
+    assert run_id(config) == run_id(resolve_run_config("ppo_sam", "CartPole", seed=0, steps=256, overrides=TINY))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "ok" and metrics["train"]["episodes"] == 20
     assert metrics["train"]["total_timesteps"] >= 256
@@ -101,6 +108,15 @@ def test_divergence_is_recorded_and_leaves_no_model(tmp_path: Path, monkeypatch:
         (["ppo_sam", "CartPole", "--rho", "-0.1"], "-0.1"),
         (["ppo", "CartPole", "--set", "n_steps"], "n_steps"),
         (["ppo", "CartPole", "--set", "n_steps=abc"], "abc"),
+        (["ppo", "CartPole", "--steps", "abc"], "'abc'"),
+        (["ppo"], "ALGO and TASK"),
+        (["ppo", "CartPole", "--device", "foo"], "'foo' is not a torch device; valid forms: cpu, cuda, cuda:N, mps"),
+        (["ppo", "CartPole", "--device", "cuda:99"], "'cuda:99'"),
+        (["ppo", "CartPole", "--set", "tensorboard_log=5"], "'tensorboard_log'"),
+        (["ppo", "CartPole", "--set", "verbose=1"], "'verbose'"),
+        (["ppo", "CartPole", "--seed", "-1"], "-1"),
+        (["ppo", "CartPole", "--threads", "0"], "--threads"),
+        (["ppo", "CartPole", "--set", "policy_kwargs={optimizer_class: adam}"], "optimizer_class"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_nothing_written(
@@ -113,6 +129,25 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err and needle in err
     assert not out.exists()
+
+
+def test_repeated_set_merges_policy_kwargs_and_is_built(tmp_path: Path) -> None:
+    from rlflat.cli import run_cli
+
+    out = tmp_path / "merged"
+    sets = [
+        "--set",
+        "policy_kwargs={net_arch: [8]}",
+        "--set",
+        "n_steps=32",
+        "--set",
+        "policy_kwargs={activation_fn: relu}",
+    ]
+    assert run_cli(main, ["pg", "CartPole", "--steps", "64", "--out", str(out), "--no-progress", *sets]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["hyperparameters"]["policy_kwargs"] == {"net_arch": [8], "activation_fn": "relu"}
+    built = config["effective_hyperparameters"]["policy_kwargs"]
+    assert built["net_arch"] == [8] and built["activation_fn"] == "torch.nn.modules.activation.ReLU"
 
 
 def test_list_and_the_real_command_line(tmp_path: Path) -> None:

@@ -12,16 +12,17 @@ import inspect
 import json
 import math
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch as th
 import yaml
 from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor
 from stable_baselines3.common.vec_env import VecEnv
 
-from rlflat.algos.base import ADAM_EPS, FlatOnPolicyAlgorithm, TrainingDiverged
+from rlflat.algos.base import ADAM_EPS, FlatOnPolicyAlgorithm, TrainingDiverged, with_adam_eps
 from rlflat.algos.pg import PG
 from rlflat.algos.ppo import RlflatPPO
 from rlflat.algos.rules import ASAM, RULE_DEFAULTS, RULE_KEYS, RULES, SAM, SAM_SCOPES, UpdateRule
@@ -43,13 +44,18 @@ __all__ = [
     "TrainingDiverged",
     "UpdateRule",
     "build_model",
+    "constructor_kwargs",
     "describe_algorithms",
+    "effective_hyperparameters",
     "load_model",
+    "merge_overrides",
     "parse_algorithm",
     "parse_override",
+    "parse_overrides",
     "resolve_hyperparameters",
     "valid_keys",
     "validate_hyperparameters",
+    "with_adam_eps",
 ]
 
 BASES: dict[str, type[FlatOnPolicyAlgorithm]] = {"ppo": RlflatPPO, "pg": PG}
@@ -76,6 +82,10 @@ _NOT_USER_KEYS = {
     "rollout_buffer_kwargs",
     "supported_action_spaces",
     "monitor_wrapper",
+    # logging only: they change no parameter, so they are not hyperparameters (and not in the run id)
+    "tensorboard_log",
+    "verbose",
+    "stats_window_size",
 }
 _ACTIVATIONS: dict[str, type[th.nn.Module]] = {
     "tanh": th.nn.Tanh,
@@ -84,14 +94,33 @@ _ACTIVATIONS: dict[str, type[th.nn.Module]] = {
     "leaky_relu": th.nn.LeakyReLU,
 }
 _SCHEDULE_KEYS = ("learning_rate", "clip_range", "clip_range_vf")
-_POSITIVE_INTS = {"n_steps", "batch_size", "n_epochs", "total_timesteps", "n_envs", "stats_window_size"}
-_INTS = {"sde_sample_freq", "verbose"}
+_POSITIVE_INTS = {"n_steps", "batch_size", "n_epochs", "total_timesteps", "n_envs"}
+_INTS = {"sde_sample_freq"}
 _BOOLS = {"use_sde", "normalize_advantage", "normalize"}
 _UNIT_FLOATS = {"gamma", "gae_lambda"}
 _NONNEG_FLOATS = {"rho", "weight_decay", "vf_coef"}
 _POSITIVE_FLOATS = {"max_grad_norm", "asam_eta"}
 _FLOATS = {"ent_coef"}
 _OPTIONAL_POSITIVE_FLOATS = {"target_kl"}
+_OTHER_CHECKED = {"swa_start", "sam_scope", "policy_kwargs"}
+_CHECKED_KEYS = (
+    set(_SCHEDULE_KEYS)
+    | _POSITIVE_INTS
+    | _INTS
+    | _BOOLS
+    | _UNIT_FLOATS
+    | _NONNEG_FLOATS
+    | _POSITIVE_FLOATS
+    | _FLOATS
+    | _OPTIONAL_POSITIVE_FLOATS
+    | _OTHER_CHECKED
+)
+"""Keys whose values :func:`_validate_value` checks; a constructor argument outside it is not user-settable."""
+_POLICY_BOOLS = {"ortho_init", "full_std", "use_expln", "squash_output", "share_features_extractor", "normalize_images"}
+_POLICY_CLASSES: dict[str, type] = {
+    "optimizer_class": th.optim.Optimizer,
+    "features_extractor_class": BaseFeaturesExtractor,
+}
 
 
 def parse_algorithm(name: str) -> tuple[str, str]:
@@ -114,26 +143,34 @@ def describe_algorithms() -> list[str]:
     return lines
 
 
-def _constructor_keys(cls: type) -> set[str]:
-    """Keyword arguments the class accepts, following ``**kwargs`` up to the SB3 class that takes them."""
-    keys: set[str] = set()
+def _constructor_parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """Keyword arguments the class accepts, following ``**kwargs`` up to the SB3 class that takes them.
+
+    A subclass's parameter (and its default) wins over the same name further up the MRO.
+    """
+    found: dict[str, inspect.Parameter] = {}
     for klass in cls.__mro__:
         init = klass.__dict__.get("__init__")
         if init is None:
             continue
         params = inspect.signature(init).parameters.values()
-        keys |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        for p in params:
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in _NOT_USER_KEYS:
+                found.setdefault(p.name, p)
         if not any(p.kind == p.VAR_KEYWORD for p in params):
             break
-    return keys - _NOT_USER_KEYS
+    return found
 
 
 def valid_keys(algo: str) -> list[str]:
-    """Every hyperparameter key ``algo`` accepts: SB3 constructor args, rlflat knobs, run keys."""
+    """Every hyperparameter key ``algo`` accepts: SB3 constructor args, rlflat knobs, run keys.
+
+    Only keys whose values rlflat checks are listed: an SB3 argument rlflat cannot validate is not settable.
+    """
     base, rule = parse_algorithm(algo)
     rule_keys = {k for keys in RULE_KEYS.values() for k in keys}
-    keys = (_constructor_keys(BASES[base]) - rule_keys) | set(RULE_KEYS[rule]) | set(FLATNESS_KEYS)
-    return sorted(keys | set(RUN_KEYS))
+    keys = (set(_constructor_parameters(BASES[base])) - rule_keys) | set(RULE_KEYS[rule]) | set(FLATNESS_KEYS)
+    return sorted((keys | set(RUN_KEYS)) & _CHECKED_KEYS)
 
 
 def _number(key: str, value: Any) -> float:
@@ -157,6 +194,7 @@ def _integer(key: str, value: Any) -> int:
 
 
 def _check_policy_kwargs(value: Any) -> dict[str, Any]:
+    """Every key an ``ActorCriticPolicy`` takes, each value checked (classes only from Python, not from YAML)."""
     if not isinstance(value, dict):
         raise RlflatError(f"policy_kwargs must be a mapping, got {value!r}")
     valid = set(inspect.signature(ActorCriticPolicy.__init__).parameters) - {
@@ -166,19 +204,82 @@ def _check_policy_kwargs(value: Any) -> dict[str, Any]:
         "lr_schedule",
         "use_sde",
     }
-    for key in value:
+    for key, item in value.items():
         if key not in valid:
             raise bad_choice("policy_kwargs key", key, sorted(valid))
-    activation = value.get("activation_fn")
-    if isinstance(activation, str) and activation not in _ACTIVATIONS:
-        raise bad_choice("policy_kwargs.activation_fn", activation, _ACTIVATIONS)
-    net_arch = value.get("net_arch")
-    if net_arch is not None:
-        layers = list(net_arch.values()) if isinstance(net_arch, dict) else [net_arch]
-        for sizes in layers:
-            if not isinstance(sizes, list) or not all(isinstance(n, int) and n > 0 for n in sizes):
-                raise RlflatError(f"policy_kwargs.net_arch must list positive layer sizes, got {net_arch!r}")
+        _check_policy_value(f"policy_kwargs.{key}", key, item)
+    _check_optimizer(value)
+    _check_features_extractor(value)
     return dict(value)
+
+
+def _check_policy_value(name: str, key: str, value: Any) -> None:
+    if key == "net_arch":
+        _check_net_arch(value)
+    elif key == "activation_fn":
+        if isinstance(value, str):
+            if value not in _ACTIVATIONS:
+                raise bad_choice(name, value, _ACTIVATIONS)
+        elif not (isinstance(value, type) and issubclass(value, th.nn.Module)):
+            raise RlflatError(
+                f"{name} must be one of {', '.join(_ACTIVATIONS)} (or a torch.nn.Module class), got {value!r}"
+            )
+    elif key in _POLICY_BOOLS:
+        if not isinstance(value, bool):
+            raise RlflatError(f"{name} must be true or false, got {value!r}")
+    elif key == "log_std_init":
+        _number(name, value)
+    elif key in _POLICY_CLASSES:
+        parent = _POLICY_CLASSES[key]
+        if not (isinstance(value, type) and issubclass(value, parent)):
+            raise RlflatError(f"{name} must be a subclass of {parent.__module__}.{parent.__qualname__}, got {value!r}")
+    elif key in ("optimizer_kwargs", "features_extractor_kwargs"):
+        if value is not None and not (isinstance(value, dict) and all(isinstance(k, str) for k in value)):
+            raise RlflatError(f"{name} must be a mapping of argument names to values, got {value!r}")
+    else:  # a key SB3 added that rlflat does not know how to check
+        raise RlflatError(f"{name} cannot be set: rlflat has no check for its value")
+
+
+def _check_net_arch(net_arch: Any) -> None:
+    if net_arch is None:
+        return
+    if isinstance(net_arch, dict) and not set(net_arch) <= {"pi", "vf"}:
+        raise RlflatError(f"policy_kwargs.net_arch may only have keys pi and vf, got {net_arch!r}")
+    layers = list(net_arch.values()) if isinstance(net_arch, dict) else [net_arch]
+    for sizes in layers:
+        if not isinstance(sizes, list) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes
+        ):
+            raise RlflatError(f"policy_kwargs.net_arch must list positive layer sizes, got {net_arch!r}")
+
+
+def _check_optimizer(policy_kwargs: Mapping[str, Any]) -> None:
+    """Build the optimizer once on a dummy parameter, so a bad optimizer_kwargs fails now, in one line."""
+    optimizer_class = policy_kwargs.get("optimizer_class", th.optim.Adam)
+    kwargs = policy_kwargs.get("optimizer_kwargs") or {}
+    if "lr" in kwargs:  # SB3 passes lr itself (from the schedule): a second one is a TypeError at build time
+        raise RlflatError(f"policy_kwargs.optimizer_kwargs may not set lr (got {kwargs['lr']!r}); set learning_rate")
+    try:
+        optimizer_class([th.nn.Parameter(th.zeros(1))], **{"lr": 1e-3, **kwargs})
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise RlflatError(
+            f"policy_kwargs.optimizer_kwargs {kwargs!r} rejected by {optimizer_class.__name__}: {exc}"
+        ) from None
+
+
+def _check_features_extractor(policy_kwargs: Mapping[str, Any]) -> None:
+    """The extractor's kwargs must be arguments of its constructor (the observation space is SB3's to give)."""
+    extractor = policy_kwargs.get("features_extractor_class", FlattenExtractor)
+    kwargs = policy_kwargs.get("features_extractor_kwargs") or {}
+    params = inspect.signature(extractor.__init__).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = set(params) - {"self", "observation_space"}
+    for key in kwargs:
+        if key not in accepted:
+            raise bad_choice(
+                f"policy_kwargs.features_extractor_kwargs key for {extractor.__name__}", key, sorted(accepted)
+            )
 
 
 def _validate_value(key: str, value: Any) -> Any:
@@ -220,7 +321,7 @@ def _validate_value(key: str, value: Any) -> Any:
         return value
     if key == "policy_kwargs":
         return _check_policy_kwargs(value)
-    return value
+    raise RlflatError(f"{key} cannot be set: rlflat has no check for its value")
 
 
 def validate_hyperparameters(algo: str, hyperparameters: dict[str, Any]) -> dict[str, Any]:
@@ -245,15 +346,32 @@ def resolve_hyperparameters(algo: str, task: TaskSpec, overrides: dict[str, Any]
     merged: dict[str, Any] = {"n_envs": 1, "normalize": False}
     merged.update(task.hyperparameters.get(base, {}))
     merged.update(RULE_DEFAULTS[rule])
-    for key, value in overrides.items():
-        if key == "policy_kwargs" and isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = {**merged[key], **value}
-        else:
-            merged[key] = value
-    resolved = validate_hyperparameters(algo, merged)
+    resolved = validate_hyperparameters(algo, merge_overrides(merged, overrides))
     if "total_timesteps" not in resolved:
         raise RlflatError(f"total_timesteps is not set for {algo} on {task.alias}; pass --set total_timesteps=N")
     return resolved
+
+
+def merge_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``overrides``; where both values are mappings (``policy_kwargs``) they merge one
+    level deep, so an override adds or replaces keys inside the mapping instead of dropping the others."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        current = merged.get(key)
+        if isinstance(value, Mapping) and isinstance(current, Mapping):
+            merged[key] = {**current, **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_overrides(texts: Iterable[str]) -> dict[str, Any]:
+    """Repeated ``--set key=value`` in order: a later value wins, and mapping values merge (:func:`merge_overrides`)."""
+    overrides: dict[str, Any] = {}
+    for text in texts:
+        key, value = parse_override(text)
+        overrides = merge_overrides(overrides, {key: value})
+    return overrides
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -270,7 +388,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def _constructor_kwargs(hyperparameters: dict[str, Any]) -> dict[str, Any]:
+def constructor_kwargs(hyperparameters: dict[str, Any]) -> dict[str, Any]:
     """Hyperparameters (canonical form) -> what the SB3 constructor takes: schedules, activation classes."""
     kwargs = {k: v for k, v in hyperparameters.items() if k not in RUN_KEYS}
     for key in _SCHEDULE_KEYS:
@@ -290,9 +408,46 @@ def build_model(
 ) -> FlatOnPolicyAlgorithm:
     """The model for ``algo`` on ``env`` (run keys ignored; train.py builds the env and calls learn)."""
     base, rule = parse_algorithm(algo)
-    kwargs = _constructor_kwargs(validate_hyperparameters(algo, hyperparameters))
+    kwargs = constructor_kwargs(validate_hyperparameters(algo, hyperparameters))
     factory: Callable[..., FlatOnPolicyAlgorithm] = BASES[base]
     return factory("MlpPolicy", env, update_rule=rule, seed=seed, device=device, **kwargs)
+
+
+def effective_hyperparameters(model: FlatOnPolicyAlgorithm, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+    """Every value ``model`` trains with, JSON-friendly: what the user could set, defaults included.
+
+    The constructor's defaults (read from its signature) under the resolved ``hyperparameters``; then the
+    policy's own constructor arguments (net_arch, activation_fn, ortho_init, ...) and the optimizer actually
+    built (its class and every default but ``lr``, which the ``learning_rate`` schedule sets each update).
+    Values that are classes are written as ``module.QualName``.
+    """
+    keys = set(valid_keys(model.rlflat_algorithm))
+    defaults = _constructor_parameters(type(model))
+    effective: dict[str, Any] = {
+        k: p.default for k, p in defaults.items() if k in keys and p.default is not inspect.Parameter.empty
+    }
+    effective.update(hyperparameters)
+    for key in RULE_KEYS[model.update_rule]:
+        effective[key] = getattr(model, key)  # the rule's value after its defaults were filled in
+    skip = {"observation_space", "action_space", "lr_schedule", "use_sde"}
+    policy_kwargs = {k: v for k, v in model.policy._get_constructor_parameters().items() if k not in skip}
+    optimizer = model.policy.optimizer
+    policy_kwargs["optimizer_class"] = type(optimizer)
+    policy_kwargs["optimizer_kwargs"] = {k: v for k, v in optimizer.defaults.items() if k != "lr"}
+    effective["policy_kwargs"] = policy_kwargs
+    return {k: _jsonable(effective[k]) for k in sorted(effective)}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, type):
+        return f"{value.__module__}.{value.__qualname__}"
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return repr(value)
 
 
 def load_model(path: str | Path, env: VecEnv | None = None, device: str = "cpu") -> FlatOnPolicyAlgorithm:

@@ -20,15 +20,31 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import RolloutBufferSamples
 from torch.optim.swa_utils import AveragedModel
 
-from rlflat.algos.rules import RULE_DEFAULTS, RULES, SAM_SCOPES, UpdateRule, make_rule
+from rlflat.algos.rules import RULE_DEFAULTS, RULES, SAM_SCOPES, TrainingDiverged, UpdateRule, make_rule
 from rlflat.errors import RlflatError, bad_choice
 
+__all__ = ["ADAM_EPS", "FlatOnPolicyAlgorithm", "TrainingDiverged"]
+
 ADAM_EPS = 1e-5
-"""SB3's Adam eps; SB3 drops it whenever optimizer_kwargs is given, so AdamW gets it explicitly."""
+"""SB3's Adam eps. SB3 sets it only for Adam and only when no optimizer_kwargs are given; rlflat gives it to
+Adam and AdamW whenever the user's optimizer_kwargs do not name an eps (see :func:`with_adam_eps`)."""
 
 
-class TrainingDiverged(RlflatError):
-    """A loss or a parameter became non-finite; training stops and nothing is saved."""
+def with_adam_eps(policy_kwargs: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``policy_kwargs`` with ``eps=ADAM_EPS`` in the optimizer kwargs of an Adam or AdamW optimizer.
+
+    SB3 gives Adam its eps of 1e-5 only when ``optimizer_kwargs`` is absent, and never gives it to AdamW, so
+    asking for ``amsgrad`` or weight decay would silently change eps to torch's 1e-8. An eps the user names is kept.
+    """
+    if not policy_kwargs:
+        return policy_kwargs
+    optimizer = policy_kwargs.get("optimizer_class", th.optim.Adam)
+    kwargs = policy_kwargs.get("optimizer_kwargs")
+    if not (isinstance(optimizer, type) and issubclass(optimizer, th.optim.Adam | th.optim.AdamW)):
+        return policy_kwargs
+    if (kwargs is None and optimizer is th.optim.Adam) or "eps" in (kwargs or {}):
+        return policy_kwargs  # SB3 sets eps itself, or the user chose one
+    return {**policy_kwargs, "optimizer_kwargs": {"eps": ADAM_EPS, **(kwargs or {})}}
 
 
 class FlatOnPolicyAlgorithm(OnPolicyAlgorithm):
@@ -62,7 +78,7 @@ class FlatOnPolicyAlgorithm(OnPolicyAlgorithm):
         swa_start: float | None,
         policy_kwargs: dict[str, Any] | None,
     ) -> dict[str, Any] | None:
-        """Store the knobs; return policy_kwargs switched to AdamW when weight_decay > 0."""
+        """Store the knobs; return policy_kwargs switched to AdamW when weight_decay > 0, with Adam's eps kept."""
         if update_rule not in RULES:
             raise bad_choice("update rule", update_rule, RULES)
         if sam_scope not in SAM_SCOPES:
@@ -86,11 +102,10 @@ class FlatOnPolicyAlgorithm(OnPolicyAlgorithm):
             policy_kwargs = dict(policy_kwargs or {})
             policy_kwargs["optimizer_class"] = th.optim.AdamW
             policy_kwargs["optimizer_kwargs"] = {
-                "eps": ADAM_EPS,
-                **policy_kwargs.get("optimizer_kwargs", {}),
+                **(policy_kwargs.get("optimizer_kwargs") or {}),
                 "weight_decay": self.weight_decay,
             }
-        return policy_kwargs
+        return with_adam_eps(policy_kwargs)
 
     def _setup_flatness(self) -> None:
         """Build the rule and the parameter lists it acts on (after the policy exists)."""
@@ -108,19 +123,27 @@ class FlatOnPolicyAlgorithm(OnPolicyAlgorithm):
 
     # -- one update -------------------------------------------------------------------------------------
 
-    def _step(self, loss: th.Tensor, closure: Callable[[], th.Tensor]) -> None:
+    def _step(self, loss: th.Tensor, closure: Callable[[], th.Tensor], minibatch: int = 0) -> None:
         """Apply the update rule to one minibatch loss (closure recomputes it at the current parameters)."""
-        self._rule.step(self.policy.optimizer, loss, closure, self._all_params, self._perturbed, self.max_grad_norm)
+        try:
+            self._rule.step(self.policy.optimizer, loss, closure, self._all_params, self._perturbed, self.max_grad_norm)
+        except TrainingDiverged as exc:  # the rule knows the loss, the algorithm knows where it happened
+            raise TrainingDiverged(
+                f"training diverged {self._where(minibatch)}: {exc}; lower learning_rate or rho"
+            ) from None
+
+    def _where(self, minibatch: int) -> str:
+        return f"at iteration {self._iteration} (timestep {self.num_timesteps}), minibatch {minibatch}"
 
     def _check_loss(self, loss: float, minibatch: int, parts: dict[str, float]) -> None:
         if not math.isfinite(loss):
             detail = ", ".join(f"{k}={v:.4g}" for k, v in parts.items())
             raise TrainingDiverged(
-                f"training diverged at iteration {self._iteration} (timestep {self.num_timesteps}), "
-                f"minibatch {minibatch}: loss is {loss} ({detail}); lower learning_rate or rho"
+                f"training diverged {self._where(minibatch)}: loss is {loss} ({detail}); lower learning_rate or rho"
             )
 
-    def _check_parameters(self, when: str) -> None:
+    def check_parameters(self, when: str) -> None:
+        """Raise :class:`TrainingDiverged` naming the first non-finite parameter; ``when`` says at what point."""
         for name, param in self.policy.named_parameters():
             if not bool(th.isfinite(param).all()):
                 raise TrainingDiverged(f"training diverged {when}: parameter {name!r} is not finite")
@@ -139,7 +162,7 @@ class FlatOnPolicyAlgorithm(OnPolicyAlgorithm):
     def _after_train(self) -> None:
         """End of one ``train()``: parameters must be finite; SWA averages them once past ``swa_start``."""
         self._iteration += 1
-        self._check_parameters(f"at iteration {self._iteration} (timestep {self.num_timesteps})")
+        self.check_parameters(f"at iteration {self._iteration} (timestep {self.num_timesteps})")
         if self.swa_start is not None and 1.0 - self._current_progress_remaining >= self.swa_start:
             # average a container of the parameters: deep-copying the policy fails on its cached distribution
             current = th.nn.ParameterList(self._all_params)
@@ -154,7 +177,7 @@ class FlatOnPolicyAlgorithm(OnPolicyAlgorithm):
         self._swa_model = None
         # parameters set from outside (a loaded or hand-edited model) would otherwise fail inside rollout
         # collection as a torch distribution ValueError, not as divergence
-        self._check_parameters(f"before learning (timestep {self.num_timesteps})")
+        self.check_parameters(f"before learning (timestep {self.num_timesteps})")
         result = super().learn(*args, **kwargs)
         if self._swa_model is not None:
             with th.no_grad():
@@ -163,7 +186,7 @@ class FlatOnPolicyAlgorithm(OnPolicyAlgorithm):
                     param.copy_(mean)
             self.swa_n_averaged = int(self._swa_model.n_averaged.item())
             self._swa_model = None
-            self._check_parameters("after stochastic weight averaging")
+            self.check_parameters("after stochastic weight averaging")
         return result
 
     def save(
@@ -173,5 +196,5 @@ class FlatOnPolicyAlgorithm(OnPolicyAlgorithm):
         include: Iterable[str] | None = None,
     ) -> None:
         """SB3's save, refused for a model with non-finite parameters."""
-        self._check_parameters("before saving (refusing to save)")
+        self.check_parameters("before saving (refusing to save)")
         super().save(path, exclude=exclude, include=include)

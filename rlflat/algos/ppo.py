@@ -125,7 +125,7 @@ class RlflatPPO(FlatOnPolicyAlgorithm, PPO):
                 def closure(batch: RolloutBufferSamples = batch) -> th.Tensor:
                     return self.minibatch_loss(batch, clip_range, clip_range_vf, with_stats=False)[0]
 
-                self._step(loss, closure)
+                self._step(loss, closure, minibatch)
                 minibatch += 1
             self._n_updates += 1
             if stop:

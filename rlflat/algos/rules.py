@@ -7,7 +7,8 @@ without a closure, so SAM cannot be an optimizer here; the algorithms' ``train()
 SAM (Foret et al. 2021, "Sharpness-Aware Minimization for Efficiently Improving Generalization") steps with
 the gradient taken at the worst-case point ``theta + e`` of a rho-ball, ``e = rho g / ||g||``. ASAM (Kwon et
 al. 2021, "ASAM: Adaptive Sharpness-Aware Minimization") makes the ball scale-invariant with the
-normalisation operator ``T = |theta| + eta``: ``e = rho T^2 g / ||T g||``.
+normalisation operator ``T = |theta| + eta``: ``e = rho T^2 g / ||T g||``. As in Kwon et al.'s reference code,
+only weight tensors are scaled; biases (and ``log_std``) get ``T = 1``.
 
 Invariants the tests pin down:
 
@@ -17,7 +18,8 @@ Invariants the tests pin down:
   2025 accumulates them, so it steps with ``g + g_sam``);
 * gradient clipping applies to the gradient the base optimizer steps with, exactly as in the plain rule,
   so plain and SAM runs differ only in where the gradient is taken;
-* with ``rho = 0`` SAM reproduces the plain rule.
+* with ``rho = 0`` SAM reproduces the plain rule;
+* a non-finite loss at the perturbed point stops training (:class:`TrainingDiverged`) with theta restored.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ SAM_SCOPES = ("actor", "all")
 flatness the robustness hypothesis is about; ``all``: every parameter, critic and log_std included."""
 
 _NORM_EPS = 1e-12
+
+
+class TrainingDiverged(RlflatError):
+    """A loss or a parameter became non-finite; training stops and nothing is saved."""
 
 
 def _clip(params: Sequence[th.nn.Parameter], max_grad_norm: float | None) -> None:
@@ -101,19 +107,34 @@ class SAM(UpdateRule):
                 for p, e in zip(moved, self.perturbation(moved, grads), strict=True):
                     p.add_(e)
         optimizer.zero_grad()  # the step uses the perturbed gradient alone, never g + g_sam
-        closure().backward()
+        perturbed_loss = closure()
+        finite = bool(th.isfinite(perturbed_loss))
+        if finite:
+            perturbed_loss.backward()
         with th.no_grad():
             for p, original in zip(moved, saved, strict=True):
                 p.copy_(original)  # exact restore
+        if not finite:
+            optimizer.zero_grad()
+            raise TrainingDiverged(
+                f"loss at the {self.name.upper()}-perturbed point is {perturbed_loss.item()} "
+                f"(rho={self.rho}; the loss at theta was {loss.item():.4g})"
+            )
         _clip(params, max_grad_norm)
         optimizer.step()
 
 
 class ASAM(SAM):
-    """Adaptive SAM (Kwon et al. 2021): the rho-ball is measured relative to each weight's magnitude."""
+    """Adaptive SAM (Kwon et al. 2021): the rho-ball is measured relative to each weight's magnitude.
+
+    ``T = |theta| + eta`` for weight tensors and ``T = 1`` for biases, following Kwon et al.'s reference
+    implementation (which scales only parameters named ``weight``). Weights are recognised by shape here
+    (``ndim >= 2``: linear and convolution kernels); for SB3's MLP and CNN policies that selects exactly the
+    tensors the reference selects by name, and ``log_std`` (1-D, not a weight) is left unscaled as there.
+    """
 
     name: ClassVar[str] = "asam"
-    description: ClassVar[str] = "ASAM (Kwon et al. 2021): e = rho T^2 g/||T g||, T = |theta| + eta"
+    description: ClassVar[str] = "ASAM (Kwon et al. 2021): e = rho T^2 g/||T g||, T = |w| + eta (biases: T = 1)"
 
     def __init__(self, rho: float, eta: float = 0.01) -> None:
         super().__init__(rho)
@@ -122,7 +143,7 @@ class ASAM(SAM):
         self.eta = eta
 
     def perturbation(self, params: Sequence[th.Tensor], grads: Sequence[th.Tensor]) -> list[th.Tensor]:
-        scales = [p.abs() + self.eta for p in params]
+        scales = [p.abs() + self.eta if p.ndim >= 2 else th.ones_like(p) for p in params]
         scaled = [t * g for t, g in zip(scales, grads, strict=True)]
         norm = th.linalg.vector_norm(th.stack([th.linalg.vector_norm(s) for s in scaled]))
         factor = self.rho / (norm + _NORM_EPS)

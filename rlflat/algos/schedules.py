@@ -8,6 +8,10 @@ Forms (SB3 calls a schedule with ``progress_remaining``, 1 at the start of train
   0 (Loshchilov & Hutter 2017, SGDR; the warmup of Goyal et al. 2017). Schedules change the noise scale of
   SGD, one of the flatness knobs this testbed compares with SAM.
 
+SB3's ``progress_remaining`` goes *negative* when the last rollout overshoots ``total_timesteps`` (30000
+steps in rollouts of 256 end at -0.0069), which would give the final update a negative learning rate and an
+inverted clip range; every schedule therefore clamps it at 0 (:func:`clamp_progress`).
+
 Strings are parsed with a regular expression, never ``eval``. The schedule objects are small classes, not
 closures, so a saved model unpickles anywhere rlflat is importable.
 """
@@ -27,14 +31,19 @@ _WARMCOS_RE = re.compile(rf"^warmcos_({_NUMBER})_({_NUMBER})$")
 SCHEDULE_FORMS = ("a number", "lin_X", "warmcos_X_W (0 <= W < 1)")
 
 
+def clamp_progress(progress_remaining: float) -> float:
+    """``progress_remaining`` limited to [0, 1]: past the end of training the schedule stays at its end value."""
+    return min(max(progress_remaining, 0.0), 1.0)
+
+
 class LinearSchedule:
-    """``lin_X``: X * progress_remaining, exactly the zoo's ``linear_schedule`` (so PPO matches the zoo)."""
+    """``lin_X``: X * progress_remaining, the zoo's ``linear_schedule``, but never below 0 past the end."""
 
     def __init__(self, start: float) -> None:
         self.start = start
 
     def __call__(self, progress_remaining: float) -> float:
-        return progress_remaining * self.start
+        return clamp_progress(progress_remaining) * self.start
 
     def __repr__(self) -> str:
         return f"lin_{self.start!r}"
@@ -48,7 +57,7 @@ class WarmupCosineSchedule:
         self.warmup = warmup
 
     def __call__(self, progress_remaining: float) -> float:
-        done = min(max(1.0 - progress_remaining, 0.0), 1.0)
+        done = 1.0 - clamp_progress(progress_remaining)
         if done < self.warmup:
             return self.peak * done / self.warmup
         decay = (done - self.warmup) / (1.0 - self.warmup)
