@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,6 +34,52 @@ def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@contextmanager
+def staging_dir(out: str | Path) -> Iterator[Path]:
+    """Yield a fresh hidden directory beside ``out``; publish it as ``out`` only if the block succeeds.
+
+    The directory is ``.<out name>.<random>`` in ``out``'s parent (so the final rename stays on one file
+    system), readable like any other folder (``0o777 & ~umask``, not mkdtemp's 0700). If the block raises, or
+    publishing fails, the staging directory is removed and ``out`` is left as it was.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging.chmod(0o777 & ~umask())
+    try:
+        yield staging
+        publish_dir(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+def publish_dir(staging: str | Path, out: str | Path) -> Path:
+    """Move the finished directory ``staging`` to ``out`` by rename; an existing ``out`` is replaced.
+
+    ``staging`` must be on ``out``'s file system (see :func:`staging_dir`). An existing ``out`` is first
+    renamed to a hidden ``.<out name>.<random>.old`` and deleted after: two renames, so a crash in between
+    leaves no ``out`` at all (and the hidden leftover to clean up), never a mix of old and new files.
+    """
+    staging, out = Path(staging), Path(out)
+    if not out.exists():
+        os.replace(staging, out)
+        return out
+    trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+    try:
+        os.replace(out, trash)  # POSIX rename may replace an empty directory
+    except BaseException:
+        trash.rmdir()
+        raise
+    try:
+        os.replace(staging, out)
+    except BaseException:
+        os.replace(trash, out)  # put the old one back
+        raise
+    shutil.rmtree(trash, ignore_errors=True)
+    return out
 
 
 def write_atomic(path: str | Path, writer: Callable[[Path], Any]) -> Path:

@@ -8,7 +8,9 @@ sweeps it once more to compare the tables.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,10 @@ import pytest
 import yaml
 
 from rlflat.errors import RlflatError
-from rlflat.io import read_json, write_json
+from rlflat.io import publish_dir, read_json, staging_dir, umask, write_json
 from rlflat.sweep import (
     collect,
+    executors,
     expand_runs,
     load_study_config,
     parse_study_config,
@@ -30,6 +33,8 @@ from rlflat.sweep import (
     timing_columns,
 )
 from rlflat.sweep.__main__ import main
+from rlflat.sweep.config import check_stage_options
+from rlflat.sweep.pipeline import RunJob, RunOutcome
 
 TINY_HP = {"n_envs": [2], "n_steps": [64], "batch_size": [64], "n_epochs": [2]}
 TINY_STUDY: dict[str, Any] = {
@@ -115,17 +120,118 @@ def test_overrides_beat_the_grid_and_duplicates_merge() -> None:
     assert len(expand_runs(loaded)) == 3
 
 
-def test_invalid_runs_fail_the_whole_sweep_up_front(tmp_path: Path) -> None:
+def test_schema_errors_fail_the_whole_sweep_up_front(tmp_path: Path) -> None:
     with pytest.raises(RlflatError, match=r"grid.rhoo is not a hyperparameter of any of ppo.*valid keys:"):
         expand_runs(parse_study_config("name: x\ntasks: [CartPole]\nalgos: [ppo]\ngrid: {rhoo: [1]}\n"))
-    bad = _study(tmp_path, grid={**TINY_HP, "rho": [0.1, -1.0]})
-    with pytest.raises(RlflatError, match=r"run ppo_sam CartPole seed 0 .*rho=-1.0.*rho must be >= 0"):
-        run_sweep(bad, tmp_path / "out", progress=False)
+    with pytest.raises(RlflatError, match=r"tasks: unknown task 'Cartpol'; valid choices: .*CartPole"):
+        run_sweep(_study(tmp_path, tasks=["Cartpol"]), tmp_path / "out", progress=False)
+    with pytest.raises(RlflatError, match=r"overrides.ppo.rho is not a hyperparameter of ppo; valid keys:"):
+        run_sweep(_study(tmp_path, overrides={"ppo": {"rho": 0.1}}), tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()  # nothing was started
     with pytest.raises(RlflatError, match="unknown probe option 'batchsize'"):
         run_sweep(_study(tmp_path, probe={"batchsize": 3}), tmp_path / "out", dry_run=True)
     with pytest.raises(RlflatError, match="evaluate.*unknown evaluate option 'points'"):
         run_sweep(_study(tmp_path, evaluate={"points": 3}), tmp_path / "out", dry_run=True)
+
+
+def test_stage_keys_the_sweep_sets_are_reserved() -> None:
+    base = "name: x\ntasks: [CartPole]\nalgos: [ppo]\n"
+    # without its metrics.json block a stage never counts as done: every sweep would redo it
+    with pytest.raises(RlflatError, match=r"probe.update_metrics is set by the sweep"):
+        parse_study_config(base + "probe: {update_metrics: false}\n")
+    with pytest.raises(RlflatError, match=r"evaluate.write is set by the sweep"):
+        parse_study_config(base + "evaluate: {write: false}\n")
+    with pytest.raises(RlflatError, match=r"probe.out is set by the sweep"):
+        parse_study_config(base + "probe: {out: elsewhere}\n")
+
+
+def _fake_train(run_dir: Path, job: RunJob) -> None:
+    """Stand-in for train_run (serial backend only): a finished run directory in no time."""
+    with staging_dir(run_dir) as staging:
+        write_json(staging / "config.json", {**job.config, "run_id": job.run_id})
+        write_json(staging / "metrics.json", {"status": "ok", "train": {"return_mean": 1.0}})
+
+
+def test_rejected_run_is_a_failed_row_and_the_sweep_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(pipeline.STAGE_RUNNERS, "train", _fake_train)
+    path = _study(tmp_path, algos=["ppo_sam"], grid={**TINY_HP, "rho": [0.1, -1.0]}, probe=False, evaluate=False)
+    out = tmp_path / "out"
+    assert main([str(path), "--out", str(out), "--dry-run"]) == 0
+    listing = capsys.readouterr().out
+    assert "invalid " in listing and "(config: rho must be >= 0, got -1.0)" in listing and "1 invalid" in listing
+    for _ in range(2):  # a rerun records it again (and again exits 1); the good run is not redone
+        assert main([str(path), "--out", str(out), "--backend", "serial", "--no-progress"]) == 1
+        printed = capsys.readouterr().out
+        assert "1 failed" in printed and "config: rho must be >= 0, got -1.0" in printed
+        table = pd.read_parquet(out / "runs.parquet").set_index("hp.rho")
+        assert len(table) == 2 and table["in_study"].all()
+        assert table.loc[0.1, "status"] == "ok"
+        bad = table.loc[-1.0]
+        assert bad["status"] == "failed" and bad["failed_stage"] == "config"
+        assert bad["error"] == "rho must be >= 0, got -1.0" and bad["algo"] == "ppo_sam" and bad["seed"] == 0
+        assert "config rejected" in (out / bad["log"]).read_text()
+    assert len(list(out.glob("ppo_sam-*"))) == 2
+
+
+def test_bad_flags_write_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _study(tmp_path)
+    out = tmp_path / "out"
+    with pytest.raises(RlflatError, match="--workers must be an integer >= 1, got 0"):
+        main([str(path), "--out", str(out), "--workers", "0"])
+    with pytest.raises(RlflatError, match="--address is for --backend ray, not --backend local"):
+        main([str(path), "--out", str(out), "--address", "ray://head:10001"])
+    with pytest.raises(RlflatError, match=r"--backend: invalid choice: 'dask'"):
+        main([str(path), "--out", str(out), "--backend", "dask"])
+
+    def no_ray() -> None:
+        raise RlflatError("--backend ray needs Ray: pip install 'rlflat[ray]' (or use --backend local)")
+
+    monkeypatch.setattr(executors, "import_ray", no_ray)
+    with pytest.raises(RlflatError, match="needs Ray"):
+        main([str(path), "--out", str(out), "--backend", "ray"])
+    assert not out.exists()
+
+
+def test_usage_errors_are_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from rlflat.cli import run_cli
+
+    assert run_cli(main, ["--workers", "two"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: python -m rlflat.sweep: argument --workers") and err.count("\n") == 1
+
+
+def test_report_block_is_validated_by_the_report_settings() -> None:
+    from rlflat.report.settings import ReportSettings
+
+    base = "name: x\ntasks: [CartPole]\nalgos: [ppo]\n"
+    assert parse_study_config(base + "report: {n_boot: 50}\n").config.report == {"n_boot": 50}
+    with pytest.raises(RlflatError) as info:
+        parse_study_config(base + "report: {n_bootz: 50}\n", source="s.yaml")
+    valid = ", ".join(ReportSettings.model_fields)
+    assert str(info.value) == f"s.yaml: unknown key 'report.n_bootz'; valid keys: {valid}"
+    assert "n_boot" in valid and "seed" in valid
+    with pytest.raises(RlflatError, match=r"s.yaml: report.n_boot: Input should be a valid integer"):
+        parse_study_config(base + "report: {n_boot: many}\n", source="s.yaml")
+
+
+def test_staging_dir_publishes_atomically_or_not_at_all(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(ZeroDivisionError), staging_dir(out) as staging:
+        (staging / "half.json").write_text("{")
+        raise ZeroDivisionError
+    assert list(tmp_path.iterdir()) == []  # nothing published, no staging left
+    with staging_dir(out) as staging:
+        assert staging.parent == tmp_path and staging.name.startswith(".run.")
+        (staging / "a.txt").write_text("old")
+    assert (out / "a.txt").read_text() == "old" and out.stat().st_mode & 0o777 == 0o777 & ~umask()
+    with staging_dir(out) as staging:  # an existing directory is replaced as a whole
+        (staging / "b.txt").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and [p.name for p in out.iterdir()] == ["b.txt"]
+    other = tmp_path / "other"
+    other.mkdir()
+    assert publish_dir(other, out) == out and not other.exists() and list(out.iterdir()) == []
 
 
 def test_cli_errors_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -139,10 +245,17 @@ def test_cli_errors_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureF
 
 def test_shipped_configs_expand() -> None:
     configs = Path(__file__).resolve().parents[1] / "configs"
-    counts = {p.stem: len(expand_runs(load_study_config(p))) for p in sorted(configs.glob("*.yaml"))}
+    studies = {p.stem: load_study_config(p) for p in sorted(configs.glob("*.yaml"))}
+    for study in studies.values():
+        check_stage_options(study)  # probe and evaluate accept every shipped block
+    counts = {name: len(expand_runs(study)) for name, study in studies.items()}
     assert counts["smoke"] == 4 and counts["cartpole_sam"] == 20
     assert counts["batch_size"] == 7 * 5 and counts["sam_rho"] == (1 + 5 + 5) * 5
     assert counts["flatness_knobs"] == (1 + 3 + 2 + 2) * 5
+    for name in ("smoke", "cartpole_sam"):  # every figure of the report has data
+        config = studies[name].config
+        assert {"density", "landscape"} <= set(config.stage_options("probe")["measures"])
+        assert config.stage_options("evaluate")["suite"]["grids"]
 
 
 # -- one real sweep, reused -----------------------------------------------------------------------------
@@ -214,12 +327,19 @@ def test_crash_leftovers_resume_without_duplicates(swept: tuple[Path, Path], tmp
     staging = copy / f".{sam[1].name}.abc123"
     staging.mkdir()
     (staging / "config.json").write_text("{}")
+    stale_tmp = copy / ".runs.parquet.x1y2.tmp"
+    stale_tmp.write_text("half")
+    foreign = [copy / ".cache", copy / f".{sam[1].name}", copy / ".notes.tmp"]  # not a sweep's: kept
+    foreign[0].mkdir()
+    foreign[1].mkdir()
+    foreign[2].write_text("mine")
     assert len(collect(copy)) == 1  # half-finished runs have no row
     model_mtime = (sam[0] / "model.zip").stat().st_mtime_ns
     result = run_sweep(config, copy, backend="serial", progress=False)
     assert sorted(o.ran for o in result.outcomes) == [("evaluate",), ("train", "probe", "evaluate")]
     assert (sam[0] / "model.zip").stat().st_mtime_ns == model_mtime  # not retrained
-    assert not staging.exists()
+    assert not staging.exists() and not stale_tmp.exists()
+    assert all(path.exists() for path in foreign)
     table = pd.read_parquet(copy / "runs.parquet")
     assert len(table) == 3 and table["run_id"].is_unique and set(table["status"]) == {"ok"}
     original = pd.read_parquet(study / "runs.parquet")
@@ -274,6 +394,50 @@ def test_collect_rebuilds_an_identical_table(swept: tuple[Path, Path], tmp_path:
     (copy / "runs.parquet").unlink()
     assert main(["--collect", str(copy)]) == 0
     pd.testing.assert_frame_equal(pd.read_parquet(copy / "runs.parquet"), before)
+
+
+def test_runs_no_longer_in_the_study_are_marked(swept: tuple[Path, Path], tmp_path: Path) -> None:
+    _, study = swept
+    assert pd.read_parquet(study / "runs.parquet")["in_study"].all()
+    copy = _copy(study, tmp_path)
+    _write(copy / "study.yaml", {**TINY_STUDY, "grid": {**TINY_HP, "rho": [0.01, 0.3]}})  # rho 0.1 dropped
+    table = collect(copy).set_index("hp.rho", drop=False)
+    assert len(table) == 3 and table["in_study"].dtype == bool
+    assert table["in_study"].tolist() == [r != 0.1 for r in table["hp.rho"]]  # ppo's NaN rho: still in the study
+
+
+def _stand_in_execute(job: RunJob, study_dir: str) -> RunOutcome:
+    """A pool worker's target for the executor test: ``crash`` kills its worker, the others take a while."""
+    attempts = Path(study_dir) / f"{job.name}.attempts"
+    with open(attempts, "a") as handle:
+        print(",".join(str(os.environ.get(name)) for name in executors.SINGLE_THREAD_ENV), file=handle, flush=True)
+    if job.name == "crash":
+        time.sleep(0.3)
+        os._exit(1)
+    if len(attempts.read_text().splitlines()) > 1:
+        return RunOutcome(job.name, job.run_id, "ok", seconds=0.0)  # a rerun: quick
+    deadline = time.monotonic() + 30
+    while not (Path(study_dir) / "crash.attempts").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # be in flight together with the crash, however slow the workers start
+    time.sleep({"a": 0.5, "d": 3.0}.get(job.name, 0.1))
+    return RunOutcome(job.name, job.run_id, "ok")
+
+
+def test_a_dead_worker_loses_only_its_own_run(tmp_path: Path) -> None:
+    # The pool may notice a dead worker only at its next event (Python 3.11 adds a new worker's sentinel to its
+    # watch list late), here a's result; d is still in flight then, so it is always caught in the break.
+    jobs = [RunJob(config={}, run_id=name, name=name) for name in ("a", "crash", "d", "b")]
+    environment = {name: os.environ.get(name) for name in executors.SINGLE_THREAD_ENV}
+    started: list[str] = []
+    outcomes: list[RunOutcome] = []
+    executors.run_local(jobs, tmp_path, 3, lambda j: started.append(j.name), outcomes.append, _stand_in_execute)
+    assert sorted(started) == ["a", "b", "crash", "d"]  # each announced once, though some ran twice
+    assert sorted((o.name, o.status) for o in outcomes) == [("a", "ok"), ("b", "ok"), ("crash", "lost"), ("d", "ok")]
+    assert next(o.error for o in outcomes if o.name == "crash") == executors.LOST_WORKER
+    attempts = {p.stem: p.read_text().splitlines() for p in tmp_path.glob("*.attempts")}
+    assert len(attempts["crash"]) == 2 and len(attempts["d"]) == 2 and len(attempts["b"]) == 1  # alone, then lost
+    assert {line for lines in attempts.values() for line in lines} == {"1,1,1"}  # one BLAS thread per worker
+    assert {name: os.environ.get(name) for name in executors.SINGLE_THREAD_ENV} == environment  # restored
 
 
 def test_ray_backend_matches_local(swept: tuple[Path, Path], tmp_path: Path) -> None:

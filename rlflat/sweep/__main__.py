@@ -1,26 +1,25 @@
 """``python -m rlflat.sweep CONFIG``: run a study (train -> probe -> evaluate per run) into ``results/<name>/``.
 
-Exit status: 0 when every run is finished and ok, 1 when runs failed (the summary lists their logs), 2 for a
-bad config or flag (one line, before anything runs), 130 when interrupted (rerun the command to resume).
+Exit status: 0 when every run is finished and ok, 1 when runs failed or were rejected (the summary lists their
+logs), 2 for a bad config or flag (one line, before anything is written), 130 when interrupted (rerun the
+command to resume).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rlflat.cli import run_cli
-from rlflat.errors import RlflatError
+from rlflat.cli import ArgumentParser, run_cli
 from rlflat.sweep.config import load_study_config
 from rlflat.sweep.executors import BACKENDS
 from rlflat.sweep.runner import default_study_dir, run_sweep, summary_lines
 from rlflat.sweep.table import RUNS_FILE, collect
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m rlflat.sweep", description=__doc__.splitlines()[0])
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m rlflat.sweep", description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="?", type=Path, help="study config, e.g. configs/smoke.yaml")
     parser.add_argument("--out", type=Path, help="study directory (default results/<name>)")
     parser.add_argument("--workers", type=int, help="parallel runs (default: the usable cores; ray: cluster CPUs)")
@@ -46,8 +45,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.config is None:
         parser.error("CONFIG is required (or --collect STUDY_DIR)")
-    if args.address is not None and args.backend != "ray":
-        raise RlflatError(f"--address is for --backend ray, not --backend {args.backend}")
     study = load_study_config(args.config)
     command = ["python", "-m", "rlflat.sweep", *(argv if argv is not None else sys.argv[1:])]
     result = run_sweep(
@@ -65,9 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         study_dir = args.out or default_study_dir(study)
         for planned in result.plan:
             pending = f" (to do: {', '.join(planned.remaining)})" if planned.state == "partial" else ""
+            if planned.state == "invalid":
+                pending = f" (config: {planned.spec.error})"
             print(f"{planned.state:<8} {planned.spec.label}{pending}")
-        counts = {s: sum(1 for p in result.plan if p.state == s) for s in ("done", "failed", "partial", "todo")}
-        shown = ", ".join(f"{n} {s}" for s, n in counts.items())
+        states = ("done", "failed", "partial", "todo", "invalid")
+        counts = {s: sum(1 for p in result.plan if p.state == s) for s in states}
+        shown = ", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "invalid")
         print(f"{study_dir}: {len(result.plan)} runs ({shown}); stages: {', '.join(study.config.stages)}")
         return 0
     for line in summary_lines(result):

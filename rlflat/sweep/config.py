@@ -4,8 +4,13 @@ A study crosses tasks x algorithms x grid points x seeds. Grid keys apply only t
 them (``rho`` is crossed into ``ppo_sam`` runs, never into plain ``ppo``'s, which would otherwise repeat
 three times with identical configs), and per-algorithm ``overrides`` take precedence over the grid (the
 overridden key is not a grid axis for that algorithm). Every expanded run is resolved by
-:func:`rlflat.train.resolve_run_config` before anything starts, so a bad value fails the whole sweep up
-front, and runs whose resolved configs are identical are merged by their content hash (the run id).
+:func:`rlflat.train.resolve_run_config` before anything starts, and runs whose resolved configs are identical
+are merged by their content hash (the run id).
+
+Two kinds of error, two treatments. A schema error (unknown key, wrong type, unknown algorithm or task, a grid or
+override key no algorithm takes) is a mistake in the file: it stops the sweep up front with one line naming the
+file and key. A run that resolve_run_config rejects (``rho: -1``, a bad combination) is a point of the study that
+cannot be trained: it becomes a failed run (stage ``config``) in the table, and the sweep goes on with the rest.
 """
 
 from __future__ import annotations
@@ -28,8 +33,15 @@ STAGES = ("train", "probe", "evaluate")
 STAGE_BLOCKS = {"probe": "probe", "evaluate": "robustness"}
 """The metrics.json block whose presence marks a stage as finished (the stage functions write them)."""
 
-_RESERVED_STAGE_KEYS = {"path", "task", "out"}
-"""Stage arguments the sweep sets itself: the run directory, its task, and the default output location."""
+_RESERVED_STAGE_KEYS = {
+    "probe": ("path", "task", "out", "update_metrics"),
+    "evaluate": ("path", "task", "out", "write"),
+}
+"""Stage arguments the sweep sets itself: the run directory, its task, the output location, and writing the
+stage's block into ``metrics.json`` (which is how the sweep knows the stage finished)."""
+
+CONFIG_STAGE = "config"
+"""The ``failed_stage`` of a run whose hyperparameters resolve_run_config rejected (it never started)."""
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -57,7 +69,7 @@ class StudyConfig(BaseModel):
     evaluate: dict[str, Any] | None = Field(default_factory=dict)
     """Keyword options for ``rlflat.evaluate.evaluate_run``; ``false`` skips the evaluate stage."""
     report: dict[str, Any] = Field(default_factory=dict)
-    """Settings for the report (validated by the report, opaque here)."""
+    """Settings for the report, validated by :func:`validate_report_settings` (kept here as given)."""
 
     @field_validator("name")
     @classmethod
@@ -107,6 +119,12 @@ class StudyConfig(BaseModel):
             return None
         return value
 
+    @field_validator("report")
+    @classmethod
+    def _report(cls, value: dict[str, Any]) -> dict[str, Any]:
+        validate_report_settings(value)
+        return value
+
     @model_validator(mode="after")
     def _overrides_name_study_algos(self) -> StudyConfig:
         for algo in self.overrides:
@@ -114,9 +132,9 @@ class StudyConfig(BaseModel):
                 raise ValueError(
                     f"overrides names {algo!r}, which is not in algos; valid keys: {', '.join(self.algos)}"
                 )
-        for stage in ("probe", "evaluate"):
+        for stage, keys in _RESERVED_STAGE_KEYS.items():
             options = getattr(self, stage)
-            reserved = sorted(_RESERVED_STAGE_KEYS & set(options or {}))
+            reserved = sorted(set(keys) & set(options or {}))
             if reserved:
                 raise ValueError(f"{stage}.{reserved[0]} is set by the sweep for each run; remove it")
         return self
@@ -160,6 +178,9 @@ class RunSpec:
     """Directory name: ``<algo>-<task>-s<seed>-<run_id>``."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """What the study set for this run (grid point + per-algorithm overrides), for listings."""
+    error: str | None = None
+    """Why resolve_run_config rejected this run (then ``config`` holds what the study asked for, unresolved,
+    and the run is recorded as failed at stage ``config`` instead of being run)."""
 
     @property
     def label(self) -> str:
@@ -195,18 +216,36 @@ def parse_study_config(text: str, source: str = "<string>") -> LoadedStudy:
     return LoadedStudy(config=config, source=source, text=text)
 
 
-def _describe(exc: ValidationError) -> str:
+def validate_report_settings(block: dict[str, Any]) -> None:
+    """Validate the ``report:`` block with the report's own model, :class:`rlflat.report.settings.ReportSettings`.
+
+    The report owns the fields; the sweep checks them up front so a misspelt key fails before hours of training,
+    not when the report is drawn. Errors name the key path (``report.n_boot``) and, for unknown keys, the valid ones.
+    """
+    from rlflat.report.settings import ReportSettings
+
+    try:
+        ReportSettings.model_validate(block)
+    except ValidationError as exc:
+        valid = ", ".join(ReportSettings.model_fields)
+        raise ValueError(_describe(exc, prefix="report.", valid=valid)) from None
+
+
+def _describe(exc: ValidationError, prefix: str = "", valid: str | None = None) -> str:
     """Pydantic's errors as one line: the key path, what is wrong, and for unknown keys the valid ones."""
+    valid_keys = valid if valid is not None else ", ".join(StudyConfig.model_fields)
     problems = []
     for error in exc.errors():
-        path = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        path = prefix + ".".join(str(part) for part in error["loc"]) if error["loc"] else "(top level)"
         if error["type"] == "extra_forbidden":
-            problems.append(f"unknown key {path!r}; valid keys: {', '.join(StudyConfig.model_fields)}")
+            problems.append(f"unknown key {path!r}; valid keys: {valid_keys}")
         elif error["type"] == "missing":
             problems.append(f"missing required key {path!r}")
         else:
             message = str(error["msg"]).removeprefix("Value error, ")
-            problems.append(f"{path}: {message}" if error["loc"] else message)
+            # a nested model's message (the report settings) already names the full key path
+            named = not error["loc"] or message.startswith(("unknown key ", f"{path}."))
+            problems.append(message if named else f"{path}: {message}")
     # int | list[int] reports one error per union member; keep each message once
     return "; ".join(dict.fromkeys(problems))
 
@@ -236,22 +275,54 @@ def _iter_candidates(study: StudyConfig) -> Iterator[tuple[str, str, int, dict[s
 
 
 def expand_runs(study: StudyConfig | LoadedStudy, *, with_duplicates: bool = False) -> list[RunSpec]:
-    """Every distinct run of the study, each resolved and validated, in task/algo/grid/seed order.
+    """Every distinct run of the study, resolved, in task/algo/grid/seed order.
 
-    Raises :class:`RlflatError` for the first invalid run (naming it) or a grid key no algorithm accepts.
-    Runs with equal run ids are merged (the first kept) unless ``with_duplicates``.
+    Raises :class:`RlflatError` for a schema error: an unknown algorithm or task, or a grid or override key that
+    the algorithms do not take. A run that resolve_run_config rejects is returned with ``error`` set (and its
+    unresolved config), to be recorded as a failed run. Runs with equal run ids are merged (the first kept)
+    unless ``with_duplicates``.
     """
-    from rlflat import algos
     from rlflat.train import default_run_dir, resolve_run_config, run_id
 
     loaded = study if isinstance(study, LoadedStudy) else None
     config = study.config if isinstance(study, LoadedStudy) else study
     source = loaded.source if loaded else "<study>"
+    aliases = _check_names(config, source)
+    runs: list[RunSpec] = []
+    seen: set[str] = set()
+    for task, algo, seed, settings in _iter_candidates(config):
+        error = None
+        try:
+            resolved = resolve_run_config(algo, task, seed=seed, steps=config.steps, overrides=settings)
+        except RlflatError as exc:
+            error = str(exc)
+            asked = {**settings, **({"total_timesteps": config.steps} if config.steps is not None else {})}
+            resolved = {"algo": algo, "task": aliases[task], "seed": int(seed), "hyperparameters": asked}
+        identity = run_id(resolved)
+        if identity in seen and not with_duplicates:
+            continue
+        seen.add(identity)
+        name = default_run_dir(resolved, Path(".")).name
+        runs.append(RunSpec(config=resolved, run_id=identity, name=name, overrides=settings, error=error))
+    return runs
+
+
+def _check_names(config: StudyConfig, source: str) -> dict[str, str]:
+    """Schema checks that need the registries: algorithms, tasks, grid and override keys. Returns task aliases."""
+    from rlflat import algos
+    from rlflat.tasks import load_task
+
     for algo in config.algos:
         if algo not in algos.ALGORITHM_NAMES:
             raise RlflatError(
                 f"{source}: algos: unknown algorithm {algo!r}; valid choices: {', '.join(algos.ALGORITHM_NAMES)}"
             )
+    aliases = {}
+    for task in config.tasks:
+        try:
+            aliases[task] = load_task(task).alias
+        except RlflatError as exc:
+            raise RlflatError(f"{source}: tasks: {exc}") from None
     for i, grid in enumerate(config.grids):
         for key in grid:
             if not any(key in _valid_keys(algo) for algo in config.algos):
@@ -261,21 +332,14 @@ def expand_runs(study: StudyConfig | LoadedStudy, *, with_duplicates: bool = Fal
                     f"{source}: {where} is not a hyperparameter of any of {', '.join(config.algos)}; "
                     f"valid keys: {', '.join(valid)}"
                 )
-    runs: list[RunSpec] = []
-    seen: set[str] = set()
-    for task, algo, seed, settings in _iter_candidates(config):
-        try:
-            resolved = resolve_run_config(algo, task, seed=seed, steps=config.steps, overrides=settings)
-        except RlflatError as exc:
-            shown = " ".join(f"{k}={v}" for k, v in settings.items())
-            raise RlflatError(f"{source}: run {algo} {task} seed {seed} {shown}: {exc}".replace("  ", " ")) from None
-        identity = run_id(resolved)
-        if identity in seen and not with_duplicates:
-            continue
-        seen.add(identity)
-        name = default_run_dir(resolved, Path(".")).name
-        runs.append(RunSpec(config=resolved, run_id=identity, name=name, overrides=settings))
-    return runs
+    for algo, fixed in config.overrides.items():
+        for key in fixed:
+            if key not in _valid_keys(algo):
+                raise RlflatError(
+                    f"{source}: overrides.{algo}.{key} is not a hyperparameter of {algo}; "
+                    f"valid keys: {', '.join(_valid_keys(algo))}"
+                )
+    return aliases
 
 
 def check_stage_options(study: StudyConfig | LoadedStudy) -> None:

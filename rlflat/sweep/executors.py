@@ -1,12 +1,14 @@
 """Where runs execute: in-process (``serial``), a local process pool (``local``), or Ray tasks (``ray``).
 
 Each executor keeps at most ``workers`` runs in flight and reports every start and outcome to the caller, which
-owns the single progress view. Workers use one torch thread each (more threads per process only fight over the
-same cores), never show their own progress bars, and write their output to the run's log.
+owns the single progress view. Workers use one thread each, for torch and for the BLAS behind numpy/scipy
+(``eigsh``/``eigh`` in the probe): more threads per process only fight over the same cores. They never show
+their own progress bars, and write their output to the run's log.
 
-A worker that dies (OOM killer, ``kill -9``) loses only the run it was doing: the local pool is rebuilt and the
-sweep goes on; the lost run is redone by the next sweep. When the sweep process itself dies, its local workers
-die with it (a watchdog thread on a pidfd) rather than finishing orphaned runs into a study being resumed.
+A worker that dies (OOM killer, ``kill -9``) loses only the run it was doing: the local pool is rebuilt, the
+other runs that were in flight are redone, and the sweep goes on; the lost run is redone by the next sweep.
+When the sweep process itself dies, its local workers die with it (a watchdog thread on a pidfd) rather than
+finishing orphaned runs into a study being resumed.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +33,14 @@ from rlflat.sweep.pipeline import RunJob, RunOutcome, execute, execute_shipped, 
 BACKENDS = ("local", "ray", "serial")
 MAX_POOL_RESTARTS = 3
 """A pool that keeps dying (every run OOMs, say) ends the sweep instead of looping."""
+SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+"""BLAS/OpenMP read these once, when the library loads: they must be in a worker's environment before its
+numpy/scipy/torch import (for forkserver workers: before the fork server, which preloads them, starts)."""
+LOST_WORKER = "its worker process died (killed, or out of memory)"
 
 OnStart = Callable[[RunJob], None]
 OnDone = Callable[[RunOutcome], None]
+RunTarget = Callable[[RunJob, str], RunOutcome]
 
 
 def default_workers() -> int:
@@ -47,6 +55,21 @@ def lost(job: RunJob, why: str) -> RunOutcome:
     return RunOutcome(job.name, job.run_id, "lost", error=why)
 
 
+def check_execution(backend: str, workers: int | None, address: str | None) -> None:
+    """Validate the execution flags (before the sweep creates anything); imports Ray for ``--backend ray``."""
+    if backend not in BACKENDS:
+        raise bad_choice("backend", backend, BACKENDS)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise RlflatError(f"--workers must be an integer >= 1, got {workers!r}")
+    if address is not None:
+        if backend != "ray":
+            raise RlflatError(f"--address is for --backend ray, not --backend {backend}")
+        if not address.strip() or any(c.isspace() for c in address):
+            raise RlflatError(f"--address must be a Ray address such as ray://head:10001 or auto, got {address!r}")
+    if backend == "ray":
+        import_ray()
+
+
 def run_jobs(
     backend: str,
     jobs: Sequence[RunJob],
@@ -58,10 +81,7 @@ def run_jobs(
     on_done: OnDone,
 ) -> None:
     """Run ``jobs`` on ``backend``; every job ends in exactly one ``on_done`` call unless interrupted."""
-    if backend not in BACKENDS:
-        raise bad_choice("backend", backend, BACKENDS)
-    if workers is not None and workers < 1:
-        raise RlflatError(f"--workers must be >= 1, got {workers}")
+    check_execution(backend, workers, address)
     if backend == "serial":
         for job in jobs:
             on_start(job)
@@ -118,41 +138,105 @@ def _context() -> multiprocessing.context.BaseContext:
     return context
 
 
-def run_local(jobs: Sequence[RunJob], study_dir: Path, workers: int, on_start: OnStart, on_done: OnDone) -> None:
-    """Jobs on a ``ProcessPoolExecutor`` (forkserver), at most ``workers`` at a time."""
+@contextmanager
+def single_threaded_children() -> Iterator[None]:
+    """Put :data:`SINGLE_THREAD_ENV` in the environment of the processes started in this block.
+
+    The fork server (started with the first pool) and spawned workers inherit it; this process's own BLAS,
+    loaded long ago, is unaffected, and its environment is restored afterwards.
+    """
+    saved = {name: os.environ.get(name) for name in SINGLE_THREAD_ENV}
+    os.environ.update(SINGLE_THREAD_ENV)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def run_local(
+    jobs: Sequence[RunJob],
+    study_dir: Path,
+    workers: int,
+    on_start: OnStart,
+    on_done: OnDone,
+    target: RunTarget = execute,
+) -> None:
+    """Jobs on a ``ProcessPoolExecutor`` (forkserver), at most ``workers`` at a time.
+
+    A worker that dies breaks the whole pool: every run in flight fails with ``BrokenProcessPool``, and the pool
+    cannot say whose worker died. So the runs that were in flight are redone, each alone in a fresh one-worker
+    pool: the run that breaks that pool is the one that kills its worker, and only it is reported lost.
+    ``target`` is what a worker calls for a job (tests swap in a stand-in).
+    """
     pending = deque(jobs)
-    restarts = 0
-    while pending:
-        size = min(workers, len(pending))
-        pool = ProcessPoolExecutor(
-            max_workers=size, mp_context=_context(), initializer=_init_worker, initargs=(os.getpid(),)
-        )
-        running: dict[Future[RunOutcome], RunJob] = {}
-        broken = False
-        try:
-            while (pending and not broken) or running:
-                while pending and not broken and len(running) < size:
-                    job = pending.popleft()
-                    running[pool.submit(execute, job, str(study_dir))] = job
-                    on_start(job)
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    job = running.pop(future)
-                    try:
-                        on_done(future.result())
-                    except BrokenProcessPool:
-                        broken = True
-                        on_done(lost(job, "its worker process died (killed, or out of memory)"))
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        pool.shutdown(wait=True)
-        if broken:
-            restarts += 1
-            if restarts > MAX_POOL_RESTARTS:
+    breaks = 0
+    with single_threaded_children():
+        while pending:
+            broken, suspects = _run_pool(pending, workers, study_dir, target, on_start, on_done)
+            for job in suspects:
+                if _run_pool(deque([job]), 1, study_dir, target, None, on_done)[0]:
+                    on_done(lost(job, LOST_WORKER))
+            breaks += broken
+            if breaks > MAX_POOL_RESTARTS:
                 for job in pending:
                     on_done(lost(job, "not started: worker processes kept dying"))
                 return
+
+
+def _run_pool(
+    pending: deque[RunJob],
+    size: int,
+    study_dir: Path,
+    target: RunTarget,
+    on_start: OnStart | None,
+    on_done: OnDone,
+) -> tuple[bool, list[RunJob]]:
+    """Run jobs from ``pending`` on one pool until it is empty or the pool breaks.
+
+    Returns whether the pool broke and the jobs that were in flight when it did (not reported to ``on_done``).
+    """
+    size = min(size, len(pending))
+    pool = ProcessPoolExecutor(
+        max_workers=size, mp_context=_context(), initializer=_init_worker, initargs=(os.getpid(),)
+    )
+    running: dict[Future[RunOutcome], RunJob] = {}
+    broken = False
+    suspects: list[RunJob] = []
+    try:
+        while (pending and not broken) or running:
+            while pending and not broken and len(running) < size:
+                job = pending.popleft()
+                try:
+                    running[pool.submit(target, job, str(study_dir))] = job
+                except BrokenProcessPool:  # an idle worker died
+                    pending.appendleft(job)
+                    broken = True
+                    break
+                if on_start is not None:
+                    on_start(job)
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                job = running.pop(future)
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool:
+                    broken = True
+                    suspects.append(job)
+                    continue
+                except Exception as exc:  # the outcome did not come back (execute itself never raises)
+                    outcome = lost(job, f"{type(exc).__name__}: {exc}")
+                on_done(outcome)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return broken, suspects
 
 
 # -- Ray ---------------------------------------------------------------------------------------------------
@@ -168,6 +252,7 @@ def import_ray() -> Any:
 
 
 def _ray_task(job: RunJob, existing: bytes, log_text: str) -> tuple[RunOutcome, bytes, str]:
+    os.environ.update(SINGLE_THREAD_ENV)  # for anything this task starts; the worker itself got runtime_env
     import torch
 
     torch.set_num_threads(1)
@@ -196,7 +281,8 @@ def run_ray(
             shown = address or os.environ.get("RAY_ADDRESS") or "a local cluster"
             raise RlflatError(f"cannot connect to Ray at {shown}: {exc}") from None
         started = True
-    remote = ray.remote(num_cpus=1, max_retries=0)(_ray_task)
+    runtime_env = {"env_vars": dict(SINGLE_THREAD_ENV)}  # set when Ray starts the worker, before any import
+    remote = ray.remote(num_cpus=1, max_retries=0, runtime_env=runtime_env)(_ray_task)
     limit = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     pending = deque(jobs)
     running: dict[Any, RunJob] = {}

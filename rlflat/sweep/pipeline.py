@@ -10,6 +10,7 @@ Completion is read from the run directory itself, never from a separate ledger, 
 
 A failure is recorded as ``failure.json`` in the run directory (created if training never produced one), with
 the stage, the error and the log's path. Failed runs are retried by the next sweep; their log is appended to.
+A run whose hyperparameters were rejected (stage ``config``) gets such a directory without ever starting.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlflat.io import read_json, write_json, write_text
-from rlflat.sweep.config import STAGE_BLOCKS, STAGES
+from rlflat.io import read_json, staging_dir, write_json, write_text
+from rlflat.sweep.config import CONFIG_STAGE, STAGE_BLOCKS, STAGES
 
 FAILURE_FILE = "failure.json"
 LOGS_DIR = "logs"
@@ -135,7 +136,8 @@ def _suite(task_name: str, value: Any) -> Any:
     from dataclasses import fields
 
     from rlflat.errors import RlflatError, bad_choice
-    from rlflat.evaluate.suites import SuiteSpec, parse_grids, parse_levels, parse_suite
+    from rlflat.evaluate import SuiteSpec
+    from rlflat.evaluate.suites import parse_grids, parse_levels, parse_suite  # not (yet) public
     from rlflat.tasks import load_task
 
     task = load_task(task_name)
@@ -172,9 +174,9 @@ def _suite(task_name: str, value: Any) -> Any:
 def check_options(stage: str, options: Mapping[str, Any], tasks: Sequence[str]) -> None:
     """Validate a stage's study options without running it (raises :class:`RlflatError` naming the bad one)."""
     if stage == "probe":
-        from rlflat.probe.run import make_options
+        from rlflat.probe import validate_probe_options
 
-        make_options(**options)
+        validate_probe_options(dict(options))
     elif stage == "evaluate":
         import inspect
 
@@ -263,22 +265,31 @@ def _record_failure(run_dir: Path, job: RunJob, stage: str, error: str, log: str
     if run_dir.exists():
         write_json(run_dir / FAILURE_FILE, failure)
         return
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = _staging_dir(run_dir.parent, run_dir.name)
-    try:
+    _publish_failure(run_dir, job, failure)
+
+
+def _publish_failure(run_dir: Path, job: RunJob, failure: dict[str, Any]) -> None:
+    """Publish (or replace) ``run_dir`` as just the run's config and its failure record."""
+    with staging_dir(run_dir) as staging:
         write_json(staging / "config.json", {**job.config, "run_id": job.run_id, "device": job.device})
         write_json(staging / FAILURE_FILE, failure)
-        os.replace(staging, run_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
 
 
-def _staging_dir(parent: Path, name: str) -> Path:
-    """A hidden directory beside the run's final place (mkdtemp's 0700 widened: results are for sharing)."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=parent))
-    staging.chmod(0o755)
-    return staging
+def record_config_failure(job: RunJob, error: str, study_dir: str | Path) -> RunOutcome:
+    """Record a run whose hyperparameters were rejected: a failed run at stage ``config``, with a log line.
+
+    ``job.config`` is what the study asked for (unresolved). The directory is rewritten on every sweep, so the
+    error shown is always the current one.
+    """
+    study_dir = Path(study_dir).resolve()
+    log = log_path(study_dir, job.name)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as handle:
+        print(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {job.name}: config rejected: {error}", file=handle)
+    relative_log = str(log.relative_to(study_dir))
+    failure = {"status": "failed", "stage": CONFIG_STAGE, "error": error, "log": relative_log}
+    _publish_failure(study_dir / job.name, job, failure)
+    return RunOutcome(job.name, job.run_id, "failed", (), CONFIG_STAGE, error, 0.0, relative_log)
 
 
 @contextlib.contextmanager
@@ -361,18 +372,6 @@ def publish_shipped(study_dir: Path, name: str, data: bytes, log_text: str) -> N
     write_text(log, log_text)
     if not data:
         return
-    run_dir = study_dir / name
-    staging = _staging_dir(study_dir, name)
-    trash = study_dir / f".{name}.old"
-    try:
+    # replacing an existing run dir takes two renames: a crash in between leaves none, so the run is redone
+    with staging_dir(study_dir / name) as staging:
         unpack(data, staging)
-        if run_dir.exists():
-            # two renames: a crash in between leaves no run directory, so the run is simply redone
-            if trash.exists():
-                shutil.rmtree(trash)
-            os.replace(run_dir, trash)
-        os.replace(staging, run_dir)
-    finally:
-        for leftover in (staging, trash):
-            if leftover.exists():
-                shutil.rmtree(leftover)

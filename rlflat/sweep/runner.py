@@ -29,9 +29,9 @@ from rlflat.sweep.config import (
     load_study_config,
     parse_study_config,
 )
-from rlflat.sweep.executors import run_jobs
-from rlflat.sweep.pipeline import LOGS_DIR, RunJob, RunOutcome, remaining_stages, run_state
-from rlflat.sweep.table import RUNS_FILE, STUDY_FILE, collect
+from rlflat.sweep.executors import check_execution, run_jobs
+from rlflat.sweep.pipeline import LOGS_DIR, RunJob, RunOutcome, record_config_failure, remaining_stages, run_state
+from rlflat.sweep.table import RUNS_FILE, STUDY_FILE, collect, run_directories
 
 RESULTS_DIR = Path("results")
 LOCK_FILE = ".sweep.lock"
@@ -43,7 +43,8 @@ class PlannedRun:
 
     spec: RunSpec
     state: str
-    """``done``, ``failed``, ``partial`` or ``todo`` (see :func:`rlflat.sweep.pipeline.run_state`)."""
+    """``done``, ``failed``, ``partial`` or ``todo`` (see :func:`rlflat.sweep.pipeline.run_state`), or
+    ``invalid`` when its hyperparameters were rejected (``spec.error``): it is recorded as failed, never run."""
     remaining: tuple[str, ...]
 
 
@@ -80,7 +81,10 @@ def plan_sweep(study: LoadedStudy, study_dir: Path) -> list[PlannedRun]:
     plan = []
     for spec in expand_runs(study):
         run_dir = study_dir / spec.name
-        plan.append(PlannedRun(spec, run_state(run_dir, stages), remaining_stages(run_dir, stages)))
+        if spec.error is not None:
+            plan.append(PlannedRun(spec, "invalid", ()))
+        else:
+            plan.append(PlannedRun(spec, run_state(run_dir, stages), remaining_stages(run_dir, stages)))
     return plan
 
 
@@ -98,9 +102,11 @@ def run_sweep(
 ) -> SweepResult:
     """Run every unfinished run of ``study`` into ``out`` (default ``results/<name>``) and rebuild the table.
 
-    Everything is validated before the first run starts. Failed runs do not stop the sweep: they are recorded
-    (see ``SweepResult.failed``) and retried by the next sweep.
+    Flags and the config are validated before anything is written. Failed runs do not stop the sweep: they
+    are recorded (see ``SweepResult.failed``) and retried by the next sweep; runs whose hyperparameters are
+    rejected are recorded as failed at stage ``config`` without starting.
     """
+    check_execution(backend, workers, address)
     loaded = study if isinstance(study, LoadedStudy) else load_study_config(study)
     study_dir = Path(out) if out is not None else default_study_dir(loaded)
     plan = plan_sweep(loaded, study_dir)
@@ -113,8 +119,9 @@ def run_sweep(
     with _locked(study_dir):
         _check_compatible(loaded, study_dir)
         write_text(study_dir / STUDY_FILE, loaded.text)
-        _remove_leftovers(study_dir)
+        _remove_leftovers(study_dir, {p.spec.name for p in plan})
         config = loaded.config
+        invalid = [p.spec for p in plan if p.state == "invalid"]
         jobs = [
             RunJob(
                 config=p.spec.config,
@@ -127,9 +134,9 @@ def run_sweep(
                 command=tuple(command) if command is not None else None,
             )
             for p in plan
-            if p.state != "done"
+            if p.state not in ("done", "invalid")
         ]
-        view = _ProgressView(len(plan), len(jobs), loaded.config.name, enabled=progress)
+        view = _ProgressView(len(plan), len(invalid) + len(jobs), loaded.config.name, enabled=progress)
 
         def on_done(outcome: RunOutcome) -> None:
             result.outcomes.append(outcome)
@@ -137,6 +144,9 @@ def run_sweep(
 
         try:
             with view:
+                for spec in invalid:
+                    job = RunJob(config=spec.config, run_id=spec.run_id, name=spec.name, device=device)
+                    on_done(record_config_failure(job, spec.error or "rejected", study_dir))
                 run_jobs(
                     backend,
                     jobs,
@@ -147,7 +157,7 @@ def run_sweep(
                     on_done=on_done,
                 )
         finally:
-            result.table = collect(study_dir, config.stages)
+            result.table = collect(study_dir, config.stages, study_ids={p.spec.run_id for p in plan})
             result.seconds = time.perf_counter() - start
     return result
 
@@ -189,15 +199,27 @@ def _check_compatible(study: LoadedStudy, study_dir: Path) -> None:
             )
 
 
-def _remove_leftovers(study_dir: Path) -> None:
-    """Hidden staging directories and temp files of killed sweeps (we hold the lock: nobody is writing)."""
+def _remove_leftovers(study_dir: Path, names: set[str]) -> None:
+    """Staging directories and temp files of killed sweeps (we hold the lock: nobody is writing).
+
+    Only what a sweep itself leaves: ``.<run name>.*`` directories of this study's runs or of published run
+    directories, and ``.<study file>.*.tmp`` files; any other hidden entry is someone else's and stays.
+    """
+    runs = names | {path.name for path in run_directories(study_dir)}
+    files = (STUDY_FILE, RUNS_FILE)
     for path in study_dir.iterdir():
         if not path.name.startswith(".") or path.name == LOCK_FILE:
             continue
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        elif path.name.endswith(".tmp"):
+        if path.is_dir() and not path.is_symlink():
+            if _staging_of(path.name, runs):
+                shutil.rmtree(path, ignore_errors=True)
+        elif path.name.endswith(".tmp") and _staging_of(path.name, files):
             path.unlink(missing_ok=True)
+
+
+def _staging_of(hidden: str, names: set[str] | tuple[str, ...]) -> bool:
+    """Whether ``hidden`` is ``.<name>.<something>`` for one of ``names``."""
+    return any(hidden.startswith(f".{name}.") and len(hidden) > len(name) + 2 for name in names)
 
 
 class _ProgressView:

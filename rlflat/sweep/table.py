@@ -1,7 +1,9 @@
 """``runs.parquet``: one row per finished run, rebuilt from the run directories so it never disagrees with them.
 
 Columns are flat: the run's identity (``run_id``, ``algo``, ``task``, ``task_id``, ``seed``), its outcome
-(``status``, ``error``, ``failed_stage``, ``log``, ``path``), every resolved hyperparameter as ``hp.<name>``,
+(``status``, ``error``, ``failed_stage``, ``log``, ``path``), ``in_study`` (whether the run is one of the study's
+runs as ``study.yaml`` now stands: a run dir left from a grid point since removed is kept, but marked False),
+every resolved hyperparameter as ``hp.<name>``,
 and every scalar of every ``metrics.json`` block as ``<block>.<key>`` with nested dicts joined by dots
 (``train.return_mean``, ``probe.hessian.lambda_max``, ``robustness.auc``). Lists and arrays in metrics are left
 out (they live in probe.npz / robustness.parquet); lists among hyperparameters are kept as JSON text.
@@ -13,7 +15,7 @@ row: it is unfinished, and the next sweep finishes it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +23,25 @@ import pandas as pd
 
 from rlflat.errors import RlflatError
 from rlflat.io import read_json, write_atomic
-from rlflat.sweep.config import parse_study_config
+from rlflat.sweep.config import expand_runs, parse_study_config
 from rlflat.sweep.pipeline import FAILURE_FILE, read_metrics, remaining_stages
 
 RUNS_FILE = "runs.parquet"
 STUDY_FILE = "study.yaml"
-ID_COLUMNS = ("run_id", "algo", "task", "task_id", "seed", "status", "error", "failed_stage", "log", "path", "device")
+ID_COLUMNS = (
+    "run_id",
+    "algo",
+    "task",
+    "task_id",
+    "seed",
+    "status",
+    "in_study",
+    "error",
+    "failed_stage",
+    "log",
+    "path",
+    "device",
+)
 BLOCK_ORDER = ("train", "probe", "robustness")
 TIMING_MARKERS = ("seconds", "per_second", "wall", "elapsed", "duration")
 """Column-name fragments of timings: the only values that legitimately differ between two executions."""
@@ -43,6 +58,14 @@ def study_stages(study_dir: Path) -> tuple[str, ...]:
     if not path.exists():
         return ("train",)
     return parse_study_config(path.read_text(), source=str(path)).config.stages
+
+
+def study_run_ids(study_dir: Path) -> set[str] | None:
+    """The run ids of the study as its ``study.yaml`` now expands (None without one)."""
+    path = study_dir / STUDY_FILE
+    if not path.exists():
+        return None
+    return {spec.run_id for spec in expand_runs(parse_study_config(path.read_text(), source=str(path)))}
 
 
 def run_directories(study_dir: Path) -> Iterator[Path]:
@@ -115,13 +138,22 @@ def _flatten(data: Mapping[str, Any], keep_lists: bool, prefix: str = "") -> Ite
             yield name, value
 
 
-def build_table(study_dir: str | Path, stages: Sequence[str] | None = None) -> pd.DataFrame:
-    """The runs table of ``study_dir`` (not written), sorted by task, algo, seed, run id."""
+def build_table(
+    study_dir: str | Path, stages: Sequence[str] | None = None, study_ids: Collection[str] | None = None
+) -> pd.DataFrame:
+    """The runs table of ``study_dir`` (not written), sorted by task, algo, seed, run id.
+
+    ``in_study`` is True for the run ids in ``study_ids`` (default: the expansion of ``study.yaml``; every run
+    when there is none).
+    """
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
         raise RlflatError(f"study directory {study_dir} does not exist")
     stages = tuple(stages) if stages is not None else study_stages(study_dir)
+    ids = set(study_ids) if study_ids is not None else study_run_ids(study_dir)
     rows = [row for path in run_directories(study_dir) if (row := run_row(path, stages, study_dir)) is not None]
+    for row in rows:
+        row["in_study"] = ids is None or row["run_id"] in ids
     table = pd.DataFrame(rows)
     if table.empty:
         return pd.DataFrame(columns=list(ID_COLUMNS))
@@ -151,10 +183,12 @@ def _harmonize(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def collect(study_dir: str | Path, stages: Sequence[str] | None = None) -> pd.DataFrame:
+def collect(
+    study_dir: str | Path, stages: Sequence[str] | None = None, study_ids: Collection[str] | None = None
+) -> pd.DataFrame:
     """Rebuild ``<study_dir>/runs.parquet`` from the run directories (atomically) and return the table."""
     study_dir = Path(study_dir)
-    table = build_table(study_dir, stages)
+    table = build_table(study_dir, stages, study_ids)
     write_atomic(study_dir / RUNS_FILE, lambda path: table.to_parquet(path, index=False))
     return table
 
