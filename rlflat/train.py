@@ -12,11 +12,8 @@ import csv
 import hashlib
 import json
 import math
-import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from importlib import metadata
@@ -33,7 +30,7 @@ from tqdm.auto import tqdm
 from rlflat import algos
 from rlflat.cli import ArgumentParser, run_cli, set_torch_threads
 from rlflat.errors import RlflatError
-from rlflat.io import read_json, umask, write_json
+from rlflat.io import read_json, staging_dir, write_json
 from rlflat.policy import MODEL_FILE, NORMALIZER_FILE, FunctionalPolicy, ObservationNormalizer
 from rlflat.tasks import TaskSpec, list_tasks, load_task, make_env
 
@@ -121,32 +118,17 @@ def train_run(
         "command": list(command) if command is not None else None,
         "device": device,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    staging.chmod(0o777 & ~umask())  # mkdtemp makes 0700; a run dir should read like any other folder
-    try:
+    diverged: algos.TrainingDiverged | None = None
+    with staging_dir(out) as staging:  # a diverged run is published too, with its status: failed
         try:
             metrics = _train_into(staging, spec, full_config, device, progress)
+            write_json(staging / "metrics.json", {"status": "ok", "train": metrics})
         except algos.TrainingDiverged as exc:
             write_json(staging / "metrics.json", {"status": "failed", "error": str(exc)})
-            _publish(staging, out)
-            raise
-        write_json(staging / "metrics.json", {"status": "ok", "train": metrics})
-        _publish(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+            diverged = exc
+    if diverged is not None:
+        raise diverged
     return out
-
-
-def _publish(staging: Path, out: Path) -> None:
-    """Rename the finished staging directory to ``out`` (an empty ``out`` is replaced; a full one was refused).
-
-    Not :func:`rlflat.io.staging_dir`: a diverged run is published too, with its ``status: failed``.
-    """
-    if out.exists():
-        out.rmdir()  # empty (checked above)
-    os.replace(staging, out)
 
 
 def _train_into(
