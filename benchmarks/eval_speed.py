@@ -1,8 +1,9 @@
 """Batched robustness evaluation vs SB3's ``evaluate_policy`` looping over one Gymnasium env per setting.
 
 Usage: ``OMP_NUM_THREADS=1 python benchmarks/eval_speed.py [model.zip | run_dir] [--timesteps 30000]
-[--throughput]``. Without a model, a CartPole PPO is trained with the rl-baselines3-zoo hyperparameters for
-``--timesteps`` steps. 50 dynamics settings (10 log-spaced factors of each default-suite parameter) x 20
+[--throughput]``. Without a model, a CartPole PPO is trained for ``--timesteps`` steps by rlflat's plain ``ppo``
+(:func:`rlflat.train.train_run`) with the spec's rl-baselines3-zoo hyperparameters (``envs/CartPole.yaml``).
+50 dynamics settings (10 log-spaced factors of each default-suite parameter) x 20
 episodes; episode j of every setting resets with seed j in both evaluators, so their returns must agree
 exactly (CartPole's actions are discrete). ``--throughput`` adds the evaluator's end-to-end row-steps/s
 (policy + simulator) per task at 1k and 10k rows; raw simulator rates are in ``benchmarks/sim_speed.py``.
@@ -18,40 +19,34 @@ from pathlib import Path
 import numpy as np
 import torch
 from stable_baselines3 import PPO
-from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
+from rlflat.algos import load_model
+from rlflat.errors import RlflatError
 from rlflat.evaluate import rollout_returns, sweep_factors
 from rlflat.policy import load_policy
 from rlflat.tasks import TaskSpec, load_task, make_env
+from rlflat.train import resolve_run_config, train_run
 
 EPISODES = 20
 PER_PARAMETER = 10
 
 
 def train_cartpole(timesteps: int, folder: Path) -> Path:
-    """PPO with the zoo's CartPole-v1 hyperparameters (linear schedules as in the zoo)."""
-    task = load_task("CartPole")
-    env = make_vec_env(lambda: make_env(task), n_envs=8, seed=0)
-    model = PPO(
-        "MlpPolicy",
-        env,
-        n_steps=32,
-        batch_size=256,
-        gae_lambda=0.8,
-        gamma=0.98,
-        n_epochs=20,
-        ent_coef=0.0,
-        learning_rate=lambda p: 1e-3 * p,
-        clip_range=lambda p: 0.2 * p,
-        seed=0,
-    )
-    model.learn(timesteps)
-    path = folder / "model.zip"
-    model.save(path)
-    return path
+    """rlflat's plain ``ppo`` (trains exactly as SB3's PPO) with the CartPole spec's zoo hyperparameters."""
+    config = resolve_run_config("ppo", "CartPole", seed=0, steps=timesteps)
+    return train_run(config, out=folder / "run", progress=False) / "model.zip"
+
+
+def load_sb3(model_path: Path) -> BaseAlgorithm:
+    """The model as an SB3 algorithm: rlflat's own class for rlflat zips, SB3's PPO for any other zip."""
+    try:
+        return load_model(model_path)
+    except RlflatError:
+        return PPO.load(model_path, device="cpu")
 
 
 def settings_of(task: TaskSpec) -> list[dict[str, float]]:
@@ -66,7 +61,7 @@ def settings_of(task: TaskSpec) -> list[dict[str, float]]:
 
 def looped(model_path: Path, task: TaskSpec, settings: list[dict[str, float]]) -> np.ndarray:
     """SB3's evaluate_policy, one env per setting, re-seeded per episode so episode j starts from seed j."""
-    model = PPO.load(model_path, device="cpu")
+    model = load_sb3(model_path)
     returns = np.zeros((len(settings), EPISODES))
     for i, dynamics in enumerate(settings):
         env = DummyVecEnv([lambda d=dynamics: Monitor(make_env(task, d))])  # type: ignore[misc]

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pandas as pd
 import pytest
@@ -27,6 +28,7 @@ from rlflat.evaluate import (
     has_batched_simulator,
     normalize,
     robust_auc,
+    robustness_block,
     rollout_returns,
     sweep_factors,
 )
@@ -58,11 +60,16 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
-def plain_returns(policy: FunctionalPolicy, task: TaskSpec, dynamics: Mapping[str, float], seeds: range) -> list:
-    """The reference: one Gymnasium env, one episode at a time, one observation per forward."""
+def plain_returns(
+    policy: FunctionalPolicy, task: TaskSpec, dynamics: Mapping[str, float], seeds: range, pure: bool = False
+) -> list:
+    """The reference: one Gymnasium env, one episode at a time, one observation per forward.
+
+    ``pure`` uses ``gym.make`` itself (no rlflat dynamics code at all; nominal only).
+    """
     returns = []
     for seed in seeds:
-        env = make_env(task, dynamics)
+        env = gym.make(task.id) if pure else make_env(task, dynamics)
         obs, _ = env.reset(seed=seed)
         total, done = 0.0, False
         while not done:
@@ -254,6 +261,8 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
         ["--episodes", "0"],
         ["--grid", "length"],
         ["--task", "Pendulum"],  # the run records CartPole
+        ["--episodes", "many"],  # a usage error: one line too, not argparse's usage text and exit
+        ["--bogus"],
     ],
 )
 def test_cli_bad_input_exits_2_writing_nothing(
@@ -288,3 +297,83 @@ def test_cli_bare_zip_and_mismatched_spaces(
     table = pd.read_parquet(out / "robustness.parquet")
     assert sorted(set(table["family"])) == ["l", "nominal", "obs_noise"]
     assert "noise" in json.loads((out / "metrics.json").read_text())["robustness"]
+
+
+def _table(curves: dict[str, tuple[list[float], list[float]]], noise: list[tuple[float, float]] = ()) -> pd.DataFrame:
+    """A hand-made CartPole robustness table: nominal, a sweep per parameter, an action-noise family."""
+    task = load_task("CartPole")
+    names = list(curves)
+    rows = [{"family": "nominal", "factor": 1.0, "action_noise": 0.0, "normalized_return": 1.0}]
+    for name, (factors, normalized) in curves.items():
+        rows += [{"family": name, "factor": f, name: task.parameters[name].nominal * f, "action_noise": 0.0,
+                  "normalized_return": v} for f, v in zip(factors, normalized, strict=True)]  # fmt: skip
+    rows += [{"family": "action_noise", "action_noise": level, "normalized_return": v} for level, v in noise]
+    table = pd.DataFrame(rows)
+    for name in names:
+        table[name] = table[name].fillna(task.parameters[name].nominal)
+    table["obs_noise"] = 0.0
+    table["return_mean"] = 100.0 * table["normalized_return"]
+    table["return_std"] = 0.0
+    table["collapsed"] = table["normalized_return"] < 0.5
+    return table
+
+
+def test_metrics_count_each_distinct_setting_once() -> None:
+    """Every sweep's factor-1 row and the noise family's level-0 row copy nominal: counted once, not four times."""
+    table = _table({"length": ([0.25, 1.0, 4.0], [0.2, 1.0, 0.8]), "masspole": ([0.1, 1.0, 10.0], [0.9, 1.0, 0.9])},
+                   noise=[(0.0, 1.0), (0.5, 0.3)])  # fmt: skip
+    block = robustness_block(table, load_task("CartPole"))
+    assert block["n_settings"] == 5  # length x0.25, x4; masspole x0.1, x10; action noise 0.5
+    assert block["collapsed_fraction"] == pytest.approx(2 / 5)
+    table.attrs["quantity_columns"] = ["length", "masspole", "action_noise", "obs_noise"]  # as evaluate() sets
+    assert robustness_block(table, load_task("CartPole"))["n_settings"] == 5
+
+
+def test_censored_collapse_keys() -> None:
+    task = load_task("CartPole")
+    collapsing = ([0.25, 1.0, 4.0], [0.2, 1.0, 0.8])  # low side crosses 0.5 at 5/8 of the way to log 0.25
+    steady = ([0.1, 1.0, 10.0], [0.9, 1.0, 0.9])
+    block = robustness_block(_table({"length": collapsing, "masspole": steady}), task)
+    length, masspole = block["parameters"]["length"], block["parameters"]["masspole"]
+    assert length["collapsed_within_range"] and length["collapse_log_factor"] == pytest.approx(0.625 * math.log(4))
+    assert length["max_log_factor"] == pytest.approx(math.log(4))
+    assert not masspole["collapsed_within_range"] and masspole["collapse_log_factor"] is None
+    assert masspole["max_log_factor"] == pytest.approx(math.log(10))
+    assert block["collapse_log_factor_min"] == pytest.approx(0.625 * math.log(4)) and block["censored"] is False
+    assert block["collapse_log_factor_min_parameter"] == "length"
+    # nothing collapses: the minimum is the smallest bound, and it is censored
+    block = robustness_block(_table({"length": ([0.25, 1.0, 4.0], [0.6, 1.0, 0.7]), "masspole": steady}), task)
+    assert block["collapse_log_factor_min"] == pytest.approx(math.log(4)) and block["censored"] is True
+    assert block["collapse_log_factor_min_parameter"] == "length"
+    # a never-collapsing parameter whose bound lies below another's observed collapse censors the minimum
+    late = ([0.1, 1.0, 10.0], [1.0, 1.0, 0.4])  # crosses at 5/6 of log 10 (1.92) > log 4 (1.39)
+    block = robustness_block(_table({"length": ([0.25, 1.0, 4.0], [0.6, 1.0, 0.7]), "masspole": late}), task)
+    assert block["parameters"]["masspole"]["collapse_log_factor"] == pytest.approx(5 / 6 * math.log(10))
+    assert block["collapse_log_factor_min"] == pytest.approx(math.log(4)) and block["censored"] is True
+    json.dumps(block)  # every key is JSON-ready
+
+
+def _untrained(task: TaskSpec, folder: Path) -> FunctionalPolicy:
+    PPO("MlpPolicy", make_env(task), seed=0).save(folder / "model.zip")
+    return load_policy(folder / "model.zip")
+
+
+@pytest.mark.parametrize(("name", "extra"), [("Hopper", "mujoco"), ("LunarLander", "Box2D")])
+def test_gym_fallback_at_nominal_matches_plain_gymnasium(name: str, extra: str, tmp_path: Path) -> None:
+    """Tasks without a batched simulator (MuJoCo model parameters, LunarLander's constructor gravity)."""
+    pytest.importorskip(extra)
+    task = load_task(name)
+    policy = _untrained(task, tmp_path)
+    assert not has_batched_simulator(task)
+    expected = plain_returns(policy, task, {}, range(3, 5), pure=True)
+    got = rollout_returns(policy, task, [{}], episodes=2, seed=3)[0, 0]
+    if policy.discrete:
+        np.testing.assert_array_equal(got, expected)
+    else:  # batched forwards round differently from one-row ones (see test_nominal_matches_plain_gym_loop)
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+        assert rollout_returns(policy, task, [{}], episodes=1, seed=3)[0, 0, 0] == expected[0]
+    parameter = task.default_suite[0]
+    low = task.parameters[parameter].nominal * task.parameters[parameter].range[0]
+    perturbed = rollout_returns(policy, task, [{parameter: low}], episodes=2, seed=3)[0, 0]
+    np.testing.assert_allclose(perturbed, plain_returns(policy, task, {parameter: low}, range(3, 5)), rtol=1e-6)
+    assert not np.array_equal(perturbed, got)

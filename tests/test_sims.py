@@ -13,7 +13,9 @@ import numpy.typing as npt
 import pytest
 
 from rlflat.errors import RlflatError
+from rlflat.tasks import load_task
 from rlflat.tasks.sims import (
+    PARAMETER_DEFAULTS,
     SIMULATORS,
     AcrobotSim,
     BatchedSimulator,
@@ -23,29 +25,21 @@ from rlflat.tasks.sims import (
 )
 
 NUM_SEEDS = 20
-NOMINAL: dict[str, dict[str, float]] = {
-    "CartPole-v1": {"length": 0.5, "masspole": 0.1, "masscart": 1.0, "gravity": 9.8, "force_mag": 10.0, "tau": 0.02},
-    "Acrobot-v1": {
-        "LINK_LENGTH_1": 1.0,
-        "LINK_LENGTH_2": 1.0,
-        "LINK_MASS_1": 1.0,
-        "LINK_MASS_2": 1.0,
-        "LINK_COM_POS_1": 0.5,
-        "LINK_COM_POS_2": 0.5,
-        "LINK_MOI": 1.0,
-        "MAX_VEL_1": 4 * math.pi,
-        "MAX_VEL_2": 9 * math.pi,
-        "dt": 0.2,
-    },
-    "Pendulum-v1": {"g": 10.0, "m": 1.0, "l": 1.0, "dt": 0.05, "max_speed": 8.0, "max_torque": 2.0},
-    "MountainCar-v0": {"force": 0.001, "gravity": 0.0025, "max_speed": 0.07},
-    "MountainCarContinuous-v0": {"power": 0.0015, "max_speed": 0.07},
-}
+NOMINAL = PARAMETER_DEFAULTS  # Gymnasium's defaults (tests/test_tasks.py checks them against gym.make)
+SIM_ONLY_FACTORS = (0.5, 2.0)
+"""Factor range for simulator parameters the task spec does not perturb (Acrobot's MAX_VEL_*, Pendulum's max_speed)."""
 
 
 def random_params(env_id: str, rng: np.random.Generator, n: int) -> dict[str, npt.NDArray[np.float64]]:
-    """Every parameter times an independent factor in [0.5, 2] per row."""
-    return {name: value * rng.uniform(0.5, 2.0, size=n) for name, value in NOMINAL[env_id].items()}
+    """Every simulator parameter times an independent log-uniform factor per row, drawn from the task spec's own
+    ``range`` for spec parameters (so extremes such as CartPole's x0.1 cart mass are exercised)."""
+    spec = load_task(env_id)
+    ranges = {spec.attribute(name): p.range for name, p in spec.parameters.items()}
+    params = {}
+    for attribute, value in NOMINAL[env_id].items():
+        low, high = ranges.get(attribute, SIM_ONLY_FACTORS)
+        params[attribute] = value * np.exp(rng.uniform(np.log(low), np.log(high), size=n))
+    return params
 
 
 def reference_env(env_id: str, params: dict[str, float], **attrs: Any) -> gym.Env[Any, Any]:

@@ -6,21 +6,20 @@ Without family options the task's default suite is swept; with any of --suite/--
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rlflat.cli import run_cli, set_torch_threads
+from rlflat.cli import ArgumentParser, run_cli, set_torch_threads
 from rlflat.errors import RlflatError
 from rlflat.evaluate.api import METRICS_FILE, TABLE_FILE, evaluate_run, resolve_task
 from rlflat.evaluate.rollout import BACKENDS
 from rlflat.evaluate.suites import SuiteSpec, parse_grids, parse_levels, parse_suite
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="python -m rlflat.evaluate",
         description="Evaluate a policy under perturbed dynamics and noise; write robustness.parquet and the "
         "robustness block of metrics.json.",
@@ -40,7 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--episodes", type=int, default=20, help="episodes per setting (default 20)")
     parser.add_argument("--seed", type=int, default=0, help="episode j of every setting resets with seed+j")
     parser.add_argument("--rng-seed", type=int, default=0, help="seed of the noise/sampling generator")
-    parser.add_argument("--stochastic", action="store_true", help="sample actions instead of the mode")
+    parser.add_argument(
+        "--stochastic",
+        action="store_true",
+        help="sample actions from the policy instead of its mode (gSDE policies: independent per-step Gaussian "
+        "noise with gSDE's std, not SB3's exploration matrix held for sde_sample_freq steps)",
+    )
     parser.add_argument("--collapse-frac", type=float, default=0.5, help="collapse threshold (default 0.5)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -116,6 +120,13 @@ def _summary(block: dict[str, Any], rows: int, out: Path) -> str:
         lines.append(
             f"  {family:<16} mean normalised {grid['mean_normalized_return']:.3f}  "
             f"collapsed {grid['collapsed_fraction']:.1%}"
+        )
+    nearest = block.get("collapse_log_factor_min")
+    if nearest is not None:
+        bound = ">= " if block["censored"] else ""
+        lines.append(
+            f"nearest collapse |log factor| {bound}{nearest:.3g} ({block['collapse_log_factor_min_parameter']}"
+            f"{', never collapsed within range' if block['censored'] else ''})"
         )
     auc = block["auc_mean"]
     lines.append(

@@ -42,6 +42,8 @@ def evaluate(
     does not perturb it), ``action_noise``, ``obs_noise``, ``episodes``, ``return_mean``, ``return_std``,
     ``return_ci_low``/``high`` (95% Student-t), ``normalized_return``, ``collapsed`` and the per-episode
     ``returns`` (episode j used seed ``seed + j`` in every row, so rows and runs can be compared pairwise).
+    ``deterministic=False`` samples actions per step (gSDE: independent per-step noise, not SB3's exploration
+    matrix).
     """
     _check_collapse_frac(collapse_frac)
     settings = build_settings(task, suite)

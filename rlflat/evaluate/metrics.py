@@ -12,6 +12,18 @@ the first crossing of ``collapse_frac`` is located by linear interpolation in lo
 point at or above the threshold and the first below it. ``collapse_factor`` is the nearer of the two sides
 (smallest |log-factor|), and both sides are reported; ``None`` (JSON null) with ``collapsed_within_range:
 false`` when the curve never falls below the threshold inside the range.
+
+Censoring. A curve that never collapses is right-censored at the edge of what was evaluated. Each parameter's
+block carries ``collapse_log_factor`` (nearest side, or null), ``collapsed_within_range`` and the bound
+``max_log_factor`` (the largest |log factor| evaluated); the block's ``collapse_log_factor_min`` is the smallest
+over parameters with never-collapsing ones counted at their bound, ``censored`` true when that minimum is a bound
+rather than an observed collapse (so the run ranks as >= it), and ``collapse_log_factor_min_parameter`` names the
+parameter. Noise curves carry ``collapse_level``, ``collapsed_within_range`` and ``max_level`` alike.
+
+Counting settings. ``collapsed_fraction`` and ``n_settings`` count each distinct perturbed setting once
+(:func:`distinct_settings`): every sweep's factor-1 row and every noise family's level-0 row is a copy of the
+nominal point and is not counted, nor is a grid point that repeats a sweep point. Per-family summaries (``grids``,
+``random``) describe their own rows, the grid's nominal corner included.
 """
 
 from __future__ import annotations
@@ -30,7 +42,9 @@ from rlflat.tasks import TaskSpec
 __all__ = [
     "RETURN_FLOORS",
     "Collapse",
+    "censored_minimum",
     "collapse_point",
+    "distinct_settings",
     "normalize",
     "return_floor",
     "robust_auc",
@@ -152,21 +166,19 @@ def _curve(rows: pd.DataFrame, axis: str, collapse_frac: float, log: bool) -> di
     if log:
         block.update(collapse_factor=collapse.factor, collapse_low=collapse.low, collapse_high=collapse.high)
         block["collapse_log_factor"] = collapse.log_distance
+        block["max_log_factor"] = max((abs(math.log(f)) for f in factors), default=0.0)
     else:
         block["collapse_level"] = collapse.high
+        block["max_level"] = max(factors, default=0.0)
     block["collapsed_within_range"] = collapse.low is not None or collapse.high is not None
     block["auc"] = robust_auc(factors, normalized, log=log)
     return block
 
 
-def robustness_block(table: pd.DataFrame, task: TaskSpec, collapse_frac: float = 0.5) -> dict[str, Any]:
-    """The ``robustness`` block of ``metrics.json`` from a table made by :func:`rlflat.evaluate.evaluate`."""
+def _family_blocks(table: pd.DataFrame, collapse_frac: float) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Per-parameter sweep curves, per-grid summaries and noise curves, each over its own family's rows."""
     from rlflat.evaluate.suites import ACTION_NOISE, NOMINAL, OBS_NOISE, RANDOM
 
-    nominal = table[table["family"] == NOMINAL]
-    if len(nominal) != 1:
-        raise RlflatError(f"robustness table needs exactly one nominal row, found {len(nominal)}")
-    nominal_return = float(nominal["return_mean"].iloc[0])
     parameters: dict[str, Any] = {}
     grids: dict[str, Any] = {}
     noise: dict[str, Any] = {}
@@ -177,14 +189,76 @@ def robustness_block(table: pd.DataFrame, task: TaskSpec, collapse_frac: float =
         if family in (ACTION_NOISE, OBS_NOISE):
             noise[family] = _curve(rows, family, collapse_frac, log=False)
         elif ":" in family:
-            grids[family] = {
-                "mean_normalized_return": float(rows["normalized_return"].mean()),
-                "collapsed_fraction": float(rows["collapsed"].mean()),
-                "worst_return": float(rows["return_mean"].min()),
-            }
+            grids[family] = _summary(rows)
         else:
             parameters[family] = _curve(rows, "factor", collapse_frac, log=True)
+    return parameters, grids, noise
+
+
+def _summary(rows: pd.DataFrame) -> dict[str, Any]:
+    return {
+        "mean_normalized_return": float(rows["normalized_return"].mean()),
+        "collapsed_fraction": float(rows["collapsed"].mean()),
+        "worst_return": float(rows["return_mean"].min()),
+    }
+
+
+def censored_minimum(parameters: dict[str, Any]) -> dict[str, Any]:
+    """The smallest collapse distance over parameters, counting a never-collapsing one at its range bound.
+
+    A parameter that never collapsed contributes ``max_log_factor`` (the largest |log factor| evaluated) as a
+    lower bound. ``censored`` says the minimum is such a bound (every parameter that reaches it never collapsed),
+    i.e. the true value is >= it; a run with ``censored`` true ranks at or above every run whose minimum is an
+    observed collapse no larger than the bound.
+    """
+    candidates = [
+        (curve["collapse_log_factor"] if curve["collapsed_within_range"] else curve["max_log_factor"], name, curve)
+        for name, curve in parameters.items()
+    ]
+    if not candidates:
+        return {"collapse_log_factor_min": None, "collapse_log_factor_min_parameter": None, "censored": None}
+    value = min(c[0] for c in candidates)
+    at_min = [(name, curve) for v, name, curve in candidates if v == value]
+    observed = [name for name, curve in at_min if curve["collapsed_within_range"]]
+    return {
+        "collapse_log_factor_min": value,
+        "collapse_log_factor_min_parameter": (observed or [at_min[0][0]])[0],
+        "censored": not observed,
+    }
+
+
+def distinct_settings(table: pd.DataFrame) -> pd.DataFrame:
+    """The perturbed settings of ``table``, each once: rows equal to the nominal point or to an earlier row go.
+
+    Sweeps, grids and noise families each repeat the nominal point (factor 1, level 0), and a grid repeats its
+    axes' sweep points; those copies have identical returns and count once in suite-wide fractions. Rows are
+    compared on their perturbed quantities and noise levels (absolute values, computed identically).
+    """
+    columns = list(table.attrs.get("quantity_columns") or [c for c in table.columns if c not in _RESULT_COLUMNS])
+    nominal = table.loc[table["family"] == "nominal", columns]
+    distinct = table.drop_duplicates(subset=columns)
+    if len(nominal):
+        distinct = distinct[~(distinct[columns] == nominal.iloc[0]).all(axis=1)]
+    return distinct
+
+
+_RESULT_COLUMNS = frozenset(
+    {"family", "factor", "episodes", "return_mean", "return_std", "return_ci_low", "return_ci_high"}
+    | {"normalized_return", "collapsed", "returns"}
+)
+
+
+def robustness_block(table: pd.DataFrame, task: TaskSpec, collapse_frac: float = 0.5) -> dict[str, Any]:
+    """The ``robustness`` block of ``metrics.json`` from a table made by :func:`rlflat.evaluate.evaluate`."""
+    from rlflat.evaluate.suites import ACTION_NOISE, NOMINAL, OBS_NOISE, RANDOM
+
+    nominal = table[table["family"] == NOMINAL]
+    if len(nominal) != 1:
+        raise RlflatError(f"robustness table needs exactly one nominal row, found {len(nominal)}")
+    nominal_return = float(nominal["return_mean"].iloc[0])
+    parameters, grids, noise = _family_blocks(table, collapse_frac)
     others = table[table["family"] != NOMINAL]
+    distinct = distinct_settings(table)
     dynamics = others[~others["family"].isin([ACTION_NOISE, OBS_NOISE])]
     worst = others.iloc[int(np.argmin(others["return_mean"].to_numpy()))] if len(others) else nominal.iloc[0]
     aucs = [p["auc"] for p in parameters.values() if not math.isnan(p["auc"])]
@@ -204,24 +278,22 @@ def robustness_block(table: pd.DataFrame, task: TaskSpec, collapse_frac: float =
         "nominal_return": nominal_return,
         "nominal_return_std": float(nominal["return_std"].iloc[0]),
         "parameters": parameters,
+        **censored_minimum(parameters),
         "auc_mean": float(np.mean(aucs)) if aucs else None,
         "worst_return": float(worst["return_mean"]),
         "worst_setting": {"family": str(worst["family"]), **_setting_values(worst, table)},
         "worst_dynamics_return": float(dynamics["return_mean"].min()) if len(dynamics) else nominal_return,
-        "collapsed_fraction": float(others["collapsed"].mean()) if len(others) else 0.0,
-        "n_settings": len(others),
+        "collapsed_fraction": float(distinct["collapsed"].mean()) if len(distinct) else 0.0,
+        "n_settings": len(distinct),
+        "settings_counted": "distinct perturbed settings, each once: the nominal point and its copies in every "
+        "sweep, grid and noise family are excluded, and a grid point equal to a sweep point counts once",
     }
     if grids:
         block["grids"] = grids
     if noise:
         block["noise"] = noise
     if len(random_rows):
-        block["random"] = {
-            "samples": len(random_rows),
-            "mean_normalized_return": float(random_rows["normalized_return"].mean()),
-            "collapsed_fraction": float(random_rows["collapsed"].mean()),
-            "worst_return": float(random_rows["return_mean"].min()),
-        }
+        block["random"] = {"samples": len(random_rows), **_summary(random_rows)}
     return block
 
 

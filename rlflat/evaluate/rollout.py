@@ -8,7 +8,8 @@ draw (observation noise, action noise, stochastic sampling) is shared by all row
 initial states and noise, and the result does not depend on which other settings are in the batch.
 
 Classic-control tasks use the numpy simulators of :mod:`rlflat.tasks.sims`; any other task (LunarLander, ...)
-goes through :class:`GymRows`, one ``make_env`` env per row, which is slow but exact.
+goes through :class:`GymRows`, one ``make_env`` env per row, which is slow but exact. Action selection
+(noise, mode or sample) lives in :mod:`rlflat.evaluate.actions`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from rlflat.errors import RlflatError, bad_choice
+from rlflat.evaluate.actions import ActionSelector, Layout
 from rlflat.policy import FunctionalPolicy, check_spaces
 from rlflat.tasks import TaskSpec, dynamics_values, make_env
 
@@ -36,8 +38,6 @@ __all__ = ["BACKENDS", "GymRows", "Simulator", "check_setting", "rollout_returns
 
 _MAX_STEPS_WITHOUT_LIMIT = 100_000
 """Safety cap for tasks registered without a TimeLimit (none of the shipped ones)."""
-_COMPACT_BELOW = 0.75
-"""Forward only the live rows once fewer than this fraction are live (the indexing costs less than the MLP)."""
 
 
 class Simulator(Protocol):
@@ -95,20 +95,9 @@ def task_spaces(task: TaskSpec) -> tuple[spaces.Space, spaces.Space]:
 
 
 def check_setting(task: TaskSpec, setting: Mapping[str, float]) -> dict[str, float]:
-    """Absolute values of every parameter for ``setting``; each must lie within the spec's factor range."""
-    setting = {name: float(v) if isinstance(v, np.generic) else v for name, v in setting.items()}
-    values = dynamics_values(task, setting)  # unknown names and non-numbers raise here
-    for name in setting:
-        parameter = task.parameters[name]
-        factor = values[name] / parameter.nominal
-        low, high = parameter.range
-        if not (factor > 0 and low * (1 - 1e-9) <= factor <= high * (1 + 1e-9)):
-            raise RlflatError(
-                f"{task.alias} parameter {name}={values[name]!r} is factor {factor:.6g} of nominal "
-                f"{parameter.nominal}; valid factors: [{low}, {high}] (values "
-                f"{sorted([low * parameter.nominal, high * parameter.nominal])})"
-            )
-    return values
+    """Absolute values of every parameter for ``setting``; each given one must lie within the spec's range."""
+    checked = {name: task.check_value(name, value) for name, value in setting.items()}
+    return dynamics_values(task, checked)
 
 
 def _simulator_module() -> Any | None:
@@ -190,7 +179,9 @@ def rollout_returns(
     parameter sets (every value has a leading K axis; keys missing fall back to the trained values); ``None``
     means K=1 with the policy's own parameters. ``action_noise`` is a Gaussian sigma added to continuous
     actions before clipping, or the probability of a uniformly random action for discrete ones;
-    ``obs_noise`` is a Gaussian sigma on the raw observation. ``progress=None`` shows a bar on a tty only.
+    ``obs_noise`` is a Gaussian sigma on the raw observation. ``deterministic=False`` samples each step from
+    the policy's action distribution with fresh noise (for gSDE policies that is independent per-step noise,
+    not SB3's exploration matrix; see :mod:`rlflat.evaluate.actions`). ``progress=None`` shows a bar on a tty only.
     ``stats``, if given, receives ``rows``, ``steps`` (batched steps) and ``env_steps`` (live row-steps).
     """
     settings = list(settings)
@@ -235,157 +226,68 @@ def _rollout(
     settings = [check_setting(task, s) for s in settings]
     observation_space, action_space = task_spaces(task)
     check_spaces(policy, observation_space, action_space)
-    discrete = isinstance(action_space, spaces.Discrete)
-    for label, levels in (("action_noise", action_noise), ("obs_noise", obs_noise)):
-        if not np.all(np.isfinite(levels)) or np.any(levels < 0):
-            raise RlflatError(f"{label} must be finite and >= 0, got {sorted(set(levels.tolist()))}")
-    if discrete and np.any(action_noise > 1):
-        raise RlflatError(f"discrete action_noise is a probability in [0, 1], got {action_noise.max()}")
-
-    k = 1 if params is None else _check_stacked(policy, params)
-    s, e = len(settings), int(episodes)
-    m = s * e  # rows per parameter set
-    n = k * m
-    row_setting = np.tile(np.repeat(np.arange(s), e), k)
-    seeds = np.tile(np.arange(e) + int(seed), k * s)
-    sim, _ = _make_simulator(task, settings, row_setting, backend)
-
-    # noise levels per row within one parameter set, broadcast over the K sets
-    obs_sigma = np.repeat(obs_noise, e)[:, None]
-    act_level = np.repeat(action_noise, e)
-    use_obs_noise, use_act_noise = bool(np.any(obs_noise > 0)), bool(np.any(action_noise > 0))
-    # independent streams, so switching one kind of randomness on does not shift the others
-    obs_rng, act_rng, sample_rng = (np.random.default_rng(c) for c in np.random.SeedSequence(rng_seed).spawn(3))
-    n_actions = int(action_space.n) if isinstance(action_space, spaces.Discrete) else 0
-    action_shape = () if discrete else tuple(action_space.shape or ())
-
+    _check_noise_levels(action_noise, obs_noise, isinstance(action_space, spaces.Discrete))
+    layout = Layout(k=1 if params is None else _check_stacked(policy, params), s=len(settings), e=int(episodes))
+    sim, _ = _make_simulator(task, settings, layout.row_setting(), backend)
+    select = ActionSelector(policy, params, layout, action_space, action_noise, obs_noise, deterministic, rng_seed)
     registered = gym.spec(task.id).max_episode_steps
     max_steps = registered if registered is not None else _MAX_STEPS_WITHOUT_LIMIT
-    stacked = None if params is None else {name: v.detach() for name, v in params.items()}
-
-    own_mode = _own_mode(policy)
-    returns = np.zeros(n)
-    alive = np.ones(n, dtype=bool)
-    step = env_steps = 0
-    obs = sim.reset(seeds)
-    bar = tqdm(total=max_steps, desc=f"{task.alias} {n} rows", unit="step", disable=_disabled(progress))
+    bar = tqdm(total=max_steps, desc=f"{task.alias} {layout.n} rows", unit="step", disable=_disabled(progress))
     try:
-        with torch.inference_mode(), np.errstate(over="ignore", invalid="ignore"):
-            for step in range(max_steps + 1):
-                if not alive.any():
-                    break
-                if step == max_steps:
-                    raise RlflatError(f"{task.id}: episodes still running after {max_steps} steps")
-                seen = obs  # finished rows hold their last observation; their actions are ignored
-                if use_obs_noise:
-                    z = _per_episode(obs_rng.standard_normal((e, *obs.shape[1:])), s, 1) * obs_sigma
-                    seen = seen + _per_episode(z, k, 1)
-                live = int(alive.sum())
-                if deterministic and stacked is None and live < _COMPACT_BELOW * n:
-                    # most rows finished: forward only the live ones (dead rows get action 0, never used)
-                    rows = np.flatnonzero(alive)
-                    raw = np.zeros((n, *action_shape), dtype=np.int64 if discrete else np.float32)
-                    raw[rows] = own_mode(policy.preprocess(seen[rows])).numpy()
-                elif deterministic:
-                    x = policy.preprocess(seen).reshape(k, m, -1)
-                    out = own_mode(x[0]) if stacked is None else policy.stacked_mode(stacked, x)
-                    raw = out.reshape(n, *action_shape).numpy()
-                else:
-                    x = policy.preprocess(seen).reshape(k, m, -1)
-                    raw = _sample(policy, stacked, x, sample_rng, e, s, discrete, action_shape)
-                if use_act_noise:
-                    raw = _action_noise(raw, act_rng, act_level, e, s, k, discrete, n_actions)
-                actions = policy.postprocess(torch.as_tensor(raw))
-                obs, reward, terminated, truncated = sim.step(actions)
-                returns += np.where(alive, reward, 0.0)
-                env_steps += live
-                alive &= ~(np.asarray(terminated) | np.asarray(truncated))
-                bar.update(1)
+        returns, steps, env_steps = _run_episodes(sim, select, layout.seeds(seed), max_steps, bar.update)
+    except _StillRunning:
+        raise RlflatError(f"{task.id}: episodes still running after {max_steps} steps") from None
     finally:
         bar.close()
         close = getattr(sim, "close", None)
         if callable(close):
             close()
     if stats is not None:
-        stats.update(rows=n, steps=step, env_steps=env_steps)
-    return returns.reshape(k, s, e)
+        stats.update(rows=layout.n, steps=steps, env_steps=env_steps)
+    return returns.reshape(layout.k, layout.s, layout.e)
 
 
-def _own_mode(policy: FunctionalPolicy) -> Callable[[Tensor], Tensor]:
-    """``policy.mode`` at its own parameters; the live module when it still holds them (no reparametrisation).
+def _check_noise_levels(action_noise: np.ndarray, obs_noise: np.ndarray, discrete: bool) -> None:
+    for label, levels in (("action_noise", action_noise), ("obs_noise", obs_noise)):
+        if not np.all(np.isfinite(levels)) or np.any(levels < 0):
+            raise RlflatError(f"{label} must be finite and >= 0, got {sorted(set(levels.tolist()))}")
+    if discrete and np.any(action_noise > 1):
+        raise RlflatError(f"discrete action_noise is a probability in [0, 1], got {action_noise.max()}")
 
-    ``functional_call`` re-binds every parameter on each call, about 100 us per step for a small MLP, which is
-    a third of a batched CartPole step; the module's own forward is the same computation.
-    """
-    module = policy._heads
-    named = dict(module.policy.named_parameters())
-    if named.keys() != policy.params.keys() or not all(torch.equal(named[k], v) for k, v in policy.params.items()):
-        return lambda x: policy.mode({}, x)
 
-    def mode(x: Tensor) -> Tensor:
-        output, _ = module(x, "actor")
-        return output.argmax(-1) if policy.discrete else output
+class _StillRunning(Exception):
+    """Episodes outlived the step cap (only for tasks registered without a time limit)."""
 
-    return mode
+
+def _run_episodes(
+    sim: Simulator,
+    select: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    seeds: np.ndarray,
+    max_steps: int,
+    on_step: Callable[[int], object],
+) -> tuple[np.ndarray, int, int]:
+    """Step every row until all finished; returns per-row returns, batched steps and live row-steps."""
+    returns = np.zeros(len(seeds))
+    alive = np.ones(len(seeds), dtype=bool)
+    step = env_steps = 0
+    obs = sim.reset(seeds)
+    with torch.inference_mode(), np.errstate(over="ignore", invalid="ignore"):
+        for step in range(max_steps + 1):
+            if not alive.any():
+                break
+            if step == max_steps:
+                raise _StillRunning
+            live = int(alive.sum())
+            obs, reward, terminated, truncated = sim.step(select(obs, alive))
+            returns += np.where(alive, reward, 0.0)
+            env_steps += live
+            alive &= ~(np.asarray(terminated) | np.asarray(truncated))
+            on_step(1)
+    return returns, step, env_steps
 
 
 def _disabled(progress: bool | None) -> bool | None:
     return None if progress is None else not progress
-
-
-def _per_episode(draw: np.ndarray, s: int, k: int) -> np.ndarray:
-    """Tile a draw made per episode index (leading axis E) over settings and parameter sets (row order)."""
-    reps = (s * k,) + (1,) * (draw.ndim - 1)
-    return np.tile(draw, reps)
-
-
-def _sample(
-    policy: FunctionalPolicy,
-    stacked: Mapping[str, Tensor] | None,
-    x: Tensor,
-    rng: np.random.Generator,
-    e: int,
-    s: int,
-    discrete: bool,
-    action_shape: tuple[int, ...],
-) -> np.ndarray:
-    """Stochastic actions from seeded numpy draws (inverse CDF / reparameterised Gaussian), shared per episode.
-
-    One draw per episode index serves every setting and parameter set, so they differ only by the policy.
-    """
-    draw = _per_episode(rng.random(e) if discrete else rng.standard_normal((e, *action_shape)), s, 1)
-    outs = []
-    for i in range(x.shape[0]):  # K is small; distributions do not vmap
-        p = {} if stacked is None else {name: v[i] for name, v in stacked.items()}
-        dist = policy.distribution(p, x[i])
-        if isinstance(dist, torch.distributions.Categorical):
-            cdf = dist.probs.cumsum(-1).numpy()
-            outs.append(np.minimum((cdf < draw[:, None]).sum(-1), cdf.shape[-1] - 1))
-        else:
-            assert isinstance(dist, torch.distributions.Normal)
-            noise = torch.as_tensor(draw, dtype=dist.mean.dtype)
-            outs.append((dist.mean + dist.stddev * noise).numpy())
-    return np.concatenate(outs)
-
-
-def _action_noise(
-    raw: np.ndarray,
-    rng: np.random.Generator,
-    level: np.ndarray,
-    e: int,
-    s: int,
-    k: int,
-    discrete: bool,
-    n_actions: int,
-) -> np.ndarray:
-    """Discrete: with probability ``level`` a uniform random action; continuous: + N(0, level^2) per dim."""
-    if discrete:
-        u = _per_episode(rng.random(e), s, k)
-        random_action = _per_episode(rng.integers(0, n_actions, e), s, k)
-        return np.where(u < np.tile(level, k), random_action, raw)
-    z = _per_episode(rng.standard_normal((e, *raw.shape[1:])), s, k)
-    sigma = np.tile(level, k).reshape(-1, *([1] * (raw.ndim - 1)))
-    return raw + sigma * z
 
 
 def episodes_ci(returns: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:

@@ -85,14 +85,6 @@ def sweep_factors(low: float, high: float, points: int) -> list[float]:
     return sorted({1.0 if math.isclose(f, 1.0, rel_tol=1e-9) else f for f in grid})
 
 
-def _check_factor(task: TaskSpec, name: str, factor: float) -> float:
-    parameter = task.parameter(name)
-    low, high = parameter.range
-    if not isinstance(factor, int | float) or not (factor > 0 and low <= factor <= high):
-        raise RlflatError(f"factor {factor!r} for {task.alias} parameter {name} is outside its range [{low}, {high}]")
-    return float(factor)
-
-
 def parse_suite(task: TaskSpec, text: str) -> tuple[str, ...]:
     """``length,masspole`` -> parameter names (``default`` = the task's default suite, ``all`` = every one)."""
     names: list[str] = []
@@ -155,7 +147,7 @@ def build_settings(task: TaskSpec, suite: SuiteSpec | None = None) -> list[Setti
 
     def factors_of(name: str) -> list[float]:
         if name in suite.factors:
-            given = sorted({_check_factor(task, name, f) for f in suite.factors[name]})
+            given = sorted({task.check_factor(name, f) for f in suite.factors[name]})
             return given if 1.0 in given else sorted([*given, 1.0])
         return sweep_factors(*task.parameters[name].range, suite.points)
 

@@ -2,7 +2,8 @@
 
 Gymnasium's CartPole computes ``total_mass`` and ``polemass_length`` once in ``__init__``: assigning ``length``
 afterwards silently leaves the physics unchanged (the bug CARL-style ``setattr`` contexts and RLlib users hit).
-Every parameter assignment here therefore goes through :func:`env_attributes`, which recomputes them.
+Every parameter assignment here therefore goes through :func:`env_attributes`, which recomputes them; MuJoCo
+model parameters likewise recompute the model's derived constants (:mod:`rlflat.tasks.model_params`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import gymnasium as gym
 
 from rlflat.errors import RlflatError
 from rlflat.tasks.expressions import evaluate
+from rlflat.tasks.model_params import set_model_parameters
 from rlflat.tasks.spec import TaskSpec
 
 
@@ -47,8 +49,9 @@ def env_kwargs(spec: TaskSpec, overrides: Mapping[str, float] | None = None) -> 
 def make_env(spec: TaskSpec, dynamics: Mapping[str, float] | None = None, **make_kwargs: Any) -> gym.Env:
     """``gymnasium.make`` the task with the given dynamics (absolute values by parameter name).
 
-    Only parameters that differ from what Gymnasium builds are touched, but derived quantities are always
-    recomputed, so an env built here follows the physics its parameters describe.
+    Every parameter of the spec is assigned, nominal unless given in ``dynamics`` (``kwarg`` ones at
+    construction, the rest by :func:`set_dynamics`), and derived quantities are always recomputed, so an env
+    built here follows the physics its parameters describe whatever Gymnasium precomputed.
     """
     if spec.requires and importlib.util.find_spec(_REQUIRES_MODULE.get(spec.requires, spec.requires)) is None:
         raise RlflatError(f"task {spec.alias} needs the {spec.requires!r} extra: pip install 'rlflat[{spec.requires}]'")
@@ -59,12 +62,19 @@ def make_env(spec: TaskSpec, dynamics: Mapping[str, float] | None = None, **make
 
 
 def set_dynamics(env: gym.Env, spec: TaskSpec, dynamics: Mapping[str, float] | None = None) -> None:
-    """Assign ``attr`` parameters and derived quantities on ``env.unwrapped`` (in place)."""
+    """Assign every ``attr`` and ``model`` parameter (nominal unless given) and derived quantities, in place.
+
+    ``attr`` parameters and derived quantities are set on ``env.unwrapped``; ``model`` parameters scale the
+    MuJoCo model's arrays (:mod:`rlflat.tasks.model_params`). ``kwarg`` parameters cannot change after
+    construction: build a new env with :func:`make_env` for those.
+    """
     base = env.unwrapped
     for attribute, value in env_attributes(spec, dynamics).items():
         if not hasattr(base, attribute):
             raise RlflatError(f"{spec.id} has no attribute {attribute!r} (task spec of {spec.alias})")
         setattr(base, attribute, value)
+    values = dynamics_values(spec, dynamics)
+    set_model_parameters(base, spec, {n: v for n, v in values.items() if spec.parameters[n].set == "model"})
 
 
 _REQUIRES_MODULE = {"box2d": "Box2D", "mujoco": "mujoco"}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -23,16 +25,38 @@ class DynamicsParameter(BaseModel):
 
     ``range`` holds multiplicative factors of ``nominal`` (``[0.25, 4.0]`` means x0.25..x4), so every parameter
     is perturbed on the same log-factor scale and robustness curves of different parameters are comparable.
+    ``nominal`` is Gymnasium's own default (a test holds it), because building an env always assigns it.
+
+    How the value reaches the env (``set``):
+
+    - ``attr``: assigned on ``env.unwrapped`` after construction (derived quantities recomputed);
+    - ``kwarg``: passed to ``gymnasium.make``;
+    - ``model``: entries of the MuJoCo model array ``env.unwrapped.model.<attr>`` (``body_mass``,
+      ``geom_friction``, ...), selected by ``index`` (body/geom/joint/actuator names, resolved with MuJoCo's
+      name lookup, or ``all``) and, for 2-D arrays, ``column``. The selected entries are multiplied by
+      ``value / nominal`` relative to Gymnasium's default model (so setting twice, or back to nominal, is exact),
+      as are the same rows of every array in ``scale_also`` (e.g. ``body_inertia`` with ``body_mass``), and
+      MuJoCo's derived constants are recomputed (``mj_setConst``). When ``index`` is one name the selection must
+      be one entry (give ``column`` for a 2-D array), the value is that entry's absolute value and ``nominal``
+      must equal Gymnasium's default (checked when the env is built); when it is ``all`` or a list of names the
+      value is a dimensionless scale and ``nominal`` must be 1. Parameters selecting the same entries compose
+      multiplicatively.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     nominal: float
     range: tuple[float, float]
-    set: Literal["attr", "kwarg"] = "attr"
-    """``attr``: assigned on ``env.unwrapped`` after construction; ``kwarg``: passed to ``gymnasium.make``."""
+    set: Literal["attr", "kwarg", "model"] = "attr"
+    """``attr``: on ``env.unwrapped``; ``kwarg``: to ``gymnasium.make``; ``model``: MuJoCo model array entries."""
     attr: str | None = None
-    """Attribute or keyword name in Gymnasium; defaults to the parameter's own name."""
+    """Attribute, keyword or (``set: model``) MuJoCo model array name; defaults to the parameter's own name."""
+    index: str | tuple[str, ...] | None = None
+    """``set: model`` only: which rows of the model array: a name, a list of names, or ``all``."""
+    column: int | None = None
+    """``set: model`` only: the column of a 2-D model array (``geom_friction`` 0 = sliding); none = every column."""
+    scale_also: tuple[str, ...] = ()
+    """``set: model`` only: further model arrays whose same rows scale by the same factor (``body_inertia``)."""
     description: str = ""
 
     @field_validator("range")
@@ -49,6 +73,37 @@ class DynamicsParameter(BaseModel):
         if value == 0:
             raise ValueError("nominal must be non-zero (ranges are multiplicative factors)")
         return value
+
+    @model_validator(mode="after")
+    def _model_fields(self) -> DynamicsParameter:
+        model_only = {"index": self.index, "column": self.column, "scale_also": self.scale_also or None}
+        if self.set != "model":
+            given = [key for key, value in model_only.items() if value is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} only apply to set: model, not set: {self.set}")
+            return self
+        if self.attr is None or self.index is None:
+            raise ValueError("set: model needs attr (the model array, e.g. body_mass) and index (names or all)")
+        if self.column is not None and self.column < 0:
+            raise ValueError(f"column must be >= 0, got {self.column}")
+        if not self.single_entry and self.nominal != 1.0:
+            raise ValueError(
+                f"index {self.index!r} selects several entries, so the value is a scale and nominal must be 1.0, "
+                f"got {self.nominal}"
+            )
+        return self
+
+    @property
+    def index_names(self) -> tuple[str, ...]:
+        """``index`` as a tuple of names (``("all",)`` for every row); empty unless ``set: model``."""
+        if self.index is None:
+            return ()
+        return (self.index,) if isinstance(self.index, str) else self.index
+
+    @property
+    def single_entry(self) -> bool:
+        """A ``set: model`` parameter naming one row holds that entry's absolute value (else it is a scale)."""
+        return isinstance(self.index, str) and self.index != "all"
 
 
 class TaskSpec(BaseModel):
@@ -94,6 +149,51 @@ class TaskSpec(BaseModel):
     def nominal(self) -> dict[str, float]:
         return {name: p.nominal for name, p in self.parameters.items()}
 
+    def check_factor(self, name: str, factor: object) -> float:
+        """``factor`` (of the nominal value) as a float, if it lies within parameter ``name``'s ``range``.
+
+        The one range check of rlflat: suites check the factors they sweep, rollouts the absolute values they
+        are given (:meth:`check_value`). Bounds are inclusive with a relative slack of 1e-9, so a value
+        computed as ``nominal * factor`` at a range end passes despite rounding.
+        """
+        if not _is_number(factor):
+            self.parameter(name)
+            raise RlflatError(f"factor for {self.alias} parameter {name} must be a number, got {factor!r}")
+        return self._in_range(name, float(factor), f"factor {float(factor):.6g}")  # type: ignore[arg-type]
+
+    def check_value(self, name: str, value: object) -> float:
+        """Absolute ``value`` of parameter ``name`` as a float, if its factor of nominal is within ``range``."""
+        parameter = self.parameter(name)
+        if not _is_number(value):
+            raise RlflatError(f"parameter {name!r} of {self.alias} must be a number, got {value!r}")
+        number = float(value)  # type: ignore[arg-type]
+        factor = number / parameter.nominal
+        self._in_range(name, factor, f"value {number!r} (factor {factor:.6g})")
+        return number
+
+    def _in_range(self, name: str, factor: float, what: str) -> float:
+        parameter = self.parameter(name)
+        low, high = parameter.range
+        if not (factor > 0 and low * (1 - _RANGE_SLACK) <= factor <= high * (1 + _RANGE_SLACK)):
+            ends = sorted([low * parameter.nominal, high * parameter.nominal])
+            raise RlflatError(
+                f"{what} of {self.alias} parameter {name} (nominal {parameter.nominal}) is outside its range; "
+                f"valid factors: [{low}, {high}] (values {ends})"
+            )
+        return factor
+
+
+_RANGE_SLACK = 1e-9
+
+
+def _is_number(value: object) -> bool:
+    """A finite real number (numpy scalars included; booleans and NaN are not numbers here)."""
+    return (
+        isinstance(value, int | float | np.integer | np.floating)
+        and not isinstance(value, bool | np.bool_)
+        and (math.isfinite(float(value)))
+    )
+
 
 def load_spec_file(path: str | Path) -> TaskSpec:
     """Parse and validate one spec file; errors name the file and the offending key path."""
@@ -120,12 +220,20 @@ _CACHE: dict[Path, dict[str, TaskSpec]] = {}
 
 
 def _index(directory: Path) -> dict[str, TaskSpec]:
+    """Alias and id -> spec; two files claiming one name (case-insensitively, as lookups fold case) is an error."""
     if directory not in _CACHE:
         index: dict[str, TaskSpec] = {}
+        owner: dict[str, Path] = {}  # folded name -> the file that claimed it
         for path in spec_files(directory):
             spec = load_spec_file(path)
-            index[spec.alias] = spec
-            index[spec.id] = spec
+            for name in dict.fromkeys((spec.alias, spec.id)):
+                folded = name.lower()
+                if owner.setdefault(folded, path) != path:
+                    raise RlflatError(
+                        f"task name {name!r} is claimed by two spec files: {owner[folded]} and {path} "
+                        "(aliases and Gymnasium ids must be unique, case-insensitively)"
+                    )
+                index[name] = spec
         _CACHE[directory] = index
     return _CACHE[directory]
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import numpy.typing as npt
 
 from rlflat.errors import bad_choice
+from rlflat.tasks.sims import acrobot, cartpole, mountain_car, pendulum
 from rlflat.tasks.sims.acrobot import AcrobotSim
 from rlflat.tasks.sims.base import BatchedSimulator
 from rlflat.tasks.sims.cartpole import CartPoleSim
@@ -27,6 +28,15 @@ SIMULATORS: dict[str, type[BatchedSimulator]] = {
     MountainCarContinuousSim.env_id: MountainCarContinuousSim,
 }
 
+PARAMETER_DEFAULTS: dict[str, Mapping[str, float]] = {
+    CartPoleSim.env_id: cartpole.DEFAULTS,
+    AcrobotSim.env_id: acrobot.DEFAULTS,
+    PendulumSim.env_id: pendulum.DEFAULTS,
+    MountainCarSim.env_id: mountain_car.CAR_DEFAULTS,
+    MountainCarContinuousSim.env_id: mountain_car.CONTINUOUS_DEFAULTS,
+}
+"""Per env id: every parameter the simulator takes (Gymnasium attribute name) and its default, Gymnasium's own."""
+
 
 def make_simulator(env_id: str, params: Mapping[str, npt.ArrayLike], num_rows: int) -> BatchedSimulator:
     """Build the batched simulator of ``env_id`` with per-row ``params`` (Gymnasium attribute -> array)."""
@@ -37,6 +47,7 @@ def make_simulator(env_id: str, params: Mapping[str, npt.ArrayLike], num_rows: i
 
 
 __all__ = [
+    "PARAMETER_DEFAULTS",
     "SIMULATORS",
     "AcrobotSim",
     "BatchedSimulator",
