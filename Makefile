@@ -9,15 +9,21 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= results/demo
 
-.PHONY: demo test lint venv clean-demo
+.PHONY: demo test lint venv
 
 venv: $(VENV)/.installed
 
+# The package and its runtime dependencies (what the demo needs).
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev,ray]"
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+# Plus the test tools and every optional extra the tests exercise (Ray backend, LunarLander, MuJoCo fallback).
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[dev,ray,box2d,mujoco]"
 	touch $@
 
 # The whole chain on a small default: train ppo_sam on CartPole, probe its sharpness (quick measure set), evaluate
@@ -30,7 +36,7 @@ demo: venv
 	$(PY) -m rlflat.sweep configs/smoke.yaml --out $(DEMO_DIR)/smoke
 	$(PY) -m rlflat.report $(DEMO_DIR)/smoke
 
-lint: venv
+lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check rlflat tests benchmarks
 	$(VENV)/bin/ruff format --check rlflat tests benchmarks
 	$(VENV)/bin/mypy rlflat
