@@ -18,14 +18,17 @@ from rlflat.cli import run_cli
 from rlflat.errors import RlflatError
 from rlflat.evaluate import rollout_returns
 from rlflat.policy import FunctionalPolicy, load_policy
-from rlflat.probe import probe_run
+from rlflat.probe import load_probe_arrays, probe_run, validate_probe_options
+from rlflat.probe.__main__ import main
 from rlflat.probe.batch import ProbeBatch, collect_batch, compute_gae
 from rlflat.probe.hvp import HessianOperator
-from rlflat.probe.landscape import barrier, interpolate
+from rlflat.probe.landscape import barrier, eigen_direction, interpolate
 from rlflat.probe.losses import make_loss, scope_params
 from rlflat.probe.perturbation import average_case, draw_directions, perturbed_returns, worst_case
-from rlflat.probe.run import main
+from rlflat.probe.run import make_options
+from rlflat.probe.seeding import subseed
 from rlflat.probe.spectrum import extreme_eigenpairs, hutchinson_trace
+from rlflat.probe.worst_case import pgd_sharpness, sam_sharpness
 from rlflat.tasks import load_task, make_env
 
 torch.set_num_threads(1)
@@ -215,6 +218,30 @@ def test_probe_run_writes_reproducible_outputs(tmp_path: Path, run_dir: Path) ->
     assert arrays["landscape_2d_filter_loss"].shape == (3, 3)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["train"] == {"return_mean": 1.0} and "lambda_max" in metrics["probe"]
+    block = metrics["probe"]
+    non_null = [
+        "trace_stderr",
+        "hessian_method",
+        "critical_sigma_raw",
+        "worst_case_raw_one_step",
+        "worst_case_adaptive_one_step",
+        "kl_sigma0p1",
+        "kl_sigma0p3",
+        "action_change_sigma0p1",
+        "action_change_sigma0p3",
+        "loss_increase_sigma0p1",
+        "loss_increase_sigma0p3",
+    ]
+    assert all(block[key] is not None for key in non_null), {k: block[k] for k in non_null}
+    assert all(not isinstance(v, dict | list) for v in block.values())  # flat: one runs.parquet column each
+    assert block["hessian_method"] == first["hessian"]["method"] == "eigsh"  # --quick: matrix-free
+    assert block["negative_mass_fraction"] is None  # no density and no whole spectrum: unknown, not 0
+    assert block["kl_sigma0p3"] > block["kl_sigma0p1"] > 0.0
+    at = first["perturbation"]["average"]["filter"]["at_reference_sigmas"]
+    assert at["sigmas"] == [0.1, 0.3] and at["kl"]["mean"][0] == block["kl_sigma0p1"]
+    assert at["kl"]["mean"][0] == first["perturbation"]["average"]["filter"]["kl"]["mean"][0]  # 0.1 is on the grid
+    loaded = load_probe_arrays(tmp_path / "a")
+    assert set(loaded) == set(arrays.files) and np.array_equal(loaded["observations"], arrays["observations"])
 
 
 def test_interpolation(tmp_path: Path, run_dir: Path, policy: FunctionalPolicy, batch: ProbeBatch) -> None:
@@ -243,6 +270,8 @@ def _dqn_zip(tmp_path: Path) -> Path:
         (lambda t, r: [str(r), "--measures", "hessian,bogus"], "unknown measure 'bogus'"),
         (lambda t, r: [str(r), "--loss", "mse"], "unknown loss 'mse'"),
         (lambda t, r: [str(r / "model.zip")], "needs --task"),
+        (lambda t, r: [str(r), "--batch", "many"], "invalid int value"),
+        (lambda t, r: [str(r), "--sigmas", "0.3,0.1"], "ascending"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_nothing_written(
@@ -283,6 +312,11 @@ def test_exact_route_for_small_networks(tmp_path: Path, run_dir: Path) -> None:
     assert abs(hess["hutchinson"]["estimate"] - hess["trace"]) <= 3 * hess["hutchinson"]["stderr"]
     assert hess["lambda_max"] == hess["top_eigenvalues"][0] >= hess["lambda_min"] == hess["bottom_eigenvalues"][0]
     assert 0.0 <= hess["negative_mass_fraction"] <= 1.0
+    assert hess["density"]["method"] == "exact"
+    eigs = np.load(tmp_path / "probe.npz")["hessian_eigenvalues"]
+    assert hess["lambda_max_over_abs_sum"] == pytest.approx(eigs.max() / np.abs(eigs).sum(), rel=1e-9)
+    ratio = hess["lambda_max_over_trace"]
+    assert (ratio is None) == (hess["trace"] <= 0) and (ratio is None or ratio == hess["lambda_max"] / hess["trace"])
     arrays = np.load(tmp_path / "probe.npz")
     assert arrays["hessian_eigenvalues"].shape == (result["n_params"],)
     integral = np.trapezoid(arrays["density"], arrays["density_grid"])
@@ -296,5 +330,92 @@ def test_cli_on_bare_zip(tmp_path: Path, run_dir: Path, capsys: pytest.CaptureFi
     assert run_cli(main, argv) == 0
     result = json.loads((tmp_path / "p" / "probe.json").read_text())
     assert result["hessian"]["trace_method"] == "hutchinson" and result["hessian"]["lambda_max"] is None
+    assert result["hessian"]["method"] is None  # no eigenvalues were computed, by any route
     assert result["config"]["gamma_resolved"] == 0.99  # a bare zip: default gamma / gae_lambda
     assert str(tmp_path / "p" / "probe.json") in capsys.readouterr().out
+
+
+def _controller_run(directory: Path) -> Path:
+    """A 4-64-64-2 PPO actor at SB3's own initialisation scale (||theta|| ~ 12 << sqrt(4610) ~ 68, action head at
+    gain 0.01) with a balancing controller written into one path: it scores 500, like a trained policy."""
+    directory.mkdir(parents=True)
+    model = PPO("MlpPolicy", make_env(CARTPOLE), seed=0)
+    net = cast(nn.Sequential, model.policy.mlp_extractor.policy_net)
+    first, second = cast(nn.Linear, net[0]), cast(nn.Linear, net[2])
+    head = model.policy.action_net
+    with torch.no_grad():
+        first.weight[0] = 3.0 * torch.tensor([0.1, 0.5, 1.0, 0.5])  # push toward the side the pole falls to
+        first.bias[0] = 0.0
+        second.weight[0].mul_(0.1)
+        second.weight[0, 0], second.bias[0] = 3.0, 0.0
+        head.weight[1, 0] += 0.05
+        head.weight[0, 0] -= 0.05
+    model.save(directory / "model.zip")
+    (directory / "config.json").write_text(json.dumps({"algo": "ppo", "task": "CartPole", "seed": 0}))
+    return directory
+
+
+def test_raw_critical_sigma_is_not_pinned_to_the_grid_start(tmp_path: Path) -> None:
+    """Raw directions are scaled to ||theta||: unscaled (norm ~sqrt(n)) they collapsed this policy before 0.03."""
+    pol = load_policy(_controller_run(tmp_path / "controller"))
+    assert rollout_returns(pol, CARTPOLE, [{}], 2, seed=0).mean() == 500.0
+    b = collect_batch(pol, CARTPOLE, 256, seed=0)
+    params = scope_params(pol, "actor")
+    sigmas = [0.03, 0.1, 0.3, 1.0, 3.0]
+    avg, _ = average_case(
+        pol, CARTPOLE, make_loss(pol, b, "surrogate"), params, pol.preprocess(b.observations), sigmas,
+        n_directions=4, episodes=2,
+    )  # fmt: skip
+    for kind in ("filter", "raw"):
+        crit = avg[kind]["critical_sigma"]
+        assert crit is not None and sigmas[0] < crit < sigmas[-1], (kind, crit, avg[kind]["return"])
+
+
+def test_direction_kinds_draw_from_named_streams(policy: FunctionalPolicy, batch: ProbeBatch) -> None:
+    params = scope_params(policy, "actor")
+    loss = make_loss(policy, batch, "nll")
+    obs = policy.preprocess(batch.observations)
+    _, arrays = average_case(policy, None, loss, params, obs, [0.1], kinds=("filter", "raw"), n_directions=2, seed=5)
+    for kind in ("filter", "raw"):
+        dirs = draw_directions(params, kind, 2, seed=subseed(5, kind))
+        with torch.no_grad():
+            manual = [float(loss({k: v + 0.1 * d[k] for k, v in params.items()}) - loss(params)) for d in dirs]
+        np.testing.assert_allclose(arrays[f"perturbation_{kind}_loss_increase"][:, 0], manual, rtol=1e-6)
+
+
+def test_worst_case_on_the_kl_loss_follows_the_fisher(tmp_path: Path, run_dir: Path, policy: FunctionalPolicy,
+                                                      batch: ProbeBatch) -> None:  # fmt: skip
+    """KL(theta0 || theta) is stationary at theta0 (gradient ~1e-8 of rounding): stepping along that noise gave
+    ~10x less than the ball's maximum 0.5 rho^2 lambda_max; the one-step search must follow the curvature."""
+    params = scope_params(policy, "actor")
+    loss = make_loss(policy, batch, "kl")
+    op = HessianOperator(loss, params)
+    assert float(op.gradient().norm()) < 1e-6
+    values, vectors = torch.linalg.eigh(op.dense().double())
+    rho = 0.05
+    quadratic = 0.5 * rho**2 * float(values[-1])
+    noise = sam_sharpness(loss, params, rho, grad_rtol=0.0)  # the plain SAM step along the rounding noise
+    assert noise.start == "gradient" and noise.sharpness < 0.3 * quadratic
+    top = eigen_direction(vectors[:, -1:], 0, params)
+    along = sam_sharpness(loss, params, rho, direction=top)
+    assert along.start == "eigenvector" and along.sharpness == pytest.approx(quadratic, rel=0.02)
+    rand = sam_sharpness(loss, params, rho, seed=0)
+    assert rand.start == "random" and rand.sharpness > 0.5 * quadratic
+    assert pgd_sharpness(loss, params, rho, steps=10, seed=0).sharpness > 0.9 * quadratic
+    result = probe_run(
+        run_dir, out=tmp_path, loss="kl", measures="hessian,worst_case", batch=512, episodes=1, ascent_steps=3,
+        rho=rho, update_metrics=False,
+    )  # fmt: skip
+    raw = result["perturbation"]["worst_case"]["raw"]
+    assert raw["one_step"]["start"] == "eigenvector" and "note" in result["perturbation"]["worst_case"]
+    assert raw["one_step"]["sharpness"] == pytest.approx(0.5 * rho**2 * result["hessian"]["lambda_max"], rel=0.02)
+
+
+def test_public_option_check_and_array_loader(tmp_path: Path) -> None:
+    validate_probe_options({"batch": 512, "sigmas": [0.1, 1.0], "quick": True})
+    for bad, message in (({"bacth": 1}, "unknown probe option 'bacth'"), ({"sigmas": [0.0, 1.0]}, "positive")):
+        with pytest.raises(RlflatError, match=message):
+            validate_probe_options(bad)
+    assert make_options(reference_sigmas=[0.2]).reference_sigmas == (0.2,)
+    with pytest.raises(RlflatError, match="no probe.npz"):
+        load_probe_arrays(tmp_path)

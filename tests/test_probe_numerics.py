@@ -17,14 +17,18 @@ from rlflat.probe.directions import (
     filter_normalize,
     layer_normalize,
     random_direction,
+    raw_direction,
 )
 from rlflat.probe.hvp import HessianOperator, Params
+from rlflat.probe.perturbation import critical_sigma
+from rlflat.probe.seeding import subseed
 from rlflat.probe.spectrum import (
     density_from_eigenvalues,
     eigenpairs,
     exact_eigenvalues,
     extreme_eigenpairs,
     hutchinson_trace,
+    lambda_max_over_abs_sum,
     lambda_max_over_trace,
     lanczos,
     negative_abs_mass_fraction,
@@ -285,6 +289,15 @@ def test_hutchinson_policy_within_3se(pol: SmallPolicy) -> None:
     assert lambda_max_over_trace(lam, true) == pytest.approx(lam / true)
 
 
+def test_lambda_max_over_trace_is_none_without_positive_trace() -> None:
+    assert lambda_max_over_trace(2.0, 8.0) == 0.25
+    assert lambda_max_over_trace(0.3, -0.109) is None  # a smoke run's trace: the ratio would be -2.75
+    assert lambda_max_over_trace(0.3, 0.0) is None
+    eigs = torch.tensor([-3.0, -1.0, 0.0, 2.0, 4.0], dtype=torch.float64)  # trace 2, sum |lambda| 10
+    assert lambda_max_over_abs_sum(eigs) == pytest.approx(0.4)
+    assert lambda_max_over_abs_sum(torch.zeros(3)) is None
+
+
 # ----- Lanczos and SLQ -----------------------------------------------------------------------------------
 
 
@@ -363,11 +376,27 @@ def test_filter_normalised_rows_match_weight_rows(pol: SmallPolicy) -> None:
         if p.ndim == 1:
             assert float(d2[k].norm()) == pytest.approx(float(p.norm()), rel=1e-5)
     assert all(torch.equal(d[k], d2[k]) for k in d if pol.params[k].ndim == 2)
-    raw = random_direction(pol.params, "raw", seed=3)
+    raw = raw_direction(pol.params, seed=3)
     manual = filter_normalize(raw, pol.params)
     assert all(torch.equal(manual[k], d[k]) for k in d)
     other = random_direction(pol.params, "filter", seed=4)
     assert not torch.equal(other["0.weight"], d["0.weight"])
+
+
+def test_raw_direction_has_the_parameters_norm(pol: SmallPolicy) -> None:
+    """Raw directions are isotropic, scaled to ||theta|| (an unscaled N(0, I) has norm ~sqrt(n) >> ||theta||)."""
+    raw = random_direction(pol.params, "raw", seed=3)
+    assert float(dict_norm(raw)) == pytest.approx(float(dict_norm(pol.params)), rel=1e-5)
+    gaussian = raw_direction(pol.params, seed=3)
+    ratio = float(dict_norm(pol.params)) / float(dict_norm(gaussian))
+    assert all(torch.allclose(raw[k], gaussian[k] * ratio, rtol=1e-5) for k in raw)
+
+
+def test_direction_streams_do_not_overlap_between_probe_seeds() -> None:
+    """``seed + kind index`` gave seed 0's 'filter' stream to seed 1's 'raw'; named sub-seeds never collide."""
+    streams = {subseed(seed, kind) for seed in range(50) for kind in ("raw", "filter", "layer")}
+    assert len(streams) == 150
+    assert subseed(0, "filter") == subseed(0, "filter")
 
 
 def test_layer_normalised_and_helpers(quad: Quadratic) -> None:
@@ -444,3 +473,39 @@ def test_multi_step_returns_best_iterate_on_rugged_loss() -> None:
         moved = float(loss(add_scaled(params, res.perturbation, 1.0)))
         assert res.perturbed_loss == pytest.approx(moved, rel=1e-12)
         assert res.sharpness == pytest.approx(moved - float(loss(params)), rel=1e-12)
+
+
+def test_one_step_after_a_vanishing_gradient_follows_curvature(quad: Quadratic) -> None:
+    """At a stationary point the SAM direction g / ||g|| is noise: the one-step search must use curvature."""
+    x_star = torch.linalg.solve(quad.a, -quad.c)  # the quadratic's stationary point (a saddle)
+    at_star = {"w": x_star[:50].reshape(5, 10).clone(), "b": x_star[50:].clone()}
+    rho = 0.1
+    eigs, vecs = torch.linalg.eigh(quad.a)
+    top = {"w": vecs[:50, -1].reshape(5, 10), "b": vecs[50:, -1]}
+    along = sam_sharpness(quad.loss, at_star, rho, direction=top)
+    assert along.start == "eigenvector"
+    assert along.sharpness == pytest.approx(0.5 * rho**2 * float(eigs[-1]), rel=1e-6)  # the ball's exact maximum
+    lazy = sam_sharpness(quad.loss, at_star, rho, direction=lambda: top)
+    assert lazy.sharpness == along.sharpness
+    rand = sam_sharpness(quad.loss, at_star, rho, seed=0)
+    assert rand.start == "random" and rand.grad_evals == 2
+    assert rand.sharpness > 0.2 * along.sharpness
+    multi = pgd_sharpness(quad.loss, at_star, rho, steps=30, seed=0)
+    assert multi.sharpness >= rand.sharpness and multi.sharpness > 0.9 * along.sharpness
+    # a real gradient keeps the plain SAM step
+    assert sam_sharpness(quad.loss, quad.params, rho, direction=top).start == "gradient"
+
+
+def test_critical_sigma_with_zero_sigma_and_negative_returns() -> None:
+    sigmas = [0.0, 0.1, 1.0]
+    # a grid that starts at sigma = 0 (allowed by average_case): linear interpolation on the first segment
+    assert critical_sigma(sigmas, [500.0, 100.0, 10.0], 500.0) == pytest.approx(0.0625)
+    assert critical_sigma(sigmas, [500.0, 400.0, 100.0], 500.0) == pytest.approx(10**-0.5)  # log-midpoint
+    # Pendulum-like: nominal -200, floor -1600; half way is -900, not 0.5 * -200 = -100 (better than nominal)
+    assert critical_sigma(sigmas, [-200.0, -150.0, -1000.0], -200.0, floor=-1600.0) == pytest.approx(
+        10 ** (-1 + 750 / 850)  # -150 -> -1000 crosses -900 at 750 / 850 of the way, in log sigma
+    )
+    assert critical_sigma(sigmas, [-200.0, -300.0, -800.0], -200.0, floor=-1600.0) is None
+    assert critical_sigma(sigmas, [-200.0, -300.0, -800.0], -200.0, floor=None) is None  # cannot normalise
+    with pytest.raises(RlflatError):
+        critical_sigma([0.1, 0.1], [1.0, 1.0], 1.0)

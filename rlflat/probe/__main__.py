@@ -1,9 +1,125 @@
-"""``python -m rlflat.probe``: see :mod:`rlflat.probe.run`."""
+"""``python -m rlflat.probe RUN``: sharpness measures of one trained policy (see :mod:`rlflat.probe.run`).
 
+Bad input (a path that is neither a run dir nor an SB3 zip, a bad flag or option) is one line on stderr and exit
+code 2, with nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
 import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
-from rlflat.cli import run_cli
-from rlflat.probe.run import main
+from rlflat.cli import ArgumentParser, run_cli, set_torch_threads
+from rlflat.probe.directions import KINDS
+from rlflat.probe.losses import LOSSES, SCOPES
+from rlflat.probe.options import DEFAULT_MEASURES, MEASURES, ProbeOptions
+from rlflat.probe.output import PROBE_JSON
+from rlflat.probe.run import default_out, last_timing, probe_run
+
+__all__ = ["main"]
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _parser() -> ArgumentParser:
+    d = ProbeOptions()
+    p = ArgumentParser(prog="python -m rlflat.probe", description=(__doc__ or "").splitlines()[0])
+    p.add_argument("path", help="run directory (from rlflat.train) or any SB3 PPO/A2C model .zip")
+    p.add_argument("--task", help="task alias or Gymnasium id (default: the run's config.json task)")
+    p.add_argument("--out", type=Path, help="output directory (default: the run dir; <stem>-probe/ beside a zip)")
+    p.add_argument("--measures", help=f"comma list of {','.join(MEASURES)} (default {','.join(DEFAULT_MEASURES)})")
+    p.add_argument("--loss", help=f"{'/'.join(LOSSES)} (default {d.loss})")
+    p.add_argument("--scope", help=f"{'/'.join(SCOPES)} (default {d.scope}; critic params do not enter the losses)")
+    p.add_argument("--batch", type=int, help=f"probe batch size (default {d.batch})")
+    p.add_argument("--seed", type=int, help=f"probe seed (default {d.seed})")
+    p.add_argument("--top-k", type=int, help=f"eigenvalues at each end (default {d.top_k})")
+    p.add_argument("--exact-threshold", type=int,
+                   help=f"dense Hessian + full spectrum when n_params <= this (default {d.exact_threshold})")  # fmt: skip
+    p.add_argument("--directions", help=f"{'/'.join(KINDS)} for average-case sharpness (default {d.directions})")
+    p.add_argument(
+        "--normalize-1d", action="store_true", help="normalise biases in filter directions (default: zeroed)"
+    )
+    p.add_argument("--n-directions", type=int, help=f"random directions K (default {d.n_directions})")
+    p.add_argument("--sigmas", type=_floats, help=f"ascending sigma grid (default {','.join(map(str, d.sigmas))})")
+    p.add_argument("--reference-sigmas", type=_floats,
+                   help=f"sigmas reported as single numbers (default {','.join(map(str, d.reference_sigmas))})")  # fmt: skip
+    p.add_argument("--episodes", type=int, help=f"episodes per perturbed policy (default {d.episodes})")
+    p.add_argument("--rho", type=float, help=f"raw worst-case radius (default {d.rho})")
+    p.add_argument("--adaptive-rho", type=float, help=f"adaptive (ASAM) worst-case radius (default {d.adaptive_rho})")
+    p.add_argument("--landscape-points", type=int, help=f"1-D slice points (default {d.landscape_points})")
+    p.add_argument("--landscape-span", type=float, help=f"slice half-width (default {d.landscape_span})")
+    p.add_argument("--interpolate", metavar="RUN_B", help="also probe the linear path to this policy")
+    p.add_argument("--quick", action="store_true", help="smaller sizes for smoke tests")
+    p.add_argument("--no-metrics", action="store_true", help="do not add the probe block to metrics.json")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    return p
+
+
+_OPTION_FLAGS = (
+    "measures",
+    "loss",
+    "scope",
+    "batch",
+    "seed",
+    "top_k",
+    "exact_threshold",
+    "directions",
+    "n_directions",
+    "sigmas",
+    "reference_sigmas",
+    "episodes",
+    "rho",
+    "adaptive_rho",
+    "landscape_points",
+    "landscape_span",
+    "interpolate",
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    set_torch_threads(args.threads)
+    options: dict[str, Any] = {name: getattr(args, name) for name in _OPTION_FLAGS}
+    options["quick"] = args.quick
+    if args.normalize_1d:
+        options["ignore_1d"] = False
+    if args.no_metrics:
+        options["update_metrics"] = False
+    options = {k: v for k, v in options.items() if v is not None}
+    out_dir = args.out if args.out is not None else default_out(args.path)
+    result = probe_run(args.path, task=args.task, out=args.out, **options)
+    _print_summary(result, last_timing(), out_dir)
+    return 0
+
+
+def _print_summary(result: Mapping[str, Any], seconds: Mapping[str, float], out_dir: Path) -> None:
+    hess = result.get("hessian") or {}
+    print(f"loss {result['loss']['name']} = {result['loss']['value']:.6g}  n_params {result['n_params']}")
+    if hess:
+        print(
+            f"hessian ({hess.get('method')}): lambda_max {_fmt(hess.get('lambda_max'))}  "
+            f"lambda_min {_fmt(hess.get('lambda_min'))}  trace {_fmt(hess.get('trace'))} "
+            f"+- {_fmt(hess.get('trace_stderr'))} ({hess.get('trace_method')})"
+        )
+    avg = (result.get("perturbation") or {}).get("average")
+    if avg:
+        for kind in (k for k in KINDS if k in avg):
+            print(f"perturbation {kind}: critical sigma {_fmt(avg[kind].get('critical_sigma'))}")
+    print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
+    print(out_dir / PROBE_JSON)
+
+
+def _fmt(x: Any) -> str:
+    return "null" if x is None else f"{x:.4g}"
+
 
 if __name__ == "__main__":
     sys.exit(run_cli(main))

@@ -10,7 +10,6 @@ bootstrapped on time-limit truncation (Pardo et al., 2018) and cut on terminatio
 from __future__ import annotations
 
 import pickle
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -21,18 +20,13 @@ from gymnasium import spaces
 
 from rlflat.errors import RlflatError
 from rlflat.policy import NORMALIZER_FILE, FunctionalPolicy, check_spaces
+from rlflat.probe.seeding import subseed
 from rlflat.tasks import TaskSpec, make_env
 
 __all__ = ["ProbeBatch", "collect_batch", "compute_gae", "reward_scale", "subseed"]
 
 DEFAULT_GAMMA = 0.99
 DEFAULT_GAE_LAMBDA = 0.95
-
-
-def subseed(seed: int, stream: str) -> int:
-    """An independent 31-bit seed for a named random stream, so adding one stream never shifts another."""
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, zlib.crc32(stream.encode())]).generate_state(1)
-    return int(state[0] & 0x7FFFFFFF)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Random directions in parameter space, as dicts shaped like the parameters.
 
 Loss-landscape slices and random-perturbation sharpness depend on the scale of the direction:
-raw Gaussian directions are not comparable across networks with different weight norms, so Li et
-al. (2018) normalise each filter (for a Linear weight of shape (out, in): each output row) to the
+isotropic directions (even scaled to the parameter norm, as 'raw' ones are here) are not comparable across
+networks whose layers have different weight norms, so Li et al. (2018) normalise each filter (for a Linear weight of shape (out, in): each output row) to the
 norm of the matching filter of the weights. 'layer' normalisation scales each tensor as a whole.
 """
 
@@ -15,6 +15,7 @@ import torch
 
 from rlflat.errors import RlflatError, bad_choice
 from rlflat.probe.hvp import Params, check_params
+from rlflat.probe.seeding import as_generator
 
 Kind = Literal["raw", "filter", "layer"]
 KINDS: tuple[str, ...] = ("raw", "filter", "layer")
@@ -33,16 +34,10 @@ __all__ = [
 _TINY = 1e-10
 
 
-def _generator(seed: int | torch.Generator) -> torch.Generator:
-    if isinstance(seed, torch.Generator):
-        return seed
-    return torch.Generator().manual_seed(int(seed))
-
-
 def raw_direction(params: Mapping[str, torch.Tensor], seed: int | torch.Generator) -> Params:
     """i.i.d. N(0, 1) entries, drawn on CPU in the dict's key order (device-independent)."""
     dtype, device = check_params(params)
-    gen = _generator(seed)
+    gen = as_generator(seed)
     return {
         k: torch.randn(p.shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
         for k, p in params.items()
@@ -100,10 +95,14 @@ def random_direction(
     seed: int | torch.Generator,
     ignore_1d: bool | None = None,
 ) -> Params:
-    """A seeded random direction: 'raw' Gaussian, 'filter' or 'layer' normalised.
+    """A seeded random direction: 'raw' (isotropic), 'filter' or 'layer' normalised.
 
-    ``ignore_1d`` defaults to True for 'filter' (Li et al., 2018) and False for 'layer'; it has
-    no effect on 'raw'.
+    'raw' is the Gaussian of :func:`raw_direction` rescaled as one vector to the norm ||theta|| of ``params``
+    (a zero vector stays zero): an unscaled N(0, I) draw has norm ~sqrt(n), far above ||theta|| for a trained
+    policy, so every sigma of a grid shared with filter directions would already destroy the policy. Scaled, sigma
+    is relative to the parameter norm for every kind (filter: per neuron; layer: per tensor; raw: as a whole),
+    and the raw critical sigma lands inside the same grid. ``ignore_1d`` defaults to True for 'filter' (Li et al.,
+    2018) and False for 'layer'; it has no effect on 'raw'.
     """
     if kind not in KINDS:
         raise bad_choice("direction kind", kind, KINDS)
@@ -112,7 +111,8 @@ def random_direction(
         return filter_normalize(d, params, ignore_1d=True if ignore_1d is None else ignore_1d)
     if kind == "layer":
         return layer_normalize(d, params, ignore_1d=False if ignore_1d is None else ignore_1d)
-    return d
+    scale = dict_norm(params) / (dict_norm(d) + _TINY)
+    return {k: v * scale.to(v) for k, v in d.items()}
 
 
 def _same_keys(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> None:

@@ -9,6 +9,9 @@ The gradient is built once with ``create_graph=True``; each HVP is then one
 setup, make_fx tracing). Blocks of HVPs can be one vmapped backward (``is_grads_batched``), but on
 CPU that did not pay (compute-bound: 2.6 ms/column unbatched vs 3.1-7.2 ms/column in blocks of
 8-64), so blocks default to a plain loop on CPU and to vmapped chunks of 128 columns elsewhere.
+The dense Hessian (exact mode) needs no generic HVPs: row by row it backpropagates only the gradient
+tensor that holds the row, into only the tensors whose columns are still missing (the rest by
+symmetry), 2.3x fewer CPU seconds than n generic HVPs for a 64x64 actor (see :meth:`HessianOperator.dense`).
 
 Guards against the pitfalls of PyHessian (Yao et al., 2020): the module mode is never touched
 (``loss_fn`` is the caller's pure function), the Hessian is taken w.r.t. private detached copies of
@@ -174,26 +177,59 @@ class HessianOperator:
         )
 
     def dense(self, *, symmetrize: bool = True) -> torch.Tensor:
-        """The exact n x n Hessian, row-chunked through the reused graph (n HVPs, no n^2 graph).
+        """The exact n x n Hessian, built row block by row block through the reused graph (n HVPs, no n^2 graph).
 
-        Peak extra memory is the n x n result plus one chunk's backward. ``symmetrize``
-        averages H with its transpose, removing float round-off asymmetry before an eigensolver.
+        Two savings over n generic products, both exact: (1) the rows of one parameter tensor are derivatives of
+        that tensor's gradient alone, so only it is backpropagated (the generic HVP also runs the double-backward of
+        every other tensor's gradient, with zero cotangents); (2) by symmetry only the blocks on and right of the
+        diagonal are computed, in order of tensor size, so the largest tensor comes last and its backward is
+        pruned to its own leaf (the rest of the graph is skipped); the blocks left of the diagonal are mirrored.
+        On a 64x64 CartPole actor at batch 4096 (one CPU thread) a middle-layer row costs 1.9 ms instead of 4.7 ms.
+        Rows of constant (or unused) gradients, hence their columns, stay zero. Peak extra memory is the n x n
+        result plus one chunk's backward. ``symmetrize`` averages each diagonal block with its transpose, removing
+        float round-off asymmetry before an eigensolver (off-diagonal blocks are exact mirrors either way).
         """
-        h = torch.empty(self.n, self.n, dtype=self.dtype, device=self.device)
-        if self.chunk_size == 1:
-            e = torch.zeros(self.n, dtype=self.dtype, device=self.device)
-            for j in range(self.n):
-                e[j] = 1.0
-                h[j] = self.matvec(e)
-                e[j] = 0.0
-        for start in range(0, self.n if self.chunk_size > 1 else 0, self.chunk_size):
-            stop = min(start + self.chunk_size, self.n)
-            eye = torch.zeros(stop - start, self.n, dtype=self.dtype, device=self.device)
-            eye[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
-            h[start:stop] = self._batched(eye)
-        if symmetrize:
-            h = 0.5 * (h + h.T)
+        h = torch.zeros(self.n, self.n, dtype=self.dtype, device=self.device)
+        order = sorted(range(len(self._live)), key=lambda b: self.sizes[self._live[b]])
+        for position, block in enumerate(order):
+            columns = [self._live[b] for b in order[position:]]
+            rows = self._span(self._live[block])
+            for start in range(0, self.sizes[self._live[block]], self.chunk_size):
+                stop = min(start + self.chunk_size, rows.stop - rows.start)
+                self._block_rows(block, start, stop, columns, h[rows.start + start : rows.start + stop])
+        for position, block in enumerate(order):
+            rows = self._span(self._live[block])
+            if symmetrize:
+                h[rows, rows] = 0.5 * (h[rows, rows] + h[rows, rows].T)
+            for later in order[position + 1 :]:
+                other = self._span(self._live[later])
+                h[other, rows] = h[rows, other].T
         return h
+
+    def _span(self, i: int) -> slice:
+        """The flat coordinates of parameter tensor ``i``."""
+        return slice(self._offsets[i], self._offsets[i + 1])
+
+    def _block_rows(self, block: int, start: int, stop: int, columns: list[int], out: torch.Tensor) -> None:
+        """Rows ``start:stop`` of tensor ``self._live[block]``, at the columns of tensors ``columns``, into ``out``
+        (b, n): one backward of that tensor's gradient alone (batched with ``is_grads_batched`` when b > 1)."""
+        i, b = self._live[block], stop - start
+        self.hvp_count += b
+        cotangent = torch.zeros(b, self.sizes[i], dtype=self.dtype, device=self.device)
+        cotangent[torch.arange(b), torch.arange(start, stop)] = 1.0
+        shaped = cotangent.view(self.shapes[i]) if b == 1 else cotangent.view(b, *self.shapes[i])
+        with torch.enable_grad():
+            rows = torch.autograd.grad(
+                [self._live_grads[block]],
+                [self._leaves[c] for c in columns],
+                [shaped],
+                retain_graph=True,
+                allow_unused=True,
+                is_grads_batched=b > 1,
+            )
+        for r, c in zip(rows, columns, strict=True):
+            if r is not None:
+                out[:, self._span(c)] = r.reshape(b, -1)
 
     def as_linear_operator(self) -> LinearOperator:
         """A float64 scipy view (for ``eigsh``); products are computed in the parameters' dtype."""

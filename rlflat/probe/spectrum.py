@@ -24,9 +24,9 @@ from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 
 from rlflat.errors import RlflatError, bad_choice
 from rlflat.probe.hvp import HessianOperator
+from rlflat.probe.seeding import Seed, as_generator
 
 Which = Literal["largest", "smallest"]
-Seed = int | torch.Generator
 
 __all__ = [
     "Eigenpairs",
@@ -38,6 +38,7 @@ __all__ = [
     "exact_eigenvalues",
     "extreme_eigenpairs",
     "hutchinson_trace",
+    "lambda_max_over_abs_sum",
     "lambda_max_over_trace",
     "lanczos",
     "negative_abs_mass_fraction",
@@ -45,12 +46,6 @@ __all__ = [
     "power_iteration",
     "slq_density",
 ]
-
-
-def _generator(seed: Seed) -> torch.Generator:
-    if isinstance(seed, torch.Generator):
-        return seed
-    return torch.Generator().manual_seed(int(seed))
 
 
 def _rademacher(n: int, gen: torch.Generator) -> torch.Tensor:
@@ -124,7 +119,7 @@ def _eigsh_pairs(
         raise RlflatError(f"eigsh needs k < n = {op.n}; got k={k} (use the exact route)")
     if tol is None:
         tol = 1e-8 if op.dtype == torch.float64 else 1e-5
-    v0 = _rademacher(op.n, _generator(seed)).numpy() / math.sqrt(op.n)
+    v0 = _rademacher(op.n, as_generator(seed)).numpy() / math.sqrt(op.n)
     before = op.hvp_count
     try:
         out = eigsh(
@@ -226,7 +221,7 @@ def power_iteration(
     values are eigenvalues of H (shift added back), in order found.
     """
     _check_k(op, k)
-    gen = _generator(seed)
+    gen = as_generator(seed)
     hv = _hvp64(op)
     before = op.hvp_count
     found: list[torch.Tensor] = []
@@ -277,7 +272,7 @@ def hutchinson_trace(op: HessianOperator, n_probes: int = 100, *, seed: Seed = 0
     """tr(H) ~ mean of z^T H z over Rademacher z (Hutchinson, 1989); unbiased, one HVP per probe."""
     if n_probes < 2:
         raise RlflatError(f"n_probes must be >= 2 to give a standard error; got {n_probes}")
-    gen = _generator(seed)
+    gen = as_generator(seed)
     hv = _hvp64(op)
     before = op.hvp_count
     samples = torch.empty(n_probes, dtype=torch.float64)
@@ -292,9 +287,22 @@ def hutchinson_trace(op: HessianOperator, n_probes: int = 100, *, seed: Seed = 0
     )
 
 
-def lambda_max_over_trace(lambda_max: float, trace: float) -> float:
-    """lambda_max / tr(H): how much curvature one direction carries (NaN when the trace is 0)."""
-    return math.nan if trace == 0.0 else lambda_max / trace
+def lambda_max_over_trace(lambda_max: float, trace: float) -> float | None:
+    """lambda_max / tr(H): the share of the total curvature carried by the top direction, or None when tr(H) <= 0.
+
+    The ratio reads as a share only for a positive trace; policy losses are not convex, and where negative
+    curvature outweighs positive (tr(H) <= 0, e.g. -0.109 on smoke runs) it is meaningless (and its sign flips),
+    so None (null in probe.json) is returned rather than a misleading number. With the whole spectrum known,
+    :func:`lambda_max_over_abs_sum` is the signed-safe variant.
+    """
+    return None if not trace > 0.0 else lambda_max / trace
+
+
+def lambda_max_over_abs_sum(eigenvalues: torch.Tensor) -> float | None:
+    """lambda_max / sum |lambda_i| over the whole spectrum (in [-1, 1], defined whatever the trace's sign), or None
+    for an all-zero spectrum."""
+    total = float(eigenvalues.abs().sum())
+    return None if total == 0.0 else float(eigenvalues.max()) / total
 
 
 # ----- Lanczos and SLQ ---------------------------------------------------------------------------------
@@ -425,7 +433,7 @@ def slq_density(
     """
     if n_probes < 1 or steps < 1:
         raise RlflatError(f"n_probes and steps must be >= 1; got {n_probes}, {steps}")
-    gen = _generator(seed)
+    gen = as_generator(seed)
     hv = _hvp64(op)
     before = op.hvp_count
     s = min(steps, op.n)

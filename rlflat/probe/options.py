@@ -1,0 +1,181 @@
+"""The probe's options: every knob in one frozen dataclass, recorded in ``probe.json['config']``.
+
+:func:`make_options` builds them from keywords (the CLI's flags, a sweep's ``probe:`` block) and validates them;
+:func:`validate_probe_options` is the check alone, for callers (the sweep) that reject bad options before any
+run starts. Errors are one-line :class:`~rlflat.errors.RlflatError` naming the bad value and the valid choices.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from rlflat.errors import RlflatError, bad_choice
+from rlflat.probe.directions import KINDS
+from rlflat.probe.losses import LOSSES, SCOPES
+
+__all__ = ["DEFAULT_MEASURES", "MEASURES", "QUICK", "ProbeOptions", "make_options", "validate_probe_options"]
+
+MEASURES: tuple[str, ...] = ("hessian", "trace", "density", "perturbation", "worst_case", "landscape")
+DEFAULT_MEASURES: tuple[str, ...] = ("hessian", "trace", "density", "perturbation", "worst_case")
+
+_POSITIVE_INTS = (
+    "batch",
+    "batch_envs",
+    "top_k",
+    "n_directions",
+    "episodes",
+    "density_probes",
+    "density_steps",
+    "ascent_steps",
+    "landscape_points",
+    "landscape_points_2d",
+    "landscape_episodes",
+    "interpolation_steps",
+)
+_NON_NEGATIVE_FLOATS = ("rho", "adaptive_rho", "eta", "landscape_span", "interpolation_margin")
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    """Every knob of a probe, recorded in ``probe.json['config']``; defaults are the fast CartPole demo set."""
+
+    measures: tuple[str, ...] = DEFAULT_MEASURES
+    loss: str = "surrogate"
+    scope: str = "actor"
+    seed: int = 0
+    # probe batch
+    batch: int = 4096
+    batch_envs: int = 8
+    gamma: float | None = None
+    """None: the run's ``hyperparameters.gamma`` (0.99 for a bare zip)."""
+    gae_lambda: float | None = None
+    normalize_advantage: bool = True
+    # Hessian
+    top_k: int = 5
+    exact_threshold: int = 10_000
+    trace_probes: int = 100
+    density_probes: int = 4
+    density_steps: int = 90
+    density_grid: int = 1000
+    # average-case perturbation
+    directions: str = "filter"
+    ignore_1d: bool = True
+    """Filter/layer directions: zero 1-D tensors (biases, log-std) as Li et al. (2018); False normalises them."""
+    n_directions: int = 8
+    sigmas: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+    reference_sigmas: tuple[float, ...] = (0.1, 0.3)
+    """Fixed sigmas at which the mean KL, action change and loss increase are also reported as single numbers
+    (``metrics.json`` keys ``kl_sigma0p1`` ...), comparable across probes with different grids."""
+    episodes: int = 5
+    critical_fraction: float = 0.5
+    # worst case
+    rho: float = 0.05
+    adaptive_rho: float = 0.5
+    eta: float = 0.01
+    ascent_steps: int = 10
+    # landscapes
+    landscape_points: int = 21
+    landscape_points_2d: int = 11
+    landscape_span: float = 1.0
+    landscape_episodes: int = 3
+    # interpolation
+    interpolate: str | None = None
+    interpolation_steps: int = 20
+    interpolation_margin: float = 0.25
+    update_metrics: bool = True
+
+    def validate(self) -> None:
+        """One-line errors naming the bad value and the valid choices; nothing is computed or written before."""
+        self._validate_choices()
+        for name in _POSITIVE_INTS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise RlflatError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise RlflatError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if self.batch < 2 or self.trace_probes < 2 or self.density_grid < 2:
+            raise RlflatError("batch, trace_probes and density_grid must be >= 2")
+        for name in _NON_NEGATIVE_FLOATS:
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise RlflatError(f"{name} must be a finite number >= 0, got {value!r}")
+        self._validate_sigmas()
+        if not 0 < self.critical_fraction < 1:
+            raise RlflatError(f"critical_fraction must be in (0, 1), got {self.critical_fraction}")
+
+    def _validate_choices(self) -> None:
+        if not self.measures:
+            raise RlflatError(f"no measures selected; valid: {', '.join(MEASURES)}")
+        for m in self.measures:
+            if m not in MEASURES:
+                raise bad_choice("measure", m, MEASURES)
+        if self.loss not in LOSSES:
+            raise bad_choice("loss", self.loss, LOSSES)
+        if self.scope not in SCOPES:
+            raise bad_choice("parameter scope", self.scope, SCOPES)
+        if self.directions not in KINDS:
+            raise bad_choice("direction kind", self.directions, KINDS)
+
+    def _validate_sigmas(self) -> None:
+        for name in ("sigmas", "reference_sigmas"):
+            values = getattr(self, name)
+            if any(not (isinstance(s, int | float) and math.isfinite(s) and s > 0) for s in values):
+                raise RlflatError(f"{name} must be positive finite numbers, got {list(values)}")
+            if list(values) != sorted(set(values)):
+                raise RlflatError(f"{name} must be ascending without repeats, got {list(values)}")
+        if not self.sigmas:
+            raise RlflatError("sigmas must not be empty")
+
+
+QUICK: dict[str, Any] = {
+    "batch": 1024,
+    "trace_probes": 30,
+    "n_directions": 4,
+    "sigmas": (0.03, 0.3, 1.0, 3.0),
+    "episodes": 2,
+    "ascent_steps": 5,
+    "landscape_points": 11,
+    "landscape_points_2d": 7,
+    "landscape_episodes": 1,
+    "exact_threshold": 0,
+    "measures": ("hessian", "trace", "perturbation", "worst_case"),
+}
+"""``--quick``: smaller sizes and the matrix-free spectrum, ~10 s for a 64x64 CartPole policy (explicit options
+still win)."""
+
+
+def make_options(**options: Any) -> ProbeOptions:
+    """Options from keywords, rejecting unknown names in one line; sequences become tuples (hashable, JSON-able).
+
+    ``quick=True`` starts from :data:`QUICK`; ``measures`` may be a comma-separated string; ``None`` values mean
+    "the default" (except ``interpolate``, where None means no interpolation). Raises :class:`RlflatError`.
+    """
+    names = [f.name for f in fields(ProbeOptions)]
+    quick = bool(options.pop("quick", False))
+    for key in options:
+        if key not in names:
+            raise bad_choice("probe option", key, [*names, "quick"])
+    merged = {**(QUICK if quick else {}), **{k: v for k, v in options.items() if v is not None or k == "interpolate"}}
+    if isinstance(merged.get("measures"), str):
+        merged["measures"] = tuple(m.strip() for m in merged["measures"].split(",") if m.strip())
+    for key in ("measures", "sigmas", "reference_sigmas"):
+        if key in merged:
+            try:
+                merged[key] = tuple(merged[key])
+            except TypeError:
+                raise RlflatError(f"{key} must be a list, got {merged[key]!r}") from None
+    if merged.get("interpolate") is not None:
+        merged["interpolate"] = str(merged["interpolate"])
+    opts = replace(ProbeOptions(), **merged)
+    opts.validate()
+    return opts
+
+
+def validate_probe_options(options: dict[str, Any]) -> None:
+    """Check a probe options dict (as a sweep's ``probe:`` block or ``probe_run``'s keywords) without running
+    anything; raises :class:`RlflatError` naming the first bad option. The dict is not modified."""
+    if not isinstance(options, dict):
+        raise RlflatError(f"probe options must be a mapping, got {type(options).__name__}")
+    make_options(**dict(options))

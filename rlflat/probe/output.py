@@ -1,0 +1,202 @@
+"""What a probe writes and how to read it back: ``probe.json``, ``probe.npz`` and the ``metrics.json`` block.
+
+``probe.npz`` holds every array of a probe under flat names (:data:`ARRAY_KEYS`); :func:`load_probe_arrays` reads
+them back for the report and the sweep. The ``probe`` block of ``metrics.json`` (:func:`metrics_block`) is flat
+scalars only, because the sweep turns each key into a ``probe.<key>`` column of ``runs.parquet``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rlflat.errors import RlflatError
+from rlflat.io import write_atomic, write_json
+from rlflat.policy import MODEL_FILE
+from rlflat.probe.options import ProbeOptions
+
+__all__ = [
+    "ARRAY_KEYS",
+    "METRICS_JSON",
+    "PROBE_JSON",
+    "PROBE_NPZ",
+    "load_probe_arrays",
+    "metrics_block",
+    "probe_config",
+    "sigma_key",
+    "write_probe",
+]
+
+PROBE_JSON, PROBE_NPZ, METRICS_JSON = "probe.json", "probe.npz", "metrics.json"
+VERSIONED = ("torch", "numpy", "scipy", "gymnasium", "stable-baselines3")
+
+ARRAY_KEYS: dict[str, str] = {
+    "observations": "(N, obs...) raw states of the probe batch (the policy's preprocess normalises them)",
+    "actions": "(N, ...) the batch's sampled actions",
+    "old_log_probs": "(N,) log pi_theta0(a|s) at collection",
+    "advantages": "(N,) GAE advantages (normalised when normalize_advantage)",
+    "returns": "(N,) value targets",
+    "values": "(N,) critic values",
+    "hessian_eigenvalues": "(n,) the whole spectrum, ascending (exact route only)",
+    "hessian_top_eigenvalues": "(k,) largest eigenvalues, descending",
+    "hessian_bottom_eigenvalues": "(k,) most negative eigenvalues, ascending",
+    "hessian_top_eigenvector": "(n,) unit top eigenvector, flat in parameter order (when it was computed)",
+    "density_grid": "(G,) eigenvalue grid of the spectral density",
+    "density": "(G,) smoothed spectral density on density_grid (integrates to ~1)",
+    "perturbation_sigmas": "(S,) the sigma grid of the average-case curves",
+    "perturbation_<kind>_<measure>": "(K, S) per direction and sigma, kind raw/filter/layer, measure "
+    "loss_increase / kl / action_change",
+    "perturbation_<kind>_returns": "(K, S, E) returns per direction, sigma and episode",
+    "perturbation_nominal_returns": "(E,) returns of theta0",
+    "worst_case_returns": "(4, E) returns at the raw one-step, raw multi-step, adaptive one-step, adaptive "
+    "multi-step maximisers",
+    "landscape_alphas": "(P,) 1-D slice coordinates",
+    "landscape_alphas_2d": "(Q,) 2-D slice coordinates (both axes)",
+    "landscape_1d_<filter|eigen>_<loss|return>": "(P,) 1-D slices",
+    "landscape_2d_<filter|eigen>_<loss|return>": "(Q, Q) 2-D slices",
+    "interpolation_*": "arrays of the linear path to another policy (rlflat.probe.landscape.interpolate)",
+}
+"""Names of the arrays in ``probe.npz`` (``<...>`` is a placeholder) and what each holds; N batch size, n
+probed parameters, K directions, S sigmas, E episodes."""
+
+
+def write_probe(out_dir: Path, result: Mapping[str, Any], arrays: Mapping[str, Any]) -> None:
+    """``probe.npz`` then ``probe.json`` into ``out_dir``, each written to a temporary name and renamed."""
+    arrays_np = {k: np.asarray(v) for k, v in arrays.items()}
+    write_atomic(out_dir / PROBE_NPZ, lambda p: _save_npz(p, arrays_np))
+    write_json(out_dir / PROBE_JSON, result)
+
+
+def _save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    with open(path, "wb") as handle:
+        np.savez_compressed(handle, **arrays)  # type: ignore[arg-type]
+
+
+def load_probe_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """All arrays of a probe: ``path`` is its ``probe.npz`` or the directory holding it (a run dir or ``--out``).
+
+    Keys are described in :data:`ARRAY_KEYS`. Raises :class:`RlflatError` when there is no readable ``probe.npz``.
+    """
+    path = Path(path)
+    file = path / PROBE_NPZ if path.is_dir() else path
+    if not file.is_file():
+        raise RlflatError(f"no {PROBE_NPZ} at {path}: probe the run first (python -m rlflat.probe)")
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            return {key: np.asarray(data[key]) for key in data.files}
+    except (OSError, ValueError) as exc:
+        raise RlflatError(f"{file} is not a readable {PROBE_NPZ}: {exc}") from None
+
+
+def sigma_key(sigma: float) -> str:
+    """A column-safe name for a sigma: 0.1 -> '0p1', 0.03 -> '0p03', 1.0 -> '1' (no dots: they nest columns)."""
+    return f"{sigma:g}".replace(".", "p").replace("-", "m")
+
+
+def metrics_block(
+    result: Mapping[str, Any], out_dir: Path, run_dir: Path, seconds: Mapping[str, float]
+) -> dict[str, Any]:
+    """The compact, flat ``probe`` block merged into ``metrics.json`` (the sweep's ``probe.<key>`` columns).
+
+    Keys (None where the measure was not run or is undefined):
+    ``file``, ``loss``, ``loss_value``, ``seed``, ``directions`` (the configured kind), ``hessian_method``
+    (exact/eigsh), ``density_method`` (exact/slq); ``lambda_max``, ``lambda_min``, ``trace``, ``trace_stderr``
+    (0 when exact), ``lambda_max_over_trace`` (None unless trace > 0), ``lambda_max_over_abs_sum`` (whole spectrum
+    only), ``negative_mass_fraction`` (sum |lambda| of negative eigenvalues / sum |lambda|); ``nominal_return``,
+    ``critical_sigma`` (configured kind), ``critical_sigma_raw``; per reference sigma s (0.1 -> ``0p1``) along the
+    configured kind: ``kl_sigma<s>`` (mean KL of perturbed vs original policy), ``action_change_sigma<s>`` (action
+    disagreement rate; mean normalised |delta a| for Box actions), ``loss_increase_sigma<s>``; ``worst_case_raw``,
+    ``worst_case_adaptive`` (multi-step), ``worst_case_raw_one_step``, ``worst_case_adaptive_one_step``;
+    ``wall_seconds``.
+    """
+    hess = result.get("hessian") or {}
+    perturbation = result.get("perturbation") or {}
+    try:
+        where = str(out_dir.resolve().relative_to(run_dir.resolve()) / PROBE_JSON)
+    except ValueError:
+        where = str(out_dir / PROBE_JSON)
+    block: dict[str, Any] = {
+        "file": where,
+        "loss": result["loss"]["name"],
+        "loss_value": result["loss"]["value"],
+        "seed": result["config"]["seed"],
+        "directions": result["config"]["directions"],
+        "hessian_method": hess.get("method"),
+        "density_method": (hess.get("density") or {}).get("method"),
+    }
+    for key in ("lambda_max", "lambda_min", "trace", "trace_stderr", "lambda_max_over_trace"):
+        block[key] = hess.get(key)
+    block["lambda_max_over_abs_sum"] = hess.get("lambda_max_over_abs_sum")
+    block["negative_mass_fraction"] = hess.get("negative_mass_fraction")
+    block.update(_average_case_block(perturbation.get("average") or {}, result["config"]))
+    block.update(_worst_case_block(perturbation.get("worst_case") or {}))
+    block["wall_seconds"] = float(sum(seconds.values()))
+    return block
+
+
+def _average_case_block(avg: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    main = avg.get(config["directions"]) or {}
+    block: dict[str, Any] = {
+        "nominal_return": avg.get("nominal_return"),
+        "critical_sigma": main.get("critical_sigma"),
+        "critical_sigma_raw": (avg.get("raw") or {}).get("critical_sigma"),
+    }
+    at = main.get("at_reference_sigmas") or {}
+    for i, sigma in enumerate(config.get("reference_sigmas") or ()):
+        for measure in ("kl", "action_change", "loss_increase"):
+            means = (at.get(measure) or {}).get("mean") or []
+            block[f"{measure}_sigma{sigma_key(sigma)}"] = means[i] if i < len(means) else None
+    return block
+
+
+def _worst_case_block(wc: Mapping[str, Any]) -> dict[str, Any]:
+    block: dict[str, Any] = {}
+    for ball in ("raw", "adaptive"):
+        entry = wc.get(ball) or {}
+        block[f"worst_case_{ball}"] = (entry.get("multi_step") or {}).get("sharpness")
+        block[f"worst_case_{ball}_one_step"] = (entry.get("one_step") or {}).get("sharpness")
+    return block
+
+
+def probe_config(
+    source: Path,
+    run_config: Mapping[str, Any],
+    task: tuple[str, str],
+    opts: ProbeOptions,
+    resolved: Mapping[str, Any],
+) -> dict[str, Any]:
+    """``probe.json['config']``: the source and its hash, the task (alias, id), every option, the resolved
+    gamma / GAE lambda / reward scale, and package versions: everything needed to reproduce the probe."""
+    return {
+        "source": str(source),
+        "model_sha256": _sha256(source),
+        "run_config": {k: run_config.get(k) for k in ("algo", "task", "seed", "run_id") if k in run_config},
+        "task": task[0],
+        "task_id": task[1],
+        **asdict(opts),
+        **resolved,
+        "evaluation": "deterministic actions, nominal dynamics, episode e seeded with e (rollout_returns)",
+        "scope_note": "critic parameters do not enter these losses; with scope 'all' their Hessian rows are zero",
+        "versions": _versions(),
+    }
+
+
+def _sha256(path: Path) -> str:
+    file = path / MODEL_FILE if path.is_dir() else path
+    return hashlib.sha256(file.read_bytes()).hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for package in VERSIONED:
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = "unknown"
+    return out
