@@ -21,6 +21,8 @@ from rlflat.cli import run_cli
 from rlflat.errors import RlflatError
 from rlflat.report import figures as F
 from rlflat.report import render as R
+from rlflat.report import select
+from rlflat.report import stats as S
 from rlflat.report import study as D
 from rlflat.report.__main__ import main
 
@@ -87,6 +89,7 @@ def _probe(rng: np.random.Generator, lam: float) -> dict[str, Any]:
         "landscape_1d_eigen_loss": 3 * loss1[0],
         "landscape_1d_filter_return": 500 - loss1[0],
         "landscape_2d_filter_loss": loss2,
+        "landscape_2d_filter_return": 500 - loss2,
         "landscape_2d_eigen_loss": 3 * loss2,
         "observations": rng.normal(size=(8, 4)),
     }
@@ -107,6 +110,8 @@ def make_study(
                 fragility = 0.3 * lam / 100 * rng.uniform(0.7, 1.3)
                 robust = _robustness(rng, fragility)
                 sweeps = robust[robust["family"].isin(["length", "masspole"])]
+                point = float(0.5 / max(fragility, 0.05) ** 0.5)
+                collapse = point if point < np.log(4.0) else float("nan")  # flat runs never collapse in range
                 rows.append(
                     {
                         "run_id": run_id,
@@ -124,7 +129,8 @@ def make_study(
                         "probe.n_params": 4610,
                         "robustness.auc": float(sweeps["normalized_return"].mean()),
                         "robustness.worst_return": float(robust["return_mean"].min()),
-                        "robustness.collapse_point": float(np.exp(1.0 / max(fragility, 0.05) ** 0.5 / 3)),
+                        "robustness.parameters.length.collapse_log_factor": collapse,
+                        "robustness.parameters.length.collapsed_within_range": bool(np.isfinite(collapse)),
                         "robustness.frac_collapsed": float(robust["collapsed"].mean()),
                     }
                 )
@@ -168,6 +174,7 @@ def test_report_writes_every_figure_and_references_it(report_dir: Path) -> None:
         "hessian_top_eigenvalues",
         "landscape_1d",
         "landscape_2d",
+        "landscape_2d_return",
         "learning_curves",
     }
     written = {p.stem for p in (report_dir / "figures").glob("*.png")}
@@ -177,7 +184,7 @@ def test_report_writes_every_figure_and_references_it(report_dir: Path) -> None:
     assert html.count("data:image/png;base64,") == len(expected)
     assert "skipped" not in md and "failed (" not in md
     tables = {p.stem for p in (report_dir / "tables").glob("*.csv")}
-    assert {"runs", "correlations", "granulated_kendall", "aggregates", "comparisons"} <= tables
+    assert {"runs", "correlations", "granulated_kendall", "aggregates", "comparisons", "never_collapsed"} <= tables
 
 
 def test_html_is_self_contained(report_dir: Path) -> None:
@@ -194,28 +201,31 @@ def test_report_states_findings_and_spanning_zero(report_dir: Path) -> None:
     assert "the CI excludes zero: sharper runs were less robust" in md
     assert "the CI spans zero: no evidence" in md  # the trace is noise
     assert re.search(
-        r"- ppo_sam (raised|lowered) nominal return .* lowered Hessian λ_max by [^ ]+ \[CI [^]]+\] .*relative to ppo on CartPole",
+        r"- ppo_sam (raised|lowered) nominal return .* lowered Hessian λ_max by [^ ]+ \[CI [^]]+\], flatter.*relative to ppo on CartPole",
         md,
     )
     assert "pg_sam vs pg" in md
+    assert re.search(r"had median min collapse log-factor [^,]+, [1-6]/6 vs [0-6]/6 runs never collapsed", md)
+    assert "Runs right-censored (never collapsed" in md
     gk = pd.read_csv(report_dir / "tables" / "granulated_kendall.csv")
     assert set(gk["factor"]) == {"algo", "hp.learning_rate", "overall", "kendall_all"}  # rho/update_rule follow algo
 
 
 def test_describe_correlation_says_when_ci_spans_zero() -> None:
-    row = pd.Series(
-        {
-            "task": "CartPole",
-            "method": "spearman",
-            "estimate": 0.1,
-            "ci_low": -0.2,
-            "ci_high": 0.4,
-            "n": 12,
-            "reason": "",
-        }
-    )
-    text = R.describe_correlation(row, "Hessian trace", "robust AUC")
-    assert "Spearman ρ = 0.10 [CI -0.20, 0.40] over 12 runs" in text
+    row = {
+        "task": "CartPole",
+        "measure": "probe.trace",
+        "metric": "robustness.auc_mean",
+        "method": "spearman",
+        "estimate": 0.1,
+        "ci_low": -0.2,
+        "ci_high": 0.4,
+        "n": 12,
+        "p_value": 0.7,
+        "reason": "",
+    }
+    text = S.describe_correlation(row, "Hessian trace", "robust AUC")
+    assert "Spearman ρ = 0.10 [CI -0.20, 0.40] over 12 runs (permutation p = 0.7)" in text
     assert "the CI spans zero: no evidence of an association" in text
 
 
@@ -299,7 +309,6 @@ def test_columns_as_the_sweep_flattens_metrics_json(tmp_path: Path) -> None:
             "probe.hessian.lambda_max": "probe.lambda_max",
             "probe.hessian.trace": "probe.trace",
             "robustness.auc": "robustness.auc_mean",
-            "robustness.collapse_point": "robustness.parameters.length.collapse_log_factor",
         }
     ).drop(columns=["probe.hessian.trace_stderr", "probe.n_params"])
     runs["path"] = runs["run_id"]
@@ -309,12 +318,102 @@ def test_columns_as_the_sweep_flattens_metrics_json(tmp_path: Path) -> None:
     runs["probe.wall_seconds"] = np.linspace(1, 2, len(runs))
     runs["robustness.collapse_frac"] = 0.5
     runs["robustness.nominal_return_std"] = np.linspace(0, 1, len(runs))
-    runs["robustness.parameters.length.collapsed_within_range"] = True
     runs.to_parquet(study / "runs.parquet")
     loaded = D.load_study([study]).runs
-    assert D.measure_columns(loaded) == ["probe.lambda_max", "probe.trace"]
-    assert "robustness.nominal_return_std" not in D.metric_columns(loaded)
+    assert select.measure_columns(loaded) == ["probe.lambda_max", "probe.trace"]
+    assert "robustness.nominal_return_std" not in select.metric_columns(loaded)
     out = R.build_report([study], tmp_path / "out", **FAST)
     md = (out / "report.md").read_text()
     assert "Hessian λ_max vs robust AUC on CartPole" in md
-    assert "length collapse log factor" in md
+    assert "min collapse log-factor" in md
+
+
+def test_cli_rejects_negative_seed_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    study = make_study(tmp_path / "s", algos=("ppo", "ppo_sam"), seeds=2, failed=0, files=False)
+    assert run_cli(main, [str(study), "--seed", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "--seed" in err
+
+
+# ----------------------------------------------------------------------------- a real tiny study
+
+TINY_STUDY = """
+name: tiny
+tasks: [CartPole]
+algos: [ppo, ppo_sam]
+seeds: 2
+steps: 3000
+grid: {n_epochs: [4]}
+probe:
+  quick: true
+  batch: 256
+  batch_envs: 4
+  measures: [hessian, trace, density, perturbation, landscape]
+  top_k: 2
+  trace_probes: 4
+  density_probes: 1
+  density_steps: 10
+  density_grid: 100
+  n_directions: 2
+  sigmas: [0.1, 1.0]
+  episodes: 1
+  landscape_points: 5
+  landscape_points_2d: 3
+  landscape_episodes: 1
+evaluate:
+  suite: {parameters: [length, masspole], grids: ["length:masscart"], points: 3}
+  episodes: 2
+report: {n_boot: 50, n_perm: 99}
+"""
+
+
+@pytest.fixture(scope="module")
+def real_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The whole chain on a tiny CartPole study (serial sweep: train -> probe -> evaluate), ~15 s."""
+    from rlflat.sweep import parse_study_config, run_sweep
+
+    out = tmp_path_factory.mktemp("real") / "tiny"
+    result = run_sweep(parse_study_config(TINY_STUDY, "tiny.yaml"), out=out, backend="serial", progress=False)
+    assert not result.failed
+    return out
+
+
+def _supported_figures(study: Path) -> set[str]:
+    """Every figure kind the runs' files can support, decided from the files, not from the report."""
+    keys: set[str] = set()
+    for npz in study.glob("*/probe.npz"):
+        with np.load(npz) as data:
+            keys |= set(data.files)
+    robust = pd.concat([pd.read_parquet(p) for p in study.glob("*/robustness.parquet")])
+    wanted = {"correlation_heatmap", "sharpness_vs_robustness", "robustness_curves"}
+    wanted |= {f"dynamics_grid_CartPole_{f.replace(':', '-')}" for f in robust["family"].unique() if ":" in f}
+    if {"density_grid", "density"} <= keys:
+        wanted.add("hessian_density")
+    if "hessian_top_eigenvalues" in keys:
+        wanted.add("hessian_top_eigenvalues")
+    if "landscape_1d_filter_loss" in keys:
+        wanted.add("landscape_1d")
+    if "landscape_2d_filter_loss" in keys:
+        wanted.add("landscape_2d")
+    if "landscape_2d_filter_return" in keys:
+        wanted.add("landscape_2d_return")
+    if list(study.glob("*/train.csv")):
+        wanted.add("learning_curves")
+    return wanted
+
+
+def test_report_renders_every_supported_figure_from_a_real_study(real_study: Path, tmp_path: Path) -> None:
+    out = R.build_report([real_study], tmp_path / "report", figure_n_boot=50)
+    md = (out / "report.md").read_text()
+    written = {p.stem for p in (out / "figures").glob("*.png")}
+    supported = _supported_figures(real_study)
+    assert len(supported) >= 10  # the tiny study exercises every kind of figure
+    assert written == supported
+    for name in supported:
+        assert f"figures/{name}.png" in md
+    assert "failed (" not in md
+    assert "Hessian eigenvalue density of the policy loss (stochastic Lanczos quadrature)" in md  # probe.json method
+    assert "report.n_boot" not in md and "4 successful runs" in md
+    corr = pd.read_csv(out / "tables" / "correlations.csv")
+    assert set(corr["scope"]) == {S.ACROSS, S.WITHIN_ALGO}
+    assert corr["ci_low"].isna().all()  # four runs: too few for any interval

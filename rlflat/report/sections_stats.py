@@ -1,0 +1,222 @@
+"""The report's statistical sections: does sharpness predict robustness, and do flatness variants buy it?"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from rlflat.report import figures as F
+from rlflat.report import stats as S
+from rlflat.report.censoring import never_collapsed
+from rlflat.report.context import Context, add_figure, label
+from rlflat.report.document import cell
+from rlflat.report.orientation import direction_word
+from rlflat.report.select import comparison_pairs
+from rlflat.report.study import factor_columns
+
+NOMINAL_RETURN = "train.return_mean"
+METHODS_TEXT = (
+    "Spearman ρ and Kendall τ across runs. Intervals: Fisher's z with the Bonett & Wright (2000) variance "
+    "(Spearman) and Fieller et al.'s (1957) 0.437/(n-4) (Kendall), stated only from {min_ci} runs on; p-values: "
+    "permutation tests (exact up to 8 runs, else {n_perm} seeded permutations). Pooled rows average "
+    "within-task coefficients; 'within algorithm' rows average the coefficients inside each algorithm, "
+    "so an association that is only the algorithm label vanishes there. Each measure and metric carries its "
+    "orientation (↑ sharper / ↑ flatter, ↑ more / less robust), and sentences read the sign through it. "
+    "Runs that never collapsed inside the evaluated range are right-censored: they tie at the range bound."
+)
+
+
+def _scope(ctx: Context) -> str:
+    return S.POOLED if len(ctx.study.tasks) > 1 else ctx.study.tasks[0]
+
+
+def _sentences(ctx: Context, corr: pd.DataFrame, scope: str, which: str) -> list[str]:
+    rows = corr[(corr["task"] == scope) & (corr["method"] == "spearman") & (corr["scope"] == which)]
+    if ctx.primary is not None:
+        rows = rows[rows["metric"] == ctx.primary]
+    out = []
+    for _, r in rows.iterrows():
+        n_cens = ctx.n_censored(str(r["metric"])) + ctx.n_censored(str(r["measure"]))
+        out.append(S.describe_correlation(r.to_dict(), label(str(r["measure"])), label(str(r["metric"])), n_cens))
+    return out
+
+
+def section_correlations(ctx: Context) -> None:
+    doc, runs = ctx.doc, ctx.runs
+    doc.heading("Does sharpness predict robustness?")
+    if not ctx.measures or not ctx.metrics:
+        doc.note("No varying headline sharpness measure or robustness metric in the runs table.")
+        return
+    corr = S.correlation_table(
+        runs, ctx.measures, ctx.metrics, seed=ctx.seed, pooled=len(ctx.study.tasks) > 1, n_perm=ctx.settings.n_perm
+    )
+    ctx.save_table(corr, "correlations")
+    scope = _scope(ctx)
+    n_tests = len(ctx.measures) * len(ctx.metrics)
+    doc.para(METHODS_TEXT.format(min_ci=S.MIN_N_CI, n_perm=ctx.settings.n_perm))
+    doc.bullets(_sentences(ctx, corr, scope, S.ACROSS))
+    within = _sentences(ctx, corr, scope, S.WITHIN_ALGO)
+    if within:
+        doc.para("Is it only the algorithm? The same association within each algorithm (seeds only):")
+        doc.bullets(within)
+    add_figure(
+        ctx,
+        "correlation_heatmap",
+        f"Spearman ρ across runs of each sharpness measure (rows) with each robustness metric (columns), estimate "
+        f"and Fisher-z 95% CI ('no CI': too few runs); bold: Holm-adjusted permutation p < 0.05 over the "
+        f"{n_tests} measure × metric tests of the panel. Labels give each column's orientation.",
+        lambda: F.plot_correlation_heatmap(corr),
+    )
+    if ctx.primary is not None:
+        primary = ctx.primary
+        add_figure(
+            ctx,
+            "sharpness_vs_robustness",
+            f"Each run's sharpness vs its {label(primary)} ({direction_word(primary) or 'no orientation'}); line: "
+            "least-squares fit over all runs with a 95% bootstrap band (a visual guide only; the claim is the "
+            "Spearman ρ [Fisher-z CI] in each title).",
+            lambda: F.plot_sharpness_vs_robustness(
+                runs, ctx.measures, primary, corr, ctx.palette, seed=ctx.seed, n_boot=ctx.fig_boot
+            ),
+        )
+    table = corr[(corr["task"] == scope) & corr["estimate"].notna()].copy()
+    table["measure"] = [label(str(m)) for m in table["measure"]]
+    table["metric"] = [label(str(m)) for m in table["metric"]]
+    doc.table(
+        table[["measure", "metric", "method", "scope", "estimate", "ci_low", "ci_high", "n", "p_value", "p_holm"]],
+        f"Rank correlations ({scope}) that are defined; every row, task and reason in tables/correlations.csv.",
+    )
+    section_granulated(ctx)
+
+
+def section_granulated(ctx: Context) -> None:
+    doc, runs = ctx.doc, ctx.runs
+    factors = factor_columns(runs)
+    doc.heading("Granulated Kendall coefficient", level=3)
+    if not factors:
+        doc.note("Only one algorithm and no hyperparameter varied within an algorithm: no factor to granulate over.")
+        return
+    gk = S.granulated_kendall_table(runs, ctx.measures, ctx.metrics, factors)
+    ctx.save_table(gk, "granulated_kendall")
+    n_configs = int(gk["n_configs"].max()) if len(gk) else 0
+    doc.para(
+        f"Jiang et al. (2020): Kendall τ between measure and metric when one factor varies at a time (factors: "
+        f"{', '.join(factors)}; {len(factors)} factor(s), up to {n_configs} configurations after averaging seeds), "
+        f"ψ per factor and their mean Ψ. ψ is suppressed with fewer than 2 factors or {S.MIN_CONFIGS} "
+        "configurations: with the algorithm as the only factor ψ is plain τ over a handful of points. The "
+        "within-algorithm correlations above answer 'is it only the algorithm?'."
+    )
+    if (gk["reason"].astype(str) != "").any():
+        doc.note(f"{gk['reason'].iloc[0]}.")
+    metric = ctx.primary or ctx.metrics[0]
+    sub = gk[gk["metric"] == metric]
+    wide = sub.pivot_table(index=["task", "measure"], columns="factor", values="psi", aggfunc="first", dropna=False)
+    wide = wide.reset_index()
+    counts = sub.groupby(["task", "measure"], as_index=False)[["n_configs", "n_factors"]].first()
+    wide = wide.merge(counts, on=["task", "measure"])
+    wide["measure"] = [label(str(m)) for m in wide["measure"]]
+    wide.columns = [str(c) for c in wide.columns]
+    doc.table(wide, f"ψ per factor, Ψ ({S.PSI_OVERALL}) and plain τ ({S.KENDALL_ALL}) against {label(metric)}.")
+
+
+def _ci(est: float, lo: float, hi: float) -> str:
+    if not math.isfinite(est):
+        return "n/a"
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"{est:.3g}"
+    return f"{est:.3g} [{lo:.3g}, {hi:.3g}]"
+
+
+def _comparison_table(
+    mean: pd.DataFrame, iqm: pd.DataFrame, agg: pd.DataFrame, algo: str, base: str, task: str
+) -> pd.DataFrame:
+    """One row per metric: each algorithm's summary [CI], the differences [CI], P(algo improves) [CI]."""
+    rows = []
+    m = mean[mean["task"] == task].set_index("metric")
+    q = iqm[iqm["task"] == task].set_index("metric")
+    a = {(str(r["metric"]), str(r["algo"])): r for r in agg[agg["task"] == task].to_dict("records")}
+    for metric in m.index:
+        rm, rq = m.loc[metric], (q.loc[metric] if metric in q.index else None)
+
+        def summary(who: str, metric: str = str(metric)) -> str:
+            r = a.get((metric, who))
+            if r is None:
+                return "n/a"
+            text = ("median " if r["stat"] == "median" else "") + ("≥ " if r["estimate_is_bound"] else "")
+            text += _ci(r["estimate"], r["ci_low"], r["ci_high"])
+            return text + (f" ({r['n_censored']}/{r['n_runs']} never collapsed)" if r["n_censored"] else "")
+
+        censored = rm["stat"] == "median"
+        iqm_text = "n/a" if rq is None or censored else _ci(rq["difference"], rq["diff_ci_low"], rq["diff_ci_high"])
+        rows.append(
+            {
+                "metric": F.column_label(str(metric))
+                + (f" ({direction_word(str(metric))})" if direction_word(str(metric)) else ""),
+                f"{algo} mean [t CI] or median": summary(algo),
+                f"{base} mean [t CI] or median": summary(base),
+                "Δ mean [Welch CI]": "(censored: see P)"
+                if censored
+                else _ci(rm["difference"], rm["diff_ci_low"], rm["diff_ci_high"]),
+                "Δ IQM [bootstrap, descriptive]": iqm_text,
+                "P(improves) [Newcombe CI]": _ci(rm["poi"], rm["poi_ci_low"], rm["poi_ci_high"]),
+                "runs": f"{int(rm['n_algo'])} vs {int(rm['n_baseline'])}",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def section_comparisons(ctx: Context) -> None:
+    doc, runs = ctx.doc, ctx.runs
+    doc.heading("Do flatness-seeking optimisers buy robustness?")
+    algos = ctx.study.algos
+    pairs = [tuple(p) for p in ctx.settings.comparisons] if ctx.settings.comparisons else comparison_pairs(algos)
+    pairs = [(a, b) for a, b in pairs if a in algos and b in algos]
+    if not pairs:
+        doc.note(f"No flatness variant with its base algorithm among {', '.join(algos)}; nothing to compare.")
+        return
+    metrics = [c for c in dict.fromkeys([NOMINAL_RETURN, *ctx.metrics, *ctx.measures]) if c in runs.columns]
+    cens = {c: f for c, f in ctx.censored.items() if c in metrics}
+    doc.para(
+        "Per task: difference of means with Welch's t interval; IQM difference with a percentile bootstrap "
+        "(descriptive only at these sample sizes); and P(improves), the probability that a run of the variant "
+        "is more robust (for sharpness measures: flatter) than a run of its base, with Newcombe's (2006) "
+        "interval. Runs that never collapsed are tied at the range bound; for those metrics the summary is the "
+        "median and the inference is P(improves). Raw values are not pooled across tasks: the pooled sentence "
+        "averages per-task P(improves) (Agarwal et al. 2021)."
+    )
+    aggs = [
+        S.aggregate_table(runs, metrics, seed=ctx.seed, stat=s, censored=cens, n_boot=ctx.settings.n_boot)
+        for s in ("mean", "iqm")
+    ]
+    ctx.save_table(pd.concat(aggs, ignore_index=True), "aggregates")
+    if cens:
+        frames = [never_collapsed(runs, f).assign(metric=label(c)) for c, f in cens.items()]
+        table = pd.concat(frames, ignore_index=True)[
+            ["metric", "task", "algo", "runs", "never collapsed", "fraction never collapsed"]
+        ]
+        ctx.save_table(table, "never_collapsed")
+        doc.table(
+            table.assign(**{"fraction never collapsed": [cell(v) for v in table["fraction never collapsed"]]}),
+            "Runs that never collapsed inside the evaluated range (right-censored), per algorithm.",
+        )
+    scopes = [*ctx.study.tasks, *([S.POOLED] if len(ctx.study.tasks) > 1 else [])]
+    labels = {m: label(m) for m in metrics}
+    frames = []
+    for algo, base in pairs:
+        mean = S.compare_algorithms(
+            runs, metrics, algo, base, seed=ctx.seed, stat="mean", censored=cens, n_boot=ctx.settings.n_boot
+        )
+        iqm = S.compare_algorithms(
+            runs, metrics, algo, base, seed=ctx.seed, stat="iqm", censored=cens, n_boot=ctx.settings.n_boot
+        )
+        frames += [mean, iqm]
+        doc.heading(f"{algo} vs {base}", level=3)
+        sentences = [
+            S.describe_comparison(mean, task=s, labels=labels) + "." for s in scopes if (mean["task"] == s).any()
+        ]
+        doc.bullets(sentences or [f"No task has runs of both {algo} and {base} with data."])
+        for scope in ctx.study.tasks:
+            if (mean["task"] == scope).any():
+                doc.table(_comparison_table(mean, iqm, aggs[0], algo, base, scope), f"{algo} vs {base} on {scope}.")
+    ctx.save_table(pd.concat(frames, ignore_index=True), "comparisons")
