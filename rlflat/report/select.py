@@ -24,7 +24,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "probe.lambda_max": ("probe.hessian.lambda_max",),
     "probe.lambda_min": ("probe.hessian.lambda_min",),
     "probe.trace": ("probe.hessian.trace",),
-    "probe.kl_reference": ("probe.kl_at_reference_sigma", "probe.perturbation.kl_reference"),
+    "probe.kl_sigma0p1": ("probe.kl_reference",),
     "robustness.auc_mean": ("robustness.auc",),
     "robustness.worst_dynamics_return": ("robustness.worst_return",),
     "robustness.collapsed_fraction": ("robustness.frac_collapsed",),

@@ -21,7 +21,7 @@ DEFAULT_MEASURES = [
     "probe.trace",
     "probe.critical_sigma",
     "probe.worst_case_adaptive",
-    "probe.kl_reference",
+    "probe.kl_sigma0p1",
 ]
 DEFAULT_METRICS = [
     "robustness.auc_mean",
