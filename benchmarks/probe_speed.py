@@ -69,25 +69,26 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _peak_rss_mib() -> float:
-    """VmHWM (peak RSS since the last reset) where /proc has it, else getrusage's lifetime peak."""
+def _proc_status_mib(field: str) -> float | None:
+    """A ``/proc/self/status`` memory field (``VmHWM``, ``VmRSS``) in MiB; None where /proc lacks it."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return float(line.split()[1]) / 1024.0
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return None
+
+
+def _peak_rss_mib() -> float:
+    """VmHWM (peak RSS since the last reset) where /proc has it, else getrusage's lifetime peak."""
+    peak = _proc_status_mib("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _rss_mib() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return float(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return _peak_rss_mib()
+    rss = _proc_status_mib("VmRSS")
+    return rss if rss is not None else _peak_rss_mib()
 
 
 def exact_spectrum(policy: FunctionalPolicy, batch_size: int) -> dict[str, float]:

@@ -16,7 +16,6 @@ import platform
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from tqdm.auto import tqdm
 from rlflat import algos
 from rlflat.cli import ArgumentParser, run_cli, set_torch_threads
 from rlflat.errors import RlflatError
-from rlflat.io import read_json, staging_dir, write_json
+from rlflat.io import package_versions, read_json, staging_dir, write_json
 from rlflat.policy import MODEL_FILE, NORMALIZER_FILE, FunctionalPolicy, ObservationNormalizer
 from rlflat.tasks import TaskSpec, list_tasks, load_task, make_env
 
@@ -185,13 +184,7 @@ def evaluate_nominal(policy: FunctionalPolicy, spec: TaskSpec, episodes: int) ->
 
 
 def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for package in VERSIONED_PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "unknown"
-    return versions
+    return {"python": platform.python_version(), **package_versions(VERSIONED_PACKAGES)}
 
 
 class _LearningCurve(BaseCallback):

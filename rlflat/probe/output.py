@@ -10,14 +10,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import asdict
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rlflat.errors import RlflatError
-from rlflat.io import write_atomic, write_json
+from rlflat.io import package_versions, write_atomic, write_json
 from rlflat.policy import MODEL_FILE
 from rlflat.probe.options import ProbeOptions
 
@@ -183,20 +182,10 @@ def probe_config(
         **resolved,
         "evaluation": "deterministic actions, nominal dynamics, episode e seeded with e (rollout_returns)",
         "scope_note": "critic parameters do not enter these losses; with scope 'all' their Hessian rows are zero",
-        "versions": _versions(),
+        "versions": package_versions(VERSIONED),
     }
 
 
 def _sha256(path: Path) -> str:
     file = path / MODEL_FILE if path.is_dir() else path
     return hashlib.sha256(file.read_bytes()).hexdigest()
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for package in VERSIONED:
-        try:
-            out[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            out[package] = "unknown"
-    return out

@@ -59,6 +59,15 @@ def cell(value: object) -> str:
     return str(value)
 
 
+def estimate_ci(est: float, lo: float, hi: float, spec: str = ".3g") -> str:
+    """``est [lo, hi]`` with ``spec`` formatting; ``est`` alone without a finite interval, ``n/a`` without ``est``."""
+    if not math.isfinite(est):
+        return "n/a"
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"{est:{spec}}"
+    return f"{est:{spec}} [{lo:{spec}}, {hi:{spec}}]"
+
+
 def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 

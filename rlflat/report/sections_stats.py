@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 
 from rlflat.report import figures as F
 from rlflat.report import stats as S
 from rlflat.report.censoring import never_collapsed
 from rlflat.report.context import Context, add_figure, label
-from rlflat.report.document import cell
+from rlflat.report.document import cell, estimate_ci
 from rlflat.report.orientation import direction_word
 from rlflat.report.select import comparison_pairs
 from rlflat.report.study import factor_columns
@@ -120,14 +118,6 @@ def section_granulated(ctx: Context) -> None:
     doc.table(wide, f"ψ per factor, Ψ ({S.PSI_OVERALL}) and plain τ ({S.KENDALL_ALL}) against {label(metric)}.")
 
 
-def _ci(est: float, lo: float, hi: float) -> str:
-    if not math.isfinite(est):
-        return "n/a"
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return f"{est:.3g}"
-    return f"{est:.3g} [{lo:.3g}, {hi:.3g}]"
-
-
 def _comparison_table(
     mean: pd.DataFrame, iqm: pd.DataFrame, agg: pd.DataFrame, algo: str, base: str, task: str
 ) -> pd.DataFrame:
@@ -144,11 +134,13 @@ def _comparison_table(
             if r is None:
                 return "n/a"
             text = ("median " if r["stat"] == "median" else "") + ("≥ " if r["estimate_is_bound"] else "")
-            text += _ci(r["estimate"], r["ci_low"], r["ci_high"])
+            text += estimate_ci(r["estimate"], r["ci_low"], r["ci_high"])
             return text + (f" ({r['n_censored']}/{r['n_runs']} never collapsed)" if r["n_censored"] else "")
 
         censored = rm["stat"] == "median"
-        iqm_text = "n/a" if rq is None or censored else _ci(rq["difference"], rq["diff_ci_low"], rq["diff_ci_high"])
+        iqm_text = (
+            "n/a" if rq is None or censored else estimate_ci(rq["difference"], rq["diff_ci_low"], rq["diff_ci_high"])
+        )
         rows.append(
             {
                 "metric": F.column_label(str(metric))
@@ -157,9 +149,9 @@ def _comparison_table(
                 f"{base} mean [t CI] or median": summary(base),
                 "Δ mean [Welch CI]": "(censored: see P)"
                 if censored
-                else _ci(rm["difference"], rm["diff_ci_low"], rm["diff_ci_high"]),
+                else estimate_ci(rm["difference"], rm["diff_ci_low"], rm["diff_ci_high"]),
                 "Δ IQM [bootstrap, descriptive]": iqm_text,
-                "P(improves) [Newcombe CI]": _ci(rm["poi"], rm["poi_ci_low"], rm["poi_ci_high"]),
+                "P(improves) [Newcombe CI]": estimate_ci(rm["poi"], rm["poi_ci_low"], rm["poi_ci_high"]),
                 "runs": f"{int(rm['n_algo'])} vs {int(rm['n_baseline'])}",
             }
         )

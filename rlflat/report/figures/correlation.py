@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from rlflat.report.document import estimate_ci
 from rlflat.report.figures.style import (
     MAX_COLS,
     FigAxes,
     FigureSkipped,
     Palette,
-    _fmt_ci,
     _grid,
     _legend,
     _plain_log_axis,
@@ -34,7 +34,7 @@ def _corr_lookup(corr: pd.DataFrame, task: str, measure: str, metric: str) -> st
     if rows.empty:
         return "ρ n/a"
     r = rows.iloc[0]
-    return f"ρ = {_fmt_ci(float(r['estimate']), float(r['ci_low']), float(r['ci_high']))}"
+    return f"ρ = {estimate_ci(float(r['estimate']), float(r['ci_low']), float(r['ci_high']), '.2f')}"
 
 
 def _positive_wide(values: pd.Series) -> bool:

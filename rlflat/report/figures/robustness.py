@@ -12,6 +12,7 @@ from rlflat.report.figures.style import (
     FigAxes,
     FigureSkipped,
     Palette,
+    _algo_ci,
     _factor_axis,
     _grid,
     _legend,
@@ -51,19 +52,12 @@ def plot_robustness_curves(
                 data=sub,
                 x="x",
                 y="normalized_return",
-                hue="algo",
-                hue_order=algos,
-                palette=palette,
-                ax=ax,
-                errorbar=("ci", 95),
-                n_boot=n_boot,
-                seed=seed,
                 estimator="mean",
                 marker="o",
                 markersize=4,
                 markeredgewidth=0,
                 linewidth=1.8,
-                legend=False,
+                **_algo_ci(algos, palette, ax, seed=seed, n_boot=n_boot),
             )
             ax.axhline(threshold, color="0.2", linestyle="--", linewidth=1.1)
             if bool(sub["log"].iloc[0]):

@@ -13,6 +13,7 @@ from rlflat.report.figures.style import (
     FigAxes,
     FigureSkipped,
     Palette,
+    _algo_ci,
     _grid,
     _legend,
     _ncols,
@@ -110,18 +111,11 @@ def plot_top_eigenvalues(
             data=frame,
             x="rank",
             y="eigenvalue",
-            hue="algo",
-            hue_order=algos,
-            palette=palette,
             dodge=0.8 - 0.8 / len(algos),
-            ax=ax,
-            errorbar=("ci", 95),
-            n_boot=n_boot,
-            seed=seed,
             markers="_",
             markersize=10,
             linestyle="none",
-            legend=False,
+            **_algo_ci(algos, palette, ax, seed=seed, n_boot=n_boot),
         )
         if (frame["eigenvalue"] > 0).all():
             ax.set_yscale("log")

@@ -191,6 +191,21 @@ def _grid(n: int, ncols: int = MAX_COLS, panel: tuple[float, float] = PANEL, **k
     return fig, flat[:n]
 
 
+def _algo_ci(algos: Sequence[str], palette: Palette, ax: Axes, *, seed: int, n_boot: int) -> dict[str, Any]:
+    """Seaborn keywords of a per-algorithm estimate with a 95% bootstrap CI: one hue per algorithm in
+    ``algos`` order, a seeded bootstrap, and no per-axes legend (the figure gets one from :func:`_legend`)."""
+    return {
+        "hue": "algo",
+        "hue_order": algos,
+        "palette": palette,
+        "ax": ax,
+        "errorbar": ("ci", 95),
+        "n_boot": n_boot,
+        "seed": seed,
+        "legend": False,
+    }
+
+
 def _legend(
     fig: Figure, algos: Sequence[str], palette: Palette, *, markers: bool = True, threshold: float | None = None
 ) -> None:
@@ -262,11 +277,3 @@ def save_figure(fig: Figure, path: Path) -> Path:
         return write_atomic(path, lambda p: fig.savefig(p, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.08))
     finally:
         plt.close(fig)
-
-
-def _fmt_ci(est: float, lo: float, hi: float) -> str:
-    if not math.isfinite(est):
-        return "n/a"
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return f"{est:.2f}"
-    return f"{est:.2f} [{lo:.2f}, {hi:.2f}]"

@@ -7,7 +7,16 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import FuncFormatter
 
-from rlflat.report.figures.style import FigAxes, FigureSkipped, Palette, _grid, _legend, _steps_formatter, figure_style
+from rlflat.report.figures.style import (
+    FigAxes,
+    FigureSkipped,
+    Palette,
+    _algo_ci,
+    _grid,
+    _legend,
+    _steps_formatter,
+    figure_style,
+)
 
 # ----------------------------------------------------------------------------- (6) learning curves
 
@@ -55,15 +64,8 @@ def plot_learning_curves(curves: pd.DataFrame, palette: Palette, *, seed: int = 
                 data=binned[binned["task"].astype(str) == task],
                 x="steps",
                 y="ret",
-                hue="algo",
-                hue_order=algos,
-                palette=palette,
-                ax=ax,
-                errorbar=("ci", 95),
-                n_boot=n_boot,
-                seed=seed,
                 linewidth=1.8,
-                legend=False,
+                **_algo_ci(algos, palette, ax, seed=seed, n_boot=n_boot),
             )
             ax.xaxis.set_major_formatter(FuncFormatter(_steps_formatter))
             ax.set_xlabel("environment steps")

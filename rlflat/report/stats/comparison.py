@@ -149,6 +149,22 @@ def _values(
     return out
 
 
+def _check_arguments(
+    runs: pd.DataFrame,
+    metrics: Sequence[str],
+    stat: str,
+    algo_col: str,
+    task_col: str,
+    n_boot: int,
+    confidence: float,
+) -> None:
+    """The checks shared by :func:`aggregate_table` and :func:`compare_algorithms`, in the order they raise."""
+    check_choice("aggregate statistic", stat, AGG_STATS)
+    check_count("n_boot", n_boot)
+    check_confidence(confidence)
+    check_columns(runs, [algo_col, task_col, *metrics])
+
+
 AGGREGATE_COLUMNS = [
     "task",
     "metric",
@@ -182,10 +198,7 @@ def aggregate_table(
     ``stat`` says, with ``n_censored`` runs tied at the bound. Raw values are not pooled across tasks.
     Columns: ``AGGREGATE_COLUMNS``.
     """
-    check_choice("aggregate statistic", stat, AGG_STATS)
-    check_count("n_boot", n_boot)
-    check_confidence(confidence)
-    check_columns(runs, [algo_col, task_col, *metrics])
+    _check_arguments(runs, metrics, stat, algo_col, task_col, n_boot, confidence)
     rng = rng_from(seed)
     rows = []
     for metric in metrics:
@@ -312,10 +325,7 @@ def compare_algorithms(
     seed number does not pair them). The ``POOLED`` row (several tasks) averages per-task P(improvement);
     tasks missing either algorithm are left out and named in ``reason``. Columns: ``COMPARISON_COLUMNS``.
     """
-    check_choice("aggregate statistic", stat, AGG_STATS)
-    check_count("n_boot", n_boot)
-    check_confidence(confidence)
-    check_columns(runs, [algo_col, task_col, *metrics])
+    _check_arguments(runs, metrics, stat, algo_col, task_col, n_boot, confidence)
     present = set(runs[algo_col].dropna().unique())
     for a in (algo, baseline):
         if a not in present:

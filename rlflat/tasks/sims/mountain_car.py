@@ -38,6 +38,15 @@ def _start_positions(seeds: npt.ArrayLike, num_rows: int) -> FloatArray:
     return np.array([g.uniform(low=-0.6, high=-0.4) for g in seeded_generators(seeds, num_rows)])
 
 
+def _observation_space(speed: float) -> spaces.Box:
+    """(position, velocity) bounds as both envs declare them: the nominal ``max_speed``, not a row's."""
+    return spaces.Box(
+        np.array([MIN_POSITION, -speed], dtype=np.float32),
+        np.array([MAX_POSITION, speed], dtype=np.float32),
+        dtype=np.float32,
+    )
+
+
 class MountainCarSim(EpisodeRows):
     """Batched MountainCar-v0 with per-row ``force, gravity, max_speed``; reward -1 per step."""
 
@@ -48,12 +57,7 @@ class MountainCarSim(EpisodeRows):
     def __init__(self, num_rows: int, params: Mapping[str, npt.ArrayLike]) -> None:
         super().__init__(num_rows)
         self.params: dict[str, FloatArray] = resolve_params(self.env_id, CAR_DEFAULTS, params, self.num_rows)
-        speed = CAR_DEFAULTS["max_speed"]
-        self.observation_space = spaces.Box(
-            np.array([MIN_POSITION, -speed], dtype=np.float32),
-            np.array([MAX_POSITION, speed], dtype=np.float32),
-            dtype=np.float32,
-        )
+        self.observation_space = _observation_space(CAR_DEFAULTS["max_speed"])
         self.action_space = spaces.Discrete(3)
         self._state = np.zeros((self.num_rows, 2), dtype=np.float64)
 
@@ -88,12 +92,7 @@ class MountainCarContinuousSim(EpisodeRows):
     def __init__(self, num_rows: int, params: Mapping[str, npt.ArrayLike]) -> None:
         super().__init__(num_rows)
         self.params: dict[str, FloatArray] = resolve_params(self.env_id, CONTINUOUS_DEFAULTS, params, self.num_rows)
-        speed = CONTINUOUS_DEFAULTS["max_speed"]
-        self.observation_space = spaces.Box(
-            np.array([MIN_POSITION, -speed], dtype=np.float32),
-            np.array([MAX_POSITION, speed], dtype=np.float32),
-            dtype=np.float32,
-        )
+        self.observation_space = _observation_space(CONTINUOUS_DEFAULTS["max_speed"])
         self.action_space = spaces.Box(low=-1.0, high=1.0, shape=(1,), dtype=np.float32)
         self._state = np.zeros((self.num_rows, 2), dtype=np.float64)
         # Gymnasium's state is float64 right after reset and float32 once stepped.
