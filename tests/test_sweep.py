@@ -460,3 +460,16 @@ def test_plan_reports_states(swept: tuple[Path, Path]) -> None:
     config, study = swept
     states = {p.state for p in plan_sweep(load_study_config(config), study)}
     assert states == {"done"}
+
+
+def test_the_shipped_smoke_study_runs_end_to_end(tmp_path: Path) -> None:
+    """configs/smoke.yaml itself (the demo's study): every run trains, probes and evaluates into one table."""
+    result = run_sweep(
+        Path(__file__).parents[1] / "configs" / "smoke.yaml", out=tmp_path, backend="serial", progress=False
+    )
+    table = pd.read_parquet(tmp_path / "runs.parquet")
+    assert len(table) == 4 and set(table["status"]) == {"ok"} and not result.failed
+    assert set(table["algo"]) == {"ppo", "ppo_sam"} and sorted(set(table["seed"])) == [0, 1]
+    for column in ("train.return_mean", "probe.lambda_max", "probe.trace", "robustness.auc_mean"):
+        assert table[column].notna().all(), column
+    assert (table["hp.total_timesteps"] == 3000).all()

@@ -125,6 +125,8 @@ def _check_collapse_frac(value: float) -> None:
 def resolve_task(path: str | Path, task: str | TaskSpec | None = None) -> TaskSpec:
     """The task of a run dir (``config.json``'s ``task``) or the given one; a bare zip needs ``task``."""
     path = Path(path)
+    if not path.exists():
+        raise RlflatError(f"{path} does not exist: give a run directory or an SB3 model .zip")
     config = path / CONFIG_FILE
     recorded: str | None = None
     if path.is_dir() and config.exists():

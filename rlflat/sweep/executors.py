@@ -13,6 +13,7 @@ finishing orphaned runs into a study being resumed.
 
 from __future__ import annotations
 
+import importlib.util
 import multiprocessing
 import os
 import select
@@ -68,6 +69,9 @@ def check_execution(backend: str, workers: int | None, address: str | None) -> N
             raise RlflatError(f"--address must be a Ray address such as ray://head:10001 or auto, got {address!r}")
     if backend == "ray":
         import_ray()
+        target = address or os.environ.get("RAY_ADDRESS") or ""
+        if target.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+            raise RlflatError(f"the Ray client address {target} needs ray[client]: pip install 'rlflat[ray]'")
 
 
 def run_jobs(
@@ -277,9 +281,10 @@ def run_ray(
     if not ray.is_initialized():
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        except ConnectionError as exc:
+        except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
             shown = address or os.environ.get("RAY_ADDRESS") or "a local cluster"
-            raise RlflatError(f"cannot connect to Ray at {shown}: {exc}") from None
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RlflatError(f"cannot connect to Ray at {shown}: {first_line}") from None
         started = True
     runtime_env = {"env_vars": dict(SINGLE_THREAD_ENV)}  # set when Ray starts the worker, before any import
     remote = ray.remote(num_cpus=1, max_retries=0, runtime_env=runtime_env)(_ray_task)
