@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from rlflat.report import figures as F
+from rlflat.report import select as SEL
 from rlflat.report import stats as S
 from rlflat.report.censoring import never_collapsed
 from rlflat.report.context import Context, add_figure, label
@@ -23,6 +24,10 @@ METHODS_TEXT = (
     "orientation (↑ sharper / ↑ flatter, ↑ more / less robust), and sentences read the sign through it. "
     "Runs that never collapsed inside the evaluated range are right-censored: they tie at the range bound."
 )
+
+
+EXPLORATORY_PERMUTATIONS = 999
+"""Fewer than the headline tests: hundreds of pairs, read as hypotheses only."""
 
 
 def _scope(ctx: Context) -> str:
@@ -85,7 +90,27 @@ def section_correlations(ctx: Context) -> None:
         table[["measure", "metric", "method", "scope", "estimate", "ci_low", "ci_high", "n", "p_value", "p_holm"]],
         f"Rank correlations ({scope}) that are defined; every row, task and reason in tables/correlations.csv.",
     )
+    _all_pairs(ctx)
     section_granulated(ctx)
+
+
+def _all_pairs(ctx: Context) -> None:
+    """Every (measure, metric) pair of the runs table, as an exploratory table beside the headline analysis."""
+    runs = ctx.runs
+    measures, _ = SEL.distinct(runs, SEL.varying(runs, SEL.measure_columns(runs)))
+    metrics, _ = SEL.distinct(runs, SEL.varying(runs, SEL.metric_columns(runs)))
+    if not measures or not metrics:
+        return
+    every = S.correlation_table(
+        runs, measures, metrics, seed=ctx.seed, pooled=len(ctx.study.tasks) > 1, n_perm=EXPLORATORY_PERMUTATIONS
+    )
+    ctx.save_table(every, "correlations_all")
+    ctx.doc.para(
+        f"Exploratory: every pair of the {len(measures)} sharpness measures and {len(metrics)} robustness metrics "
+        f"in the runs table ({len(measures) * len(metrics)} tests per task, method and scope; Holm-adjusted within "
+        f"that family; {EXPLORATORY_PERMUTATIONS} permutations) is in tables/correlations_all.csv. Read it as a "
+        "search for hypotheses, not as evidence: the headline pairs above were declared before the analysis."
+    )
 
 
 def section_granulated(ctx: Context) -> None:
