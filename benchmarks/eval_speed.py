@@ -5,13 +5,14 @@ Usage: ``OMP_NUM_THREADS=1 python benchmarks/eval_speed.py [model.zip | run_dir]
 (:func:`rlflat.train.train_run`) with the spec's rl-baselines3-zoo hyperparameters (``envs/CartPole.yaml``).
 50 dynamics settings (10 log-spaced factors of each default-suite parameter) x 20
 episodes; episode j of every setting resets with seed j in both evaluators, so their returns must agree
-exactly (CartPole's actions are discrete). ``--throughput`` adds the evaluator's end-to-end row-steps/s
+exactly (CartPole's actions are discrete). Every run also prints each batched simulator's raw env-steps/s at 1k and 10k rows; ``--throughput`` adds the evaluator's end-to-end row-steps/s
 (policy + simulator) per task at 1k and 10k rows; raw simulator rates are in ``benchmarks/sim_speed.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -130,8 +131,23 @@ def main() -> None:
     print(f"speed-up {t_looped / t_batched:.0f}x; returns agree exactly: {np.array_equal(batched, reference)}")
     if not np.array_equal(batched, reference):
         print(f"  max |difference| {np.abs(batched - reference).max()}")
+    simulator_rates()
     if args.throughput:
         throughput()
+
+
+def simulator_rates() -> None:
+    """Raw env-steps/s of each batched simulator at 1k and 10k rows (physics only, random actions)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from sim_speed import batched_rate
+
+    from rlflat.tasks.sims import SIMULATORS
+
+    rng = np.random.default_rng(0)
+    print(f"\n{'simulator':<26}{'1k rows':>14}{'10k rows':>14}  (env-steps/s, physics only)")
+    for env_id in SIMULATORS:
+        rates = [batched_rate(env_id, rows, 50, rng) for rows in (1000, 10_000)]
+        print(f"{env_id:<26}{rates[0]:>14,.0f}{rates[1]:>14,.0f}")
 
 
 if __name__ == "__main__":
