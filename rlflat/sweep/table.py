@@ -111,8 +111,12 @@ def run_row(run_dir: Path, stages: Sequence[str], study_dir: Path | None = None)
         "path": run_dir.name,
         "device": config.get("device"),
     }
-    for key, value in _flatten(config.get("hyperparameters", {}), keep_lists=True):
+    # every value the run trained with: SB3/policy defaults (effective_hyperparameters) under the resolved ones
+    resolved = {**(config.get("effective_hyperparameters") or {}), **config.get("hyperparameters", {})}
+    for key, value in _flatten(resolved, keep_lists=True):
         row[f"hp.{key}"] = value
+    for package, version in (config.get("versions") or {}).items():
+        row[f"version.{package}"] = version
     for block, content in metrics.items():
         if isinstance(content, Mapping):
             for key, value in _flatten(content, keep_lists=False):
