@@ -305,6 +305,19 @@ def test_dry_run_lists_runs_and_which_are_done(
     assert "3 runs (2 done, 0 failed, 1 partial, 0 todo)" in lines[-1]
 
 
+def test_dry_run_refuses_changed_stage_settings_like_the_real_run(
+    swept: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, study = swept
+    copy = _copy(study, tmp_path)
+    changed = yaml.safe_load(config.read_text())
+    changed["evaluate"] = {**(changed.get("evaluate") or {}), "episodes": 7}
+    other = _write(tmp_path / "changed.yaml", changed)
+    for extra in (["--dry-run"], []):
+        assert run_cli(main, [str(other), "--out", str(copy), *extra]) == 2
+        assert "would mix settings" in capsys.readouterr().err
+
+
 def test_rerun_skips_everything(swept: tuple[Path, Path], tmp_path: Path) -> None:
     config, study = swept
     copy = _copy(study, tmp_path)

@@ -113,6 +113,7 @@ def run_sweep(
     check_stage_options(loaded)
     result = SweepResult(study_dir=study_dir, plan=plan)
     if dry_run:
+        _check_compatible(loaded, study_dir)  # a dry run refuses what the real run would refuse
         return result
     start = time.perf_counter()
     study_dir.mkdir(parents=True, exist_ok=True)
