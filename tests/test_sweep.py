@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from rlflat.cli import run_cli
 from rlflat.errors import RlflatError
 from rlflat.io import publish_dir, read_json, staging_dir, umask, write_json
 from rlflat.sweep import (
@@ -195,7 +196,6 @@ def test_bad_flags_write_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_usage_errors_are_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    from rlflat.cli import run_cli
 
     assert run_cli(main, ["--workers", "two"]) == 2
     err = capsys.readouterr().err
