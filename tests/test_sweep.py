@@ -196,7 +196,6 @@ def test_bad_flags_write_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_usage_errors_are_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-
     assert run_cli(main, ["--workers", "two"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: python -m rlflat.sweep: argument --workers") and err.count("\n") == 1
