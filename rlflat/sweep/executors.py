@@ -69,9 +69,14 @@ def check_execution(backend: str, workers: int | None, address: str | None) -> N
             raise RlflatError(f"--address must be a Ray address such as ray://head:10001 or auto, got {address!r}")
     if backend == "ray":
         import_ray()
-        target = address or os.environ.get("RAY_ADDRESS") or ""
+        target = ray_target(address)
         if target.startswith("ray://") and importlib.util.find_spec("grpc") is None:
             raise RlflatError(f"the Ray client address {target} needs ray[client]: pip install 'rlflat[ray]'")
+
+
+def ray_target(address: str | None) -> str:
+    """The Ray address a sweep will use: ``--address``, else ``$RAY_ADDRESS``, else "" (a local Ray)."""
+    return address or os.environ.get("RAY_ADDRESS") or ""
 
 
 def run_jobs(
@@ -282,7 +287,7 @@ def run_ray(
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
-            shown = address or os.environ.get("RAY_ADDRESS") or "a local cluster"
+            shown = ray_target(address) or "a local cluster"
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise RlflatError(f"cannot connect to Ray at {shown}: {first_line}") from None
         started = True
