@@ -183,7 +183,10 @@ def _locked(study_dir: Path) -> Any:
 
 
 def _check_compatible(study: LoadedStudy, study_dir: Path) -> None:
-    """Refuse to mix probe/evaluate settings in one study (the run id covers training only)."""
+    """Refuse to mix probe/evaluate settings in one study (the run id covers training only).
+
+    A stage switched off before (``probe: false``) may be switched on: no run has its block yet.
+    """
     path = study_dir / STUDY_FILE
     if not path.exists():
         return
@@ -193,6 +196,8 @@ def _check_compatible(study: LoadedStudy, study_dir: Path) -> None:
         return  # an unreadable old copy: the new config replaces it
     for stage in ("probe", "evaluate"):
         before, now = getattr(previous, stage), getattr(study.config, stage)
+        if before is None:  # the stage never ran: enabling it later (train first, probe later) mixes nothing
+            continue
         if before != now:
             raise RlflatError(
                 f"{study_dir} was run with {stage}: {before}, {study.source} asks {stage}: {now}; finished runs "
