@@ -17,6 +17,11 @@ point at or above the threshold and the first below it. ``collapse_factor`` is t
 (smallest |log-factor|), and both sides are reported; ``None`` (JSON null) with ``collapsed_within_range:
 false`` when the curve never falls below the threshold inside the range.
 
+Brackets. The interpolated crossing is a guess between two evaluated factors; each curve carries that bracket
+(``collapse_bracket`` as factors, ``collapse_log_factor_bracket_low``/``_high`` as |log factor|), and so does the
+run's minimum (``collapse_log_factor_min_bracket_low``/``_high``). The report ranks collapse points by bracket:
+two runs whose crossings share a bracket are tied.
+
 Censoring. A curve that never collapses is right-censored at the edge of what was evaluated. Each parameter's
 block carries ``collapse_log_factor`` (nearest side, or null), ``collapsed_within_range`` and the bound
 ``max_log_factor`` (the largest |log factor| evaluated); the block's ``collapse_log_factor_min`` is the smallest
@@ -274,7 +279,9 @@ def _curve(rows: pd.DataFrame, axis: str, collapse_frac: float, log: bool) -> di
         block["collapse_log_factor"] = collapse.log_distance
         bracket = collapse.bracket
         block["collapse_bracket"] = None if bracket is None else list(bracket)
-        block["collapse_log_factor_bracket"] = None if bracket is None else sorted(abs(math.log(f)) for f in bracket)
+        logs = None if bracket is None else sorted(abs(math.log(f)) for f in bracket)
+        block["collapse_log_factor_bracket_low"] = None if logs is None else logs[0]
+        block["collapse_log_factor_bracket_high"] = None if logs is None else logs[1]
         block["max_log_factor"] = max((abs(math.log(f)) for f in factors), default=0.0)
         block["inert_factors"] = inert
         block["saturated_factors"] = merged
@@ -351,7 +358,8 @@ def censored_minimum(parameters: dict[str, Any]) -> dict[str, Any]:
         return {
             "collapse_log_factor_min": None,
             "collapse_log_factor_min_parameter": None,
-            "collapse_log_factor_min_bracket": None,
+            "collapse_log_factor_min_bracket_low": None,
+            "collapse_log_factor_min_bracket_high": None,
             "censored": None,
         }
     value = min(c[0] for c in candidates)
@@ -361,7 +369,12 @@ def censored_minimum(parameters: dict[str, Any]) -> dict[str, Any]:
     return {
         "collapse_log_factor_min": value,
         "collapse_log_factor_min_parameter": chosen,
-        "collapse_log_factor_min_bracket": parameters[chosen].get("collapse_log_factor_bracket") if observed else None,
+        **{
+            f"collapse_log_factor_min_bracket_{end}": parameters[chosen].get(f"collapse_log_factor_bracket_{end}")
+            if observed
+            else None
+            for end in ("low", "high")
+        },
         "censored": not observed,
     }
 
