@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import sys
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import torch as th
 import yaml
+from stable_baselines3.common.logger import HumanOutputFormat, Logger
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor
 from stable_baselines3.common.vec_env import VecEnv
@@ -410,7 +412,10 @@ def build_model(
     base, rule = parse_algorithm(algo)
     kwargs = constructor_kwargs(validate_hyperparameters(algo, hyperparameters))
     factory: Callable[..., FlatOnPolicyAlgorithm] = BASES[base]
-    return factory("MlpPolicy", env, update_rule=rule, seed=seed, device=device, **kwargs)
+    model = factory("MlpPolicy", env, update_rule=rule, seed=seed, device=device, **kwargs)
+    # SB3's default logger makes an (empty) /tmp/SB3-<time> folder per learn(); ours writes no files at all
+    model.set_logger(Logger(None, [HumanOutputFormat(sys.stdout)] if model.verbose >= 1 else []))
+    return model
 
 
 def effective_hyperparameters(model: FlatOnPolicyAlgorithm, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
