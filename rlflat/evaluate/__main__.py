@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rlflat.cli import ArgumentParser, run_cli, set_torch_threads
+from rlflat.cli import ArgumentParser, add_loading_flags, run_cli, set_torch_threads
 from rlflat.errors import RlflatError
 from rlflat.evaluate.api import METRICS_FILE, TABLE_FILE, evaluate_run, resolve_task
 from rlflat.evaluate.rollout import BACKENDS
@@ -49,6 +49,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--backend", choices=BACKENDS, default="auto")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_loading_flags(parser)
     return parser
 
 
@@ -94,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         collapse_frac=args.collapse_frac,
         backend=args.backend,
         progress=False if args.no_progress else None,
+        trust=args.trust,
+        vecnormalize=args.vecnormalize,
     )
     path = Path(args.path)
     out = Path(args.out) if args.out else (path if path.is_dir() else path.parent)
