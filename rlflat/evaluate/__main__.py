@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rlflat.cli import ArgumentParser, run_cli, set_torch_threads
+from rlflat.cli import ArgumentParser, add_loading_flags, run_cli, set_torch_threads
 from rlflat.errors import RlflatError
 from rlflat.evaluate.api import METRICS_FILE, NOMINAL_EPISODES, TABLE_FILE, evaluate_run, resolve_task
 from rlflat.evaluate.metrics import NORMALIZATIONS
@@ -61,6 +61,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--backend", choices=BACKENDS, default="auto")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_loading_flags(parser)
     return parser
 
 
@@ -109,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         detect_inert=not args.no_inert,
         backend=args.backend,
         progress=False if args.no_progress else None,
+        trust=args.trust,
+        vecnormalize=args.vecnormalize,
     )
     path = Path(args.path)
     out = Path(args.out) if args.out else (path if path.is_dir() else path.parent)

@@ -215,17 +215,20 @@ def evaluate_run(
     out: str | Path | None = None,
     *,
     write: bool = True,
+    trust: bool = False,
+    vecnormalize: str | Path | None = None,
     **options: Any,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Evaluate a run dir or SB3 zip; write ``robustness.parquet`` and ``metrics.json``'s ``robustness`` block.
 
     ``options`` are :func:`evaluate`'s (``suite``, ``episodes``, ...). ``out`` defaults to the run dir (or the
     zip's folder). Everything is validated and computed before anything is written, so a failure leaves the
-    output folder as it was. Returns the table and the robustness block.
+    output folder as it was. ``trust`` and ``vecnormalize`` are :func:`rlflat.policy.load_policy`'s (by default
+    nothing is unpickled). Returns the table and the robustness block.
     """
     path = Path(path)
     spec = resolve_task(path, task)
-    policy = load_policy(path)
+    policy = load_policy(path, spec, trust=trust, vecnormalize=vecnormalize)
     table = evaluate(policy, spec, **options)
     block = robustness_block(table, spec, table.attrs["collapse_frac"])
     block["table"] = TABLE_FILE
