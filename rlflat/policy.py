@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from rlflat.errors import RlflatError
+from rlflat.scope import actor_parameter_names
 
 Params = dict[str, Tensor]
 
@@ -85,7 +86,8 @@ class FunctionalPolicy:
     """A trained policy as pure functions of a parameter dict.
 
     ``params`` holds detached copies of every parameter, keyed as in ``policy.named_parameters()``;
-    ``actor_names`` are those that shape the action distribution (the default probe scope).
+    ``actor_names`` are the actor's (:func:`rlflat.scope.actor_parameter_names`: policy net and action head, the
+    scope SAM training perturbs; the default probe scope).
     """
 
     def __init__(self, policy: ActorCriticPolicy, normalizer: ObservationNormalizer | None = None) -> None:
@@ -105,7 +107,7 @@ class FunctionalPolicy:
         self.sde = isinstance(dist, StateDependentNoiseDistribution)
         self._heads = _Heads(policy)
         self.params: Params = {name: p.detach().clone() for name, p in policy.named_parameters()}
-        self.actor_names: list[str] = [name for name in self.params if not _is_critic(name)]
+        self.actor_names: list[str] = actor_parameter_names(self.params)
 
     # -- pure functions -------------------------------------------------------------------------------------
     def _call(self, params: Params, obs: Tensor, head: str) -> Any:
@@ -182,10 +184,6 @@ class FunctionalPolicy:
     @property
     def n_params(self) -> int:
         return sum(p.numel() for p in self.params.values())
-
-
-def _is_critic(name: str) -> bool:
-    return name.startswith(("value_net.", "mlp_extractor.value_net.", "vf_features_extractor."))
 
 
 def load_policy(path: str | Path) -> FunctionalPolicy:
