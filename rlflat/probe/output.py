@@ -28,6 +28,7 @@ __all__ = [
     "load_probe_arrays",
     "metrics_block",
     "probe_config",
+    "return_and_published_block",
     "sigma_key",
     "write_probe",
 ]
@@ -55,6 +56,10 @@ ARRAY_KEYS: dict[str, str] = {
     "perturbation_nominal_returns": "(E,) returns of theta0",
     "worst_case_returns": "(4, E) returns at the raw one-step, raw multi-step, adaptive one-step, adaptive "
     "multi-step maximisers",
+    "return_sharpness_<filter|adaptive>_returns": "(K, S, E) returns per direction, return sigma and episode",
+    "return_sharpness_nominal_returns": "(E,) returns of theta0 on the same episodes",
+    "cliff_alphas": "(P,) step sizes along the filter-normalised policy gradient",
+    "cliff_returns": "(P, E) returns along that line",
     "landscape_alphas": "(P,) 1-D slice coordinates",
     "landscape_alphas_2d": "(Q,) 2-D slice coordinates (both axes)",
     "landscape_1d_<filter|eigen>_<loss|return>": "(P,) 1-D slices",
@@ -108,11 +113,15 @@ def metrics_block(
     (exact/eigsh), ``density_method`` (exact/slq); ``lambda_max``, ``lambda_min``, ``trace``, ``trace_stderr``
     (0 when exact), ``lambda_max_over_trace`` (None unless trace > 0), ``lambda_max_over_abs_sum`` (whole spectrum
     only), ``negative_mass_fraction`` (sum |lambda| of negative eigenvalues / sum |lambda|); ``nominal_return``,
-    ``critical_sigma`` (configured kind), ``critical_sigma_raw``; per reference sigma s (0.1 -> ``0p1``) along the
+    ``return_halving_sigma`` (configured kind), ``return_halving_sigma_raw``; per reference sigma s (0.1 -> ``0p1``) along the
     configured kind: ``kl_sigma<s>`` (mean KL of perturbed vs original policy), ``action_change_sigma<s>`` (action
     disagreement rate; mean normalised |delta a| for Box actions), ``loss_increase_sigma<s>``; ``worst_case_raw``,
     ``worst_case_adaptive`` (multi-step), ``worst_case_raw_one_step``, ``worst_case_adaptive_one_step``;
-    ``wall_seconds``.
+    per return sigma s and kind filter/adaptive ``return_drop_<kind>_sigma<s>`` and ``..._se`` (expected normalised
+    return drop, :mod:`rlflat.probe.return_sharpness`); ``cliff`` (bool) and ``cliff_drop_over_range``
+    (Sullivan et al., 2022); ``keskar_sharpness`` (Keskar et al., 2017, percent); ``magnitude_aware_sigma``,
+    ``magnitude_aware_sigma_se``, ``magnitude_aware_flatness`` (1 / sigma'^2), ``magnitude_aware_flatness_se``,
+    ``magnitude_aware_censored`` (Jiang et al., 2020); ``wall_seconds``.
     """
     hess = result.get("hessian") or {}
     perturbation = result.get("perturbation") or {}
@@ -135,6 +144,7 @@ def metrics_block(
     block["negative_mass_fraction"] = hess.get("negative_mass_fraction")
     block.update(_average_case_block(perturbation.get("average") or {}, result["config"]))
     block.update(_worst_case_block(perturbation.get("worst_case") or {}))
+    block.update(return_and_published_block(result))
     block["wall_seconds"] = float(sum(seconds.values()))
     return block
 
@@ -143,8 +153,8 @@ def _average_case_block(avg: Mapping[str, Any], config: Mapping[str, Any]) -> di
     main = avg.get(config["directions"]) or {}
     block: dict[str, Any] = {
         "nominal_return": avg.get("nominal_return"),
-        "critical_sigma": main.get("critical_sigma"),
-        "critical_sigma_raw": (avg.get("raw") or {}).get("critical_sigma"),
+        "return_halving_sigma": main.get("return_halving_sigma"),
+        "return_halving_sigma_raw": (avg.get("raw") or {}).get("return_halving_sigma"),
     }
     at = main.get("at_reference_sigmas") or {}
     for i, sigma in enumerate(config.get("reference_sigmas") or ()):
@@ -160,6 +170,24 @@ def _worst_case_block(wc: Mapping[str, Any]) -> dict[str, Any]:
         entry = wc.get(ball) or {}
         block[f"worst_case_{ball}"] = (entry.get("multi_step") or {}).get("sharpness")
         block[f"worst_case_{ball}_one_step"] = (entry.get("one_step") or {}).get("sharpness")
+    return block
+
+
+def return_and_published_block(result: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat keys of the return-based and published-definition measures (None where not run)."""
+    block: dict[str, Any] = {}
+    ret = result.get("return_sharpness") or {}
+    for sigma in result["config"].get("return_sigmas") or ():
+        for kind in ("filter", "adaptive"):
+            entry: Mapping[str, Any] = next((e for e in ret.get(kind) or [] if e["sigma"] == sigma), {})
+            key = f"return_drop_{kind}_sigma{sigma_key(sigma)}"
+            block[key], block[f"{key}_se"] = entry.get("drop"), entry.get("drop_se")
+    cliff = result.get("cliff") or {}
+    block["cliff"], block["cliff_drop_over_range"] = cliff.get("cliff"), cliff.get("drop_over_range")
+    block["keskar_sharpness"] = (result.get("keskar") or {}).get("sharpness")
+    mag = result.get("magnitude_aware") or {}
+    for key in ("sigma", "sigma_se", "flatness", "flatness_se", "censored"):
+        block[f"magnitude_aware_{key}"] = mag.get(key)
     return block
 
 

@@ -18,14 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import Tensor
 
 from rlflat.errors import RlflatError
 from rlflat.io import read_json, to_jsonable, update_json_block
-from rlflat.policy import MODEL_FILE, FunctionalPolicy, check_spaces, load_policy
+from rlflat.policy import MODEL_FILE, FunctionalPolicy, Params, check_spaces, load_policy
 from rlflat.probe.batch import DEFAULT_GAE_LAMBDA, DEFAULT_GAMMA, ProbeBatch, collect_batch, reward_scale
 from rlflat.probe.hvp import HessianOperator
 from rlflat.probe.landscape import check_same_architecture
-from rlflat.probe.losses import make_loss, scope_params
+from rlflat.probe.losses import LossFn, make_loss, scope_params
 from rlflat.probe.measures import (
     TopVectors,
     hessian_measures,
@@ -43,6 +44,12 @@ from rlflat.probe.options import (
     validate_probe_options,
 )
 from rlflat.probe.output import METRICS_JSON, metrics_block, probe_config, write_probe
+from rlflat.probe.return_and_published import (
+    cliff_measures,
+    keskar_measures,
+    magnitude_aware_measures,
+    return_sharpness_measures,
+)
 from rlflat.tasks import TaskSpec, load_task, make_env
 
 __all__ = [
@@ -211,6 +218,7 @@ def _probe(
         )
         arrays.update(warr)
     result["perturbation"] = perturbation
+    _return_and_published(policy, spec, batch, loss_fn, params, obs, opts, timer, result, arrays)
     if "landscape" in measures:
         result["landscape"], larr = timer.run(
             "landscape", lambda: landscape_measures(policy, spec, loss_fn, params, op, vectors, opts)
@@ -226,6 +234,32 @@ def _probe(
         arrays["hessian_top_eigenvector"] = known[:, 0].numpy()
     result["config"] = probe_config(source.path, source.config, (spec.alias, spec.id), opts, resolved)
     return result, arrays
+
+
+def _return_and_published(
+    policy: FunctionalPolicy,
+    spec: TaskSpec,
+    batch: ProbeBatch,
+    loss_fn: LossFn,
+    params: Params,
+    obs: Tensor,
+    opts: ProbeOptions,
+    timer: _Timer,
+    result: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+) -> None:
+    """The return-based stages and the published-definition stages (None where not selected)."""
+    stages: dict[str, Callable[[], tuple[dict[str, Any], dict[str, np.ndarray]]]] = {
+        "return_sharpness": lambda: return_sharpness_measures(policy, spec, params, opts),
+        "cliff": lambda: cliff_measures(policy, spec, batch, loss_fn, params, opts),
+        "keskar": lambda: keskar_measures(loss_fn, params, opts),
+        "magnitude_aware": lambda: magnitude_aware_measures(policy, params, obs, opts),
+    }
+    for name, stage in stages.items():
+        result[name] = None
+        if name in opts.measures:
+            result[name], stage_arrays = timer.run(name, stage)
+            arrays.update(stage_arrays)
 
 
 def _header(
