@@ -95,7 +95,7 @@ def keskar_sharpness(
             value = loss_fn(leaves)
             grads = torch.autograd.grad(value, list(leaves.values()), allow_unused=True)
         g = [torch.zeros_like(v) if d is None else d for d, v in zip(grads, leaves.values(), strict=True)]
-        return -float(value), -torch.cat([d.reshape(-1) for d in g]).double().numpy()
+        return -float(value.detach()), -torch.cat([d.reshape(-1) for d in g]).double().numpy()
 
     f0, g0 = negative(np.zeros_like(flat.x))
     f0 = -f0

@@ -118,7 +118,7 @@ def metrics_block(
     disagreement rate; mean normalised |delta a| for Box actions), ``loss_increase_sigma<s>``; ``worst_case_raw``,
     ``worst_case_adaptive`` (multi-step), ``worst_case_raw_one_step``, ``worst_case_adaptive_one_step``;
     per return sigma s and kind filter/adaptive ``return_drop_<kind>_sigma<s>`` and ``..._se`` (expected normalised
-    return drop, :mod:`rlflat.probe.return_sharpness`); ``cliff`` (bool) and ``cliff_drop_over_range``
+    return drop, :mod:`rlflat.probe.return_sharpness`); ``cliff`` (bool), ``cliff_drop_over_range`` and ``cliff_return_ratio``
     (Sullivan et al., 2022); ``keskar_sharpness`` (Keskar et al., 2017, percent); ``magnitude_aware_sigma``,
     ``magnitude_aware_sigma_se``, ``magnitude_aware_flatness`` (1 / sigma'^2), ``magnitude_aware_flatness_se``,
     ``magnitude_aware_censored`` (Jiang et al., 2020); ``wall_seconds``.
@@ -184,6 +184,7 @@ def return_and_published_block(result: Mapping[str, Any]) -> dict[str, Any]:
             block[key], block[f"{key}_se"] = entry.get("drop"), entry.get("drop_se")
     cliff = result.get("cliff") or {}
     block["cliff"], block["cliff_drop_over_range"] = cliff.get("cliff"), cliff.get("drop_over_range")
+    block["cliff_return_ratio"] = cliff.get("return_ratio")
     block["keskar_sharpness"] = (result.get("keskar") or {}).get("sharpness")
     mag = result.get("magnitude_aware") or {}
     for key in ("sigma", "sigma_se", "flatness", "flatness_se", "censored"):
