@@ -118,7 +118,9 @@ def _relative(a: float, b: float) -> float:
 
 
 def test_readme_shows_the_invariance_table() -> None:
-    assert invariance_markdown() in README.read_text(), "README's invariance table is stale: paste invariance_markdown()"
+    assert invariance_markdown() in README.read_text(), (
+        "README's invariance table is stale: paste invariance_markdown()"
+    )
 
 
 @pytest.fixture(scope="module")
