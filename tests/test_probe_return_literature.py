@@ -22,7 +22,12 @@ from rlflat.probe.literature import keskar_sharpness, magnitude_aware_sigma
 from rlflat.probe.losses import scope_params
 from rlflat.probe.options import make_options
 from rlflat.probe.perturbation import stack_params
-from rlflat.probe.return_sharpness import adaptive_direction, crossed_mean_se, return_sharpness
+from rlflat.probe.return_sharpness import (
+    adaptive_direction,
+    crossed_mean_se,
+    return_scale,
+    return_sharpness,
+)
 from rlflat.probe.seeding import subseed
 from rlflat.tasks import load_task, make_env
 
@@ -85,7 +90,9 @@ def test_return_drop_recomputed_through_the_evaluator(policy: FunctionalPolicy) 
     independent = rollout_returns(policy, CARTPOLE, [{}], 2, params=stack_params(points))[:, 0, :]
     nominal = rollout_returns(policy, CARTPOLE, [{}], 2)[0, 0, :]
     np.testing.assert_array_equal(arrays["return_sharpness_adaptive_returns"][:, 0, :], independent)
-    expected = float(((nominal[None, :] - independent) / 475.0).mean())
+    scale = CARTPOLE.reference_returns.ref - CARTPOLE.reference_returns.low  # type: ignore[union-attr]
+    assert scalars["scale"]["value"] == pytest.approx(500.0 - 22.197)
+    expected = float(((nominal[None, :] - independent) / scale).mean())
     assert scalars["adaptive"][0]["drop"] == pytest.approx(expected)
     entry = scalars["adaptive"][0]
     assert entry["ci_low"] <= entry["drop"] <= entry["ci_high"]
@@ -216,3 +223,4 @@ def test_new_probe_options_reject_bad_values_in_one_line() -> None:
         with pytest.raises(RlflatError):
             make_options(**bad)
     assert make_options(return_sigmas=[0.1]).return_sigmas == (0.1,)
+    assert return_scale(CARTPOLE, "solved_threshold").value == 475.0  # the other declared scale

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rlflat.cli import ArgumentParser, run_cli, set_torch_threads
+from rlflat.cli import ArgumentParser, add_loading_flags, run_cli, set_torch_threads
 from rlflat.probe.directions import KINDS
 from rlflat.probe.losses import LOSSES, SCOPES
 from rlflat.probe.options import DEFAULT_MEASURES, MEASURES, ProbeOptions
@@ -64,6 +64,7 @@ def _parser() -> ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smaller sizes for smoke tests")
     p.add_argument("--no-metrics", action="store_true", help="do not add the probe block to metrics.json")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    add_loading_flags(p)
     return p
 
 
@@ -102,7 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         options["update_metrics"] = False
     options = {k: v for k, v in options.items() if v is not None}
     out_dir = args.out if args.out is not None else default_out(args.path)
-    result = probe_run(args.path, task=args.task, out=args.out, **options)
+    result = probe_run(
+        args.path, task=args.task, out=args.out, trust=args.trust, vecnormalize=args.vecnormalize, **options
+    )
     _print_summary(result, last_timing(), out_dir)
     return 0
 

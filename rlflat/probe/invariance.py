@@ -67,7 +67,7 @@ _AVERAGE = (
 )
 _RETURN_DROP = (
     "expected return drop at sigma = s (0.05, 0.1, 0.2) along random {} directions, paired per episode with the "
-    "unperturbed policy, divided by the task's (solved threshold - worst return); SE over directions x episodes"
+    "unperturbed policy, divided by the task's R_ref - R_low; SE over directions x episodes"
 )
 _ASAM = "ASAM's ball ||eps / |theta| || <= rho maps onto itself (Kwon et al., 2021)"
 _CLIFF = (

@@ -17,7 +17,7 @@ from rlflat.probe.losses import LOSSES, SCOPES
 
 DEVIATIONS: tuple[str, ...] = ("action_change", "kl")
 """Deviations the magnitude-aware sigma' can be searched against (:mod:`rlflat.probe.literature`)."""
-RETURN_SCALES: tuple[str, ...] = ("solved_threshold",)
+RETURN_SCALES: tuple[str, ...] = ("task", "solved_threshold")
 """Divisors of return drops (:mod:`rlflat.probe.return_sharpness`)."""
 
 __all__ = ["DEFAULT_MEASURES", "MEASURES", "QUICK", "ProbeOptions", "make_options", "validate_probe_options"]
@@ -111,8 +111,9 @@ class ProbeOptions:
     return_directions: int = 8
     return_episodes: int = 8
     """Episodes per perturbed policy (return sharpness and the cliff line); directions x episodes give the CI."""
-    return_scale: str = "solved_threshold"
-    """Divisor of return drops: 'solved_threshold' = the spec's solved threshold minus the task's worst return."""
+    return_scale: str = "task"
+    """Divisor of return drops: 'task' = R_ref - R_low of the spec (as the evaluator normalises); 'solved_threshold'
+    = the spec's solved threshold minus the task's worst return."""
     cliff_points: int = 20
     cliff_span: float = 1.0
     """The cliff line: ``cliff_points`` alphas from 0 to ``cliff_span`` (filter-normalised gradient units)."""

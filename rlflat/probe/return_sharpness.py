@@ -6,7 +6,8 @@ for each direction kind, K seeded random directions d_k give perturbed policies 
 on E common episodes (episode e seeded with ``eval_seed + e`` for every policy, deterministic actions) come from
 one stacked :func:`rlflat.evaluate.rollout_returns` call. The drop on episode e along direction k is
 ``(R_theta(e) - R_k(e)) / scale``: paired with theta's own return on the same episode, and divided by one
-task-level scale (never by the run's own return, so drops compare across runs).
+task-level scale, R_ref - R_low of the task spec (never by the run's own return, so drops compare across runs; a
+drop of 1 is the whole way from the reference return to a random policy's).
 
 Direction kinds (both give E ||sigma d||^2 = sigma^2 ||theta||^2 restricted to what they perturb):
 
@@ -81,12 +82,20 @@ class ReturnScale:
     floor: float
 
 
-def return_scale(task: TaskSpec, source: str = "solved_threshold") -> ReturnScale:
-    """(reference - floor) for ``task``: the solved threshold above the task's worst return."""
-    from rlflat.evaluate.metrics import return_floor
+def return_scale(task: TaskSpec, source: str = "task") -> ReturnScale:
+    """The divisor of return drops for ``task``: R_ref - R_low of the spec (``task``, the evaluator's task-level
+    normalisation, :func:`rlflat.evaluate.metrics.normalization`) or the solved threshold above the task's worst
+    return (``solved_threshold``)."""
+    from rlflat.evaluate.metrics import normalization, return_floor
 
     if source not in RETURN_SCALES:
         raise bad_choice("return scale", source, RETURN_SCALES)
+    if source == "task":
+        norm = normalization(task, math.nan, "task")
+        assert norm.zero is not None and norm.one is not None
+        if not norm.one - norm.zero > 0:
+            raise RlflatError(f"{task.alias}: R_ref {norm.one} is not above R_low {norm.zero}")
+        return ReturnScale(norm.one - norm.zero, f"task: {norm.source}", norm.one, norm.zero)
     reference = float(task.solved_threshold)
     floor = return_floor(task, reference)
     if floor is None or not reference - floor > 0:
@@ -137,7 +146,7 @@ def return_sharpness(
     episodes: int = 5,
     seed: int = 0,
     eval_seed: int = 0,
-    scale: str = "solved_threshold",
+    scale: str = "task",
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Expected normalised return drop at each sigma and direction kind, with its crossed SE and 95% CI.
 

@@ -23,7 +23,7 @@ from torch import Tensor
 from rlflat.errors import RlflatError
 from rlflat.io import read_json, to_jsonable, update_json_block
 from rlflat.policy import MODEL_FILE, FunctionalPolicy, Params, check_spaces, load_policy
-from rlflat.probe.batch import DEFAULT_GAE_LAMBDA, DEFAULT_GAMMA, ProbeBatch, collect_batch, reward_scale
+from rlflat.probe.batch import DEFAULT_GAE_LAMBDA, DEFAULT_GAMMA, ProbeBatch, collect_batch
 from rlflat.probe.hvp import HessianOperator
 from rlflat.probe.landscape import check_same_architecture
 from rlflat.probe.losses import LossFn, make_loss, scope_params
@@ -122,18 +122,25 @@ def last_timing() -> dict[str, float]:
 
 
 def probe_run(
-    path: str | Path, task: str | None = None, out: str | Path | None = None, **options: Any
+    path: str | Path,
+    task: str | None = None,
+    out: str | Path | None = None,
+    *,
+    trust: bool = False,
+    vecnormalize: str | Path | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """Probe the policy at ``path`` (a run dir or any SB3 on-policy zip) and return the ``probe.json`` content.
 
     ``task`` defaults to the run's ``config.json`` task (required for a bare zip); ``out`` defaults to the run dir
     (``<zip stem>-probe/`` beside a bare zip). ``options`` are :class:`ProbeOptions` fields (``quick=True`` for the
-    smaller :data:`QUICK` sizes). Raises :class:`RlflatError` on bad input before writing anything.
+    smaller :data:`QUICK` sizes). ``trust`` and ``vecnormalize`` are :func:`rlflat.policy.load_policy`'s: by
+    default nothing is unpickled. Raises :class:`RlflatError` on bad input before writing anything.
     """
     opts = make_options(**options)
     source = _resolve_source(path)
-    policy = load_policy(source.path)
     spec = _resolve_task(source, task)
+    policy = load_policy(source.path, spec, trust=trust, vecnormalize=vecnormalize)
     env = make_env(spec)
     try:
         check_spaces(policy, env.observation_space, env.action_space)
@@ -141,7 +148,7 @@ def probe_run(
         env.close()
     other = None
     if opts.interpolate is not None:
-        other = load_policy(_resolve_source(opts.interpolate).path)
+        other = load_policy(_resolve_source(opts.interpolate).path, spec, trust=trust)
         check_same_architecture(policy, other)
     out_dir = Path(out) if out is not None else default_out(source.path)
     timer = _Timer()
@@ -164,7 +171,7 @@ def _collect(
     hp = source.config.get("hyperparameters") or {}
     gamma = float(opts.gamma if opts.gamma is not None else hp.get("gamma", DEFAULT_GAMMA))
     gae_lambda = float(opts.gae_lambda if opts.gae_lambda is not None else hp.get("gae_lambda", DEFAULT_GAE_LAMBDA))
-    rscale = reward_scale(source.path)
+    rscale = policy.reward_scaling
     batch = collect_batch(
         policy,
         spec,
