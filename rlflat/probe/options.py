@@ -34,17 +34,8 @@ MEASURES: tuple[str, ...] = (
     "magnitude_aware",
     "landscape",
 )
-DEFAULT_MEASURES: tuple[str, ...] = (
-    "hessian",
-    "trace",
-    "density",
-    "perturbation",
-    "worst_case",
-    "return_sharpness",
-    "cliff",
-    "keskar",
-    "magnitude_aware",
-)
+DEFAULT_MEASURES: tuple[str, ...] = tuple(m for m in MEASURES if m != "landscape")
+"""Every measure but the landscapes (grids of returns: slow, and figures rather than numbers)."""
 
 _POSITIVE_INTS = (
     "batch",
