@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -76,9 +75,7 @@ def reliability(values: pd.DataFrame) -> pd.DataFrame:
             within = float(wide.var(axis=1, ddof=1).mean())
             between = float(wide.mean(axis=1).var(ddof=1))
             row["variance_ratio"] = between / within if within > 0 else math.inf
-        row["verdict"] = (
-            "headline" if row["icc"] >= HEADLINE else "unfit" if not row["icc"] >= UNFIT else "usable"
-        )
+        row["verdict"] = "headline" if row["icc"] >= HEADLINE else "unfit" if not row["icc"] >= UNFIT else "usable"
         rows.append(row)
     return pd.DataFrame(rows).sort_values("icc", ascending=False, na_position="last").reset_index(drop=True)
 
