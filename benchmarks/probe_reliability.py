@@ -23,9 +23,11 @@ Every probe goes to a scratch directory (``--work``, default ``<study>/.reliabil
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ import torch
 
 from rlflat.io import write_atomic
 from rlflat.probe.output import metrics_block
-from rlflat.probe.run import last_timing, probe_run
+from rlflat.probe.run import last_timing, make_options, probe_run
 
 SKIP = ("file", "loss", "seed", "batches", "directions", "hessian_method", "density_method", "wall_seconds")
 HEADLINE, UNFIT = 0.9, 0.8
@@ -45,11 +47,16 @@ def _runs(study: Path) -> list[Path]:
 
 
 def probe_twice(run: Path, work: Path, options: dict[str, Any]) -> list[dict[str, Any]]:
-    """The flat metrics block of two probes of ``run`` with probe seeds 0 and 1."""
+    """The flat metrics block of two probes of ``run`` with probe seeds 0 and 1. A probe already in ``work`` with
+    the same options is reused (an interrupted benchmark resumes; runs still training can be added later)."""
     blocks = []
     for seed in (0, 1):
         out = work / run.name / f"seed{seed}"
-        result = probe_run(run, out=out, seed=seed, update_metrics=False, progress=False, **options)
+        wanted = asdict(make_options(seed=seed, update_metrics=False, **options))
+        cached = out / "probe.json"
+        result = json.loads(cached.read_text()) if cached.exists() else None
+        if result is None or any(result["config"].get(k) != json.loads(json.dumps(v)) for k, v in wanted.items()):
+            result = probe_run(run, out=out, seed=seed, update_metrics=False, progress=False, **options)
         blocks.append(metrics_block(result, out, run, last_timing()))
     return blocks
 
@@ -94,7 +101,8 @@ def _long(blocks: dict[str, list[dict[str, Any]]]) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("study", type=Path, help="a study dir whose run dirs hold model.zip (N >= 20 for the README)")
+    ap.add_argument("study", type=Path, nargs="+",
+                    help="study dirs whose run dirs hold model.zip (N >= 20 for the README)")  # fmt: skip
     ap.add_argument("--batches", type=int, help="replicate batches per probe (default: the probe's)")
     ap.add_argument("--quick", action="store_true", help="the probe's --quick sizes (smoke runs)")
     ap.add_argument("--limit", type=int, help="only the first N runs (smoke runs)")
@@ -102,14 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="CSV table (default <study>/probe_reliability.csv)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    runs = _runs(args.study)[: args.limit]
+    runs = [run for study in args.study for run in _runs(study)][: args.limit]
     if len(runs) < 3:
-        print(f"error: {args.study} has {len(runs)} run dirs with model.zip; need at least 3", file=sys.stderr)
+        print(f"error: {len(runs)} run dirs with model.zip in {args.study}; need at least 3", file=sys.stderr)
         return 2
     options: dict[str, Any] = {"quick": args.quick}
     if args.batches is not None:
         options["batches"] = args.batches
-    work = args.work or args.study / ".reliability"
+    work = args.work or args.study[0] / ".reliability"
     blocks: dict[str, list[dict[str, Any]]] = {}
     c0 = time.process_time()
     for i, run in enumerate(runs, 1):
@@ -117,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{i}/{len(runs)}] {run.name} ({time.process_time() - c0:.0f} s cpu so far)", flush=True)
     table = reliability(_long(blocks))
     batches = blocks[runs[0].name][0]["batches"]
-    out = args.out or args.study / "probe_reliability.csv"
+    out = args.out or args.study[0] / "probe_reliability.csv"
     write_atomic(out, lambda path: table.to_csv(path, index=False))
     print(f"N = {len(runs)} policies, 2 probes each of B = {batches} batches; {time.process_time() - c0:.0f} s cpu")
     with pd.option_context("display.width", 160, "display.max_rows", 200):

@@ -45,7 +45,7 @@ TINY_STUDY: dict[str, Any] = {
     "seeds": [0],
     "steps": 256,
     "grid": {**TINY_HP, "rho": [0.01, 0.1]},
-    "probe": {"batch": 64, "batch_envs": 2, "measures": ["trace"], "trace_probes": 2},
+    "probe": {"batches": 2, "batch": 64, "batch_envs": 2, "measures": ["trace"], "trace_probes": 2},
     "evaluate": {"suite": {"parameters": ["length"], "points": 3}, "episodes": 2},
 }
 
