@@ -135,8 +135,8 @@ def _policy_class(path: Path, field: Any) -> type[ActorCriticPolicy]:
         raise RlflatError(f"{path}: policy_class cannot be identified from its readable fields; {TRUST_HINT}")
     if name not in POLICY_CLASSES:
         raise RlflatError(
-            f"{path}: policy_class {name} is not one rlflat rebuilds safely (allowed: {', '.join(POLICY_CLASSES)}); "
-            f"{TRUST_HINT}"
+            f"{path}: policy_class {name} is not an on-policy actor-critic policy rlflat rebuilds safely "
+            f"(allowed: {', '.join(POLICY_CLASSES)}); {TRUST_HINT}"
         )
     return POLICY_CLASSES[name]
 

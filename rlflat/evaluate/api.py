@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 
 from rlflat.errors import RlflatError
+from rlflat.evaluate.budget import activation_widths, check_rollout_memory
 from rlflat.evaluate.metrics import normalize, return_floor, robustness_block
 from rlflat.evaluate.rollout import Backend, _rollout, episodes_ci
-from rlflat.evaluate.suites import ACTION_NOISE, OBS_NOISE, Setting, SuiteSpec, build_settings
+from rlflat.evaluate.suites import ACTION_NOISE, OBS_NOISE, Setting, SuiteSpec, build_settings, count_settings
 from rlflat.io import read_json, read_json_object, update_json_block, write_atomic
 from rlflat.policy import FunctionalPolicy, load_policy
 from rlflat.tasks import TaskSpec, load_task
@@ -46,6 +47,8 @@ def evaluate(
     matrix).
     """
     _check_collapse_frac(collapse_frac)
+    if isinstance(episodes, int) and not isinstance(episodes, bool) and episodes > 0:  # else _rollout says why
+        check_rollout_memory(task, count_settings(task, suite), episodes, activation_widths(policy), backend=backend)
     settings = build_settings(task, suite)
     by_key: dict[tuple[object, ...], Setting] = {}  # equal physics and noise -> identical returns: run once
     for setting in settings:
