@@ -32,7 +32,8 @@ def probe_bytes(opts: ProbeOptions, policy: FunctionalPolicy, n: int, task: Task
         if measures & {"hessian", "density", "landscape"} and n <= opts.exact_threshold:
             parts["dense Hessian"] = 3 * 8 * float(n) ** 2
         vectors = max(2 * opts.top_k + 1, 20) + (opts.density_steps if "density" in measures else 0)
-        parts["Lanczos vectors"] = 8 * float(n) * vectors + 8 * 260 * float(opts.density_grid)
+        grid = 8 * 260 * float(opts.density_grid) if "density" in measures else 0.0  # smoothed in 256-node chunks
+        parts["Lanczos vectors"] = 8 * float(n) * vectors + grid
     stages: dict[str, tuple[float, float]] = {}  # stage -> (parameter sets, rollout rows)
     if "perturbation" in measures:
         kinds = 1 if opts.directions == "raw" else 2
