@@ -346,6 +346,7 @@ steps: 3000
 grid: {n_epochs: [4]}
 probe:
   quick: true
+  batches: 2
   batch: 256
   batch_envs: 4
   measures: [hessian, trace, density, perturbation, landscape]

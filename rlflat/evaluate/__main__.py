@@ -14,8 +14,9 @@ from typing import Any
 
 from rlflat.cli import ArgumentParser, add_loading_flags, run_cli, set_torch_threads
 from rlflat.errors import RlflatError
-from rlflat.evaluate.api import METRICS_FILE, TABLE_FILE, evaluate_run, resolve_task
+from rlflat.evaluate.api import METRICS_FILE, NOMINAL_EPISODES, TABLE_FILE, evaluate_run, resolve_task
 from rlflat.evaluate.budget import check_rollout_memory
+from rlflat.evaluate.metrics import NORMALIZATIONS
 from rlflat.evaluate.rollout import BACKENDS
 from rlflat.evaluate.suites import SuiteSpec, count_settings, level_count, parse_grids, parse_levels, parse_suite
 
@@ -48,6 +49,17 @@ def build_parser() -> ArgumentParser:
         "noise with gSDE's std, not SB3's exploration matrix held for sde_sample_freq steps)",
     )
     parser.add_argument("--collapse-frac", type=float, default=0.5, help="collapse threshold (default 0.5)")
+    parser.add_argument(
+        "--normalization",
+        choices=NORMALIZATIONS,
+        default="task",
+        help="task: (R - R_low) / (R_ref - R_low) with the spec's constants, comparable across runs (default); "
+        "nominal: per run, 1 at its own nominal return",
+    )
+    parser.add_argument(
+        "--nominal-episodes", type=int, default=NOMINAL_EPISODES, help="episodes of the nominal row (default 100)"
+    )
+    parser.add_argument("--no-inert", action="store_true", help="skip the inert/saturated settings check")
     parser.add_argument("--backend", choices=BACKENDS, default="auto")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -86,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.episodes > 0:  # refuse an oversize suite before any of it is made (the evaluator checks again)
         noise = sum(level_count(text, args.points) + 1 for text in (args.action_noise, args.obs_noise) if text)
         check_rollout_memory(task, count_settings(task, dynamics, extra_levels=noise), args.episodes)
+        check_rollout_memory(task, 1, args.nominal_episodes, what="evaluate (nominal row)")
     suite = replace(
         dynamics,
         action_noise=parse_levels(args.action_noise, args.points, "--action-noise") if args.action_noise else (),
@@ -101,6 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         deterministic=not args.stochastic,
         rng_seed=args.rng_seed,
         collapse_frac=args.collapse_frac,
+        normalization=args.normalization,
+        nominal_episodes=args.nominal_episodes,
+        detect_inert=not args.no_inert,
         backend=args.backend,
         progress=False if args.no_progress else None,
         trust=args.trust,
@@ -115,11 +131,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _summary(block: dict[str, Any], rows: int, out: Path) -> str:
     lines = [
         f"{block['task']}: nominal return {block['nominal_return']:.2f} +- {block['nominal_return_std']:.2f} "
-        f"over {block['episodes']} episodes; {rows} settings",
+        f"over {block.get('nominal_episodes', block['episodes'])} episodes"
+        f"{' (UNSOLVED: below ' + format(block['solved_threshold'], 'g') + ')' if block.get('unsolved') else ''}; "
+        f"{rows} settings, {block['episodes']} episodes each",
+        f"normalised: {block['normalization'].get('formula')} ({block['normalization'].get('mode', 'nominal')})",
     ]
+    if block.get("inert_settings") or block.get("saturated_settings"):
+        lines.append(
+            f"  {block['inert_settings']} inert setting(s) (dynamics equal to nominal) and "
+            f"{block['saturated_settings']} saturated one(s) (equal to another factor): see robustness.parquet"
+        )
     for name, curve in block["parameters"].items():
         factor = curve["collapse_factor"]
-        where = "none within range" if factor is None else f"x{factor:.3g}"
+        where = (
+            "none within range"
+            if factor is None
+            else f"x{factor:.3g} in [{', '.join(f'x{f:.3g}' for f in curve['collapse_bracket'])}]"
+        )
         lines.append(f"  {name:<16} auc {curve['auc']:.3f}  collapse {where}")
     for family, curve in block.get("noise", {}).items():
         level = curve["collapse_level"]
