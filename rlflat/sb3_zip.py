@@ -136,8 +136,7 @@ def _policy_class(path: Path, field: Any) -> type[ActorCriticPolicy]:
     if name not in POLICY_CLASSES:
         raise RlflatError(
             f"{path}: policy_class {name} is not an on-policy actor-critic policy rlflat rebuilds safely "
-            f"(allowed: {', '.join(POLICY_CLASSES)}); "
-            f"{TRUST_HINT}"
+            f"(allowed: {', '.join(POLICY_CLASSES)}); {TRUST_HINT}"
         )
     return POLICY_CLASSES[name]
 
@@ -265,16 +264,16 @@ def _check_agrees(where: str, readable: dict[str, Any], rebuilt: spaces.Space | 
     """The zip's readable space must describe the task's: kind, shape, n, and bounds where readable."""
     if isinstance(task, spaces.Discrete):
         if not isinstance(rebuilt, spaces.Discrete) or (rebuilt.n, rebuilt.start) != (task.n, task.start):
-            raise RlflatError(f"{where} {rebuilt} does not match the task's {task}")
+            raise RlflatError(f"{where} {rebuilt} and the task's {task} do not match")
         return
     shape = tuple(readable.get("_shape", ()))
     if not isinstance(task, spaces.Box) or shape != task.shape or readable.get("dtype") != str(task.dtype):
-        raise RlflatError(f"{where} (shape {shape}, dtype {readable.get('dtype')}) does not match the task's {task}")
+        raise RlflatError(f"{where} (shape {shape}, dtype {readable.get('dtype')}) and the task's {task} do not match")
     if isinstance(rebuilt, spaces.Box):
         for bound in ("low", "high"):
             zipped, expected = getattr(rebuilt, bound), getattr(task, bound)
             if not np.allclose(zipped, expected, rtol=1e-6, atol=0.0):
-                raise RlflatError(f"{where}.{bound} {zipped} does not match the task's {expected}")
+                raise RlflatError(f"{where}.{bound} {zipped} and the task's {expected} do not match")
 
 
 def _check_state(path: Path, policy: nn.Module, state: Mapping[str, torch.Tensor]) -> None:

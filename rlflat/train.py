@@ -36,6 +36,13 @@ from rlflat.policy import MODEL_FILE, NORMALIZER_FILE, FunctionalPolicy, Observa
 from rlflat.tasks import TaskSpec, list_tasks, load_task, make_env
 
 RUNS_DIR = Path("results/runs")
+MAX_TOTAL_TIMESTEPS = 10**8
+"""The most environment steps one run may take: 100x the largest budget in any shipped task spec (1e6 for
+MuJoCo, Box2D, Acrobot, MountainCar), and 1.4-9 hours at the 3-20k steps/s the reference study measured on one
+core. A larger value is a typo (``--steps 1e23`` would train for ever and grow the learning curve without end),
+not a study; the limit is in steps, so it holds for ``--steps``, ``--set total_timesteps`` and sweep configs."""
+CURVE_ROW_BYTES = 16
+"""Learning-curve memory per environment step: a 4-field row (~160 B) per episode, episodes >= 10 steps."""
 EVAL_EPISODES = 20
 VERSIONED_PACKAGES = ("rlflat", "torch", "gymnasium", "stable-baselines3", "numpy")
 
@@ -55,7 +62,39 @@ def resolve_run_config(
     if steps is not None:
         overrides["total_timesteps"] = steps
     hyperparameters = algos.resolve_hyperparameters(algo, spec, overrides)
+    check_training_size(spec, hyperparameters)
     return {"algo": algo, "task": spec.alias, "task_id": spec.id, "seed": int(seed), "hyperparameters": hyperparameters}
+
+
+def check_training_size(spec: TaskSpec, hyperparameters: Mapping[str, Any]) -> None:
+    """Refuse, in one line, more than :data:`MAX_TOTAL_TIMESTEPS` steps or a run whose rollout buffer, loss graph,
+    envs and learning curve would not fit in the memory available now (:mod:`rlflat.memory`)."""
+    from rlflat.evaluate.budget import GRAPH_COPIES, gym_row_bytes
+    from rlflat.memory import require_memory
+
+    total = int(hyperparameters["total_timesteps"])
+    if total > MAX_TOTAL_TIMESTEPS:
+        raise RlflatError(
+            f"total_timesteps (--steps) {total:.3g} is over the maximum {MAX_TOTAL_TIMESTEPS:.0e} (100x the largest shipped "
+            "task budget; hours of training at measured speeds)"
+        )
+    env = make_env(spec)
+    try:
+        obs_dim = math.prod(env.observation_space.shape or (1,))
+        act_dim = math.prod(env.action_space.shape or (1,))
+    finally:
+        env.close()
+    n_envs, n_steps = int(hyperparameters.get("n_envs", 1)), int(hyperparameters.get("n_steps", 2048))
+    net_arch = (hyperparameters.get("policy_kwargs") or {}).get("net_arch", [64, 64]) or []
+    widths = sum(sum(v) for v in net_arch.values()) if isinstance(net_arch, dict) else 2 * sum(net_arch)
+    rows = float(n_envs) * n_steps
+    need = (
+        rows * 4 * (obs_dim + act_dim + 8)  # SB3's float32 rollout buffer
+        + rows * 4 * GRAPH_COPIES * (obs_dim + widths)  # a full-batch loss graph (pg; ppo's minibatches are smaller)
+        + float(n_envs) * gym_row_bytes(spec)
+        + float(total) * CURVE_ROW_BYTES
+    )
+    require_memory(need, f"training with n_envs {n_envs} x n_steps {n_steps} and {total} steps")
 
 
 def run_id(config: Mapping[str, Any]) -> str:
@@ -234,7 +273,11 @@ def _parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m rlflat.train", description=__doc__.splitlines()[0])
     parser.add_argument("algo", nargs="?", help="algorithm, e.g. ppo, ppo_sam, pg_asam (see --list)")
     parser.add_argument("task", nargs="?", help="task alias or Gymnasium id, e.g. CartPole or CartPole-v1")
-    parser.add_argument("--steps", type=int, help="total environment steps (default: the task spec's)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help="total environment steps (default: the task spec's; at most 1e8, 100x the largest shipped task budget)",
+    )
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the network initialisation, the environments and SB3 (default 0)")  # fmt: skip
     parser.add_argument("--rho", type=float, help="SAM/ASAM neighbourhood radius")

@@ -347,7 +347,18 @@ def test_exact_route_for_small_networks(tmp_path: Path, run_dir: Path) -> None:
 
 def test_cli_on_bare_zip(tmp_path: Path, run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = [str(run_dir / "model.zip"), "--task", "CartPole", "--out", str(tmp_path / "p"), "--quick"]
-    argv += ["--batch", "128", "--batches", "2", "--measures", "trace,perturbation", "--sigmas", "0.5", "--episodes", "1"]
+    argv += [
+        "--batch",
+        "128",
+        "--batches",
+        "2",
+        "--measures",
+        "trace,perturbation",
+        "--sigmas",
+        "0.5",
+        "--episodes",
+        "1",
+    ]
     assert run_cli(main, argv) == 0
     result = json.loads((tmp_path / "p" / "probe.json").read_text())
     assert result["hessian"]["trace_method"] == "hutchinson" and result["hessian"]["lambda_max"] is None

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from rlflat.cli import ArgumentParser, add_loading_flags, run_cli, set_torch_threads
 from rlflat.errors import RlflatError
 from rlflat.evaluate.api import METRICS_FILE, NOMINAL_EPISODES, TABLE_FILE, evaluate_run, resolve_task
+from rlflat.evaluate.budget import check_rollout_memory
 from rlflat.evaluate.metrics import NORMALIZATIONS
 from rlflat.evaluate.rollout import BACKENDS
-from rlflat.evaluate.suites import SuiteSpec, parse_grids, parse_levels, parse_suite
+from rlflat.evaluate.suites import SuiteSpec, count_settings, level_count, parse_grids, parse_levels, parse_suite
 
 
 def build_parser() -> ArgumentParser:
@@ -85,15 +87,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     factors = _factors(args.factors)
     parameters = parse_suite(task, args.suite) if args.suite else ()
     parameters += tuple(name for name in factors if name not in parameters)
-    suite = SuiteSpec(
+    dynamics = SuiteSpec(
         parameters=parameters,
         grids=parse_grids(task, args.grid),
         points=args.points,
         random=args.random,
         random_seed=args.random_seed,
+        factors=factors,
+    )
+    if args.episodes > 0:  # refuse an oversize suite before any of it is made (the evaluator checks again)
+        noise = sum(level_count(text, args.points) + 1 for text in (args.action_noise, args.obs_noise) if text)
+        check_rollout_memory(task, count_settings(task, dynamics, extra_levels=noise), args.episodes)
+        check_rollout_memory(task, 1, args.nominal_episodes, what="evaluate (nominal row)")
+    suite = replace(
+        dynamics,
         action_noise=parse_levels(args.action_noise, args.points, "--action-noise") if args.action_noise else (),
         obs_noise=parse_levels(args.obs_noise, args.points, "--obs-noise") if args.obs_noise else (),
-        factors=factors,
     )
     table, block = evaluate_run(
         args.path,

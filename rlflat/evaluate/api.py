@@ -9,11 +9,12 @@ import numpy as np
 import pandas as pd
 
 from rlflat.errors import RlflatError
+from rlflat.evaluate.budget import activation_widths, check_rollout_memory
 from rlflat.evaluate.inert import PROBE_SEQUENCES, PROBE_STEPS, dynamics_fingerprints, dynamics_groups
 from rlflat.evaluate.metrics import normalization as make_normalization
 from rlflat.evaluate.metrics import robustness_block
 from rlflat.evaluate.rollout import Backend, _rollout, episodes_ci
-from rlflat.evaluate.suites import ACTION_NOISE, NOMINAL, OBS_NOISE, Setting, SuiteSpec, build_settings
+from rlflat.evaluate.suites import ACTION_NOISE, NOMINAL, OBS_NOISE, Setting, SuiteSpec, build_settings, count_settings
 from rlflat.io import read_json, read_json_object, update_json_block, write_atomic
 from rlflat.policy import FunctionalPolicy, load_policy
 from rlflat.tasks import TaskSpec, load_task
@@ -61,6 +62,10 @@ def evaluate(
     """
     _check_collapse_frac(collapse_frac)
     _check_nominal_episodes(nominal_episodes)
+    if isinstance(episodes, int) and not isinstance(episodes, bool) and episodes > 0:  # else _rollout says why
+        widths = activation_widths(policy)
+        check_rollout_memory(task, count_settings(task, suite), episodes, widths, backend=backend)
+        check_rollout_memory(task, 1, nominal_episodes, widths, backend=backend, what="evaluate (nominal row)")
     settings = build_settings(task, suite)
     by_key: dict[tuple[object, ...], Setting] = {}  # equal physics and noise -> identical returns: run once
     for setting in settings:

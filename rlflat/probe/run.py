@@ -25,6 +25,7 @@ from rlflat.errors import RlflatError
 from rlflat.io import read_json, to_jsonable, update_json_block
 from rlflat.policy import MODEL_FILE, FunctionalPolicy, Params, check_spaces, load_policy
 from rlflat.probe.batch import DEFAULT_GAE_LAMBDA, DEFAULT_GAMMA, ProbeBatch, collect_batch
+from rlflat.probe.budget import check_probe_memory
 from rlflat.probe.fisher import confounds, fisher_measures, parameter_norms
 from rlflat.probe.hvp import HessianOperator
 from rlflat.probe.landscape import check_same_architecture
@@ -152,6 +153,7 @@ def probe_run(
         check_spaces(policy, env.observation_space, env.action_space)
     finally:
         env.close()
+    check_probe_memory(opts, policy, sum(p.numel() for p in scope_params(policy, opts.scope).values()), spec)
     other = None
     if opts.interpolate is not None:
         other = load_policy(_resolve_source(opts.interpolate).path, spec, trust=trust)
