@@ -13,7 +13,7 @@ from typing import Any
 
 from rlflat.cli import ArgumentParser, run_cli, set_torch_threads
 from rlflat.errors import RlflatError
-from rlflat.evaluate.api import METRICS_FILE, TABLE_FILE, evaluate_run, resolve_task
+from rlflat.evaluate.api import METRICS_FILE, TABLE_FILE, default_out, evaluate_run, resolve_task
 from rlflat.evaluate.rollout import BACKENDS
 from rlflat.evaluate.suites import SuiteSpec, parse_grids, parse_levels, parse_suite
 
@@ -26,7 +26,8 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument("path", help="run directory (model.zip + config.json) or any SB3 on-policy .zip")
     parser.add_argument("--task", help="task name (required for a bare .zip; a run dir records its own)")
-    parser.add_argument("--out", help="output folder (default: the run dir, or the zip's folder)")
+    parser.add_argument("--out", help="output folder (default: the run dir; <stem>-evaluate/ beside a zip)")
+    parser.add_argument("--force", action="store_true", help="replace an earlier evaluation at the output")
     parser.add_argument("--suite", help="parameters to sweep one at a time: a,b,c | default | all")
     parser.add_argument("--grid", action="append", default=[], help="2-D grid over a:b (repeatable)")
     parser.add_argument("--factors", action="append", default=[], metavar="NAME=F1,F2,...",
@@ -94,9 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         collapse_frac=args.collapse_frac,
         backend=args.backend,
         progress=False if args.no_progress else None,
+        force=args.force,
     )
-    path = Path(args.path)
-    out = Path(args.out) if args.out else (path if path.is_dir() else path.parent)
+    out = Path(args.out) if args.out else default_out(args.path)
     print(_summary(block, len(table), out))
     return 0
 

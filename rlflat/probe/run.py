@@ -11,6 +11,7 @@ and kept in ``metrics.json`` only), so one seed gives the same file twice. Optio
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from rlflat.errors import RlflatError
-from rlflat.io import read_json, to_jsonable, update_json_block
+from rlflat.io import check_output_dir, read_json_object, to_jsonable, update_json_block
 from rlflat.policy import MODEL_FILE, FunctionalPolicy, check_spaces, load_policy
 from rlflat.probe.batch import DEFAULT_GAE_LAMBDA, DEFAULT_GAMMA, ProbeBatch, collect_batch, reward_scale
 from rlflat.probe.hvp import HessianOperator
@@ -42,7 +43,7 @@ from rlflat.probe.options import (
     make_options,
     validate_probe_options,
 )
-from rlflat.probe.output import METRICS_JSON, metrics_block, probe_config, write_probe
+from rlflat.probe.output import METRICS_JSON, PROBE_JSON, metrics_block, probe_config, write_probe
 from rlflat.tasks import TaskSpec, load_task, make_env
 
 __all__ = [
@@ -72,8 +73,7 @@ def _resolve_source(path: str | Path) -> _Source:
     if path.is_dir():
         if not (path / MODEL_FILE).exists():
             raise RlflatError(f"{path} is a directory without {MODEL_FILE}: not an rlflat run dir")
-        config = read_json(path / CONFIG_JSON) if (path / CONFIG_JSON).exists() else {}
-        return _Source(path, path, config if isinstance(config, dict) else {})
+        return _Source(path, path, read_json_object(path / CONFIG_JSON))
     if path.suffix == ".zip" and path.is_file():
         return _Source(path, None, {})
     raise RlflatError(f"{path} is neither a run directory nor an SB3 model .zip")
@@ -95,11 +95,17 @@ def default_out(path: str | Path) -> Path:
 
 
 class _Timer:
-    def __init__(self) -> None:
+    """Seconds per stage; with ``progress``, a line on stderr as each stage starts (a probe takes minutes)."""
+
+    def __init__(self, progress: bool = False) -> None:
         self.seconds: dict[str, float] = {}
+        self.progress = progress
+        self._start = time.perf_counter()
 
     def run(self, name: str, fn: Callable[[], Any]) -> Any:
         start = time.perf_counter()
+        if self.progress:
+            print(f"probe: {name} ... ({start - self._start:.0f} s so far)", file=sys.stderr, flush=True)
         try:
             return fn()
         finally:
@@ -115,16 +121,26 @@ def last_timing() -> dict[str, float]:
 
 
 def probe_run(
-    path: str | Path, task: str | None = None, out: str | Path | None = None, **options: Any
+    path: str | Path,
+    task: str | None = None,
+    out: str | Path | None = None,
+    *,
+    force: bool = False,
+    progress: bool = False,
+    **options: Any,
 ) -> dict[str, Any]:
     """Probe the policy at ``path`` (a run dir or any SB3 on-policy zip) and return the ``probe.json`` content.
 
     ``task`` defaults to the run's ``config.json`` task (required for a bare zip); ``out`` defaults to the run dir
     (``<zip stem>-probe/`` beside a bare zip). ``options`` are :class:`ProbeOptions` fields (``quick=True`` for the
-    smaller :data:`QUICK` sizes). Raises :class:`RlflatError` on bad input before writing anything.
+    smaller :data:`QUICK` sizes). Raises :class:`RlflatError` on bad input before writing anything, and when
+    ``out`` already holds a probe unless ``force`` (then each file is replaced by an atomic rename).
     """
     opts = make_options(**options)
     source = _resolve_source(path)
+    out_dir = check_output_dir(Path(out) if out is not None else default_out(source.path))
+    metrics_path = source.run_dir / METRICS_JSON if source.run_dir is not None and opts.update_metrics else None
+    _check_no_results(out_dir, metrics_path, force)
     policy = load_policy(source.path)
     spec = _resolve_task(source, task)
     env = make_env(spec)
@@ -136,18 +152,28 @@ def probe_run(
     if opts.interpolate is not None:
         other = load_policy(_resolve_source(opts.interpolate).path)
         check_same_architecture(policy, other)
-    out_dir = Path(out) if out is not None else default_out(source.path)
-    timer = _Timer()
+    timer = _Timer(progress)
     result, arrays = _probe(policy, spec, source, opts, other, timer)
     write_probe(out_dir, result, arrays)
-    if source.run_dir is not None and opts.update_metrics:
+    if metrics_path is not None and source.run_dir is not None:
         block = metrics_block(result, out_dir, source.run_dir, timer.seconds)
-        update_json_block(source.run_dir / METRICS_JSON, "probe", block)
+        update_json_block(metrics_path, "probe", block)
     _LAST_TIMING.clear()
     _LAST_TIMING.update(timer.seconds)
     _LAST_TIMING["total"] = sum(timer.seconds.values())
     jsonable: dict[str, Any] = to_jsonable(result)
     return jsonable
+
+
+def _check_no_results(out_dir: Path, metrics_path: Path | None, force: bool) -> None:
+    """Refuse to replace an earlier probe unless ``force``; a corrupt metrics.json fails here, before any work."""
+    metrics = read_json_object(metrics_path) if metrics_path is not None else {}
+    if force:
+        return
+    if (out_dir / PROBE_JSON).exists():
+        raise RlflatError(f"{out_dir / PROBE_JSON} exists: add --force to replace it, or choose another --out")
+    if "probe" in metrics:
+        raise RlflatError(f"{metrics_path} already has a probe block: add --force to replace it")
 
 
 def _collect(

@@ -62,12 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         study_dir = args.out or default_study_dir(study)
         for planned in result.plan:
             pending = f" (to do: {', '.join(planned.remaining)})" if planned.state == "partial" else ""
-            if planned.state == "invalid":
-                pending = f" (config: {planned.spec.error})"
             print(f"{planned.state:<8} {planned.spec.label}{pending}")
-        states = ("done", "failed", "partial", "todo", "invalid")
+        states = ("done", "failed", "partial", "todo")
         counts = {s: sum(1 for p in result.plan if p.state == s) for s in states}
-        shown = ", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "invalid")
+        shown = ", ".join(f"{n} {s}" for s, n in counts.items())
         print(f"{study_dir}: {len(result.plan)} runs ({shown}); stages: {', '.join(study.config.stages)}")
         return 0
     for line in summary_lines(result):

@@ -14,6 +14,7 @@ finishing orphaned runs into a study being resumed.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import multiprocessing
 import os
 import select
@@ -282,15 +283,45 @@ def run_ray(
     directory on its node and returns the packed run directory, which is published here like any other run.
     """
     ray = import_ray()
-    started = False
-    if not ray.is_initialized():
-        try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
-            shown = ray_target(address) or "a local cluster"
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise RlflatError(f"cannot connect to Ray at {shown}: {first_line}") from None
-        started = True
+    with connect("ray", address):
+        _run_ray_tasks(ray, jobs, study_dir, workers, on_start, on_done)
+
+
+@contextmanager
+def connect(backend: str, address: str | None) -> Iterator[None]:
+    """For ``ray``: connect to the cluster (or start a local Ray) for the block, and disconnect after it.
+
+    The sweep connects before it writes anything, so a refused, unreachable or unauthenticated cluster is one
+    line and an untouched ``--out``. A Ray already initialised (a test's, a notebook's) is used as it is and
+    left running. Other backends need no connection.
+    """
+    if backend != "ray":
+        yield
+        return
+    ray = import_ray()
+    if ray.is_initialized():
+        yield
+        return
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    except Exception as exc:  # ConnectionError, RuntimeError, ValueError, TimeoutError, and auth errors alike
+        shown = ray_target(address) or "a local cluster"
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RlflatError(f"cannot connect to Ray at {shown}: {first_line}") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _run_ray_tasks(
+    ray: Any,
+    jobs: Sequence[RunJob],
+    study_dir: Path,
+    workers: int | None,
+    on_start: OnStart,
+    on_done: OnDone,
+) -> None:
     runtime_env = {"env_vars": dict(SINGLE_THREAD_ENV)}  # set when Ray starts the worker, before any import
     remote = ray.remote(num_cpus=1, max_retries=0, runtime_env=runtime_env)(_ray_task)
     limit = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -319,6 +350,3 @@ def run_ray(
         for ref in running:
             ray.cancel(ref, force=True)
         raise
-    finally:
-        if started:
-            ray.shutdown()
