@@ -512,3 +512,26 @@ def test_config_does_not_import_the_pipeline() -> None:
     tree = ast.parse(Path(config_module.__file__).read_text())
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert "rlflat.sweep.stage_options" in imported and "rlflat.sweep.pipeline" not in imported
+
+
+def test_collect_names_every_skipped_run_and_strict_refuses(
+    swept: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, study = swept
+    copy = _copy(study, tmp_path)
+    runs = sorted(p for p in copy.iterdir() if p.is_dir() and p.name != "logs")
+    (runs[0] / "metrics.json").write_text("{ truncated")
+    (runs[1] / "config.json").unlink()
+    before = (copy / "runs.parquet").read_bytes()
+    capsys.readouterr()
+    assert run_cli(main, ["--collect", str(copy), "--strict"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"skipped {runs[0].name}: metrics.json corrupt (not valid JSON)",
+        f"skipped {runs[1].name}: config.json missing",
+        "error: 2 run folder(s) skipped (listed above); --strict: runs.parquet not written",
+    ]
+    assert (copy / "runs.parquet").read_bytes() == before
+    assert run_cli(main, ["--collect", str(copy)]) == 0
+    captured = capsys.readouterr()
+    assert "1 runs (0 failed, 2 skipped)" in captured.out and len(captured.err.splitlines()) == 2
