@@ -32,7 +32,8 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
     try:
         return main(argv)
     except RlflatError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        lines = (line.strip() for line in str(exc).splitlines())  # a library's multi-line text inside a message
+        print(f"error: {' '.join(line for line in lines if line)}", file=sys.stderr)
         return 2
     except Terminated:
         print("terminated", file=sys.stderr)

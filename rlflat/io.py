@@ -111,8 +111,13 @@ def check_output_dir(out: str | Path, flag: str = "--out", *, published: bool = 
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise RlflatError(f"{flag} {out}: {ancestor} is a file, not a directory; choose another {flag}")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise RlflatError(f"{flag} {out}: {ancestor} is not writable; choose another {flag}")
+    try:  # really try (an unnamed temporary file): permission bits say nothing for root or read-only mounts
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as exc:
+        raise RlflatError(
+            f"{flag} {out}: cannot write in {ancestor} ({exc.strerror or exc}); choose another {flag}"
+        ) from None
     return out
 
 

@@ -19,6 +19,9 @@ import multiprocessing
 import os
 import select
 import signal
+import socket
+import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -302,16 +305,54 @@ def connect(backend: str, address: str | None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    except Exception as exc:  # ConnectionError, RuntimeError, ValueError, TimeoutError, and auth errors alike
-        shown = ray_target(address) or "a local cluster"
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RlflatError(f"cannot connect to Ray at {shown}: {first_line}") from None
+    shown = ray_target(address) or "a local cluster"
+    _check_reachable(ray_target(address), shown)
+    with tempfile.TemporaryFile(mode="w+") as chatter:
+        try:
+            with _stderr_to(chatter):  # Ray's C++ core retries loudly on stderr; the outcome is one line below
+                ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        except Exception as exc:  # ConnectionError, RuntimeError, ValueError, TimeoutError alike
+            chatter.seek(0)
+            said = f"{exc}\n{chatter.read()}"
+            if "Unauthenticated" in said or "InvalidAuthToken" in said:
+                raise RlflatError(
+                    f"cannot connect to Ray at {shown}: the cluster wants token authentication; set RAY_AUTH_MODE=token "
+                    "and give this machine the head's token (copy its ~/.ray/auth_token, or set RAY_AUTH_TOKEN_PATH)"
+                ) from None
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RlflatError(f"cannot connect to Ray at {shown}: {first_line}") from None
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def _check_reachable(target: str, shown: str, timeout: float = 5.0) -> None:
+    """A quick TCP connect to ``host:port`` (or ``ray://host:port``): a refused or unreachable head is one line
+    now, not minutes of Ray's own retries. ``auto``, ``local`` and a local Ray are left to ``ray.init``."""
+    host, sep, port = target.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise RlflatError(
+            f"cannot connect to Ray at {shown}: {exc.strerror or exc}; is the head node running?"
+        ) from None
+
+
+@contextmanager
+def _stderr_to(handle: Any) -> Iterator[None]:
+    """Point file descriptor 2 (where C++ code writes) at ``handle`` for the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        os.dup2(handle.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _run_ray_tasks(
