@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from rlflat.errors import RlflatError
 
@@ -56,7 +57,21 @@ def set_torch_threads(threads: int) -> None:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a usage error is an :class:`RlflatError`: one line, exit 2, like every other bad input."""
+    """argparse, but a usage error is an :class:`RlflatError`: one line, exit 2, like every other bad input.
+
+    Descriptions may be a module docstring's first line: its reST markup (````code````, ``:mod:`name```) is
+    shown as plain text in ``--help``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("description"):
+            kwargs["description"] = plain_text(kwargs["description"])
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise RlflatError(f"{self.prog}: {message}")
+
+
+def plain_text(text: str) -> str:
+    """reST inline markup as plain text: ``:role:`x``` -> ``x``, double backquotes dropped."""
+    return re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text).replace("``", "")

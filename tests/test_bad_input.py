@@ -245,3 +245,17 @@ def _not_a_config_object(text: str) -> bool:
         return not isinstance(json.loads(text), dict)
     except ValueError:
         return True
+
+
+@pytest.mark.parametrize("module", ["train", "probe", "evaluate", "sweep", "report"])
+def test_every_option_is_explained_in_plain_text(module: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib
+
+    target = importlib.import_module("rlflat.train" if module == "train" else f"rlflat.{module}.__main__")
+    factory = getattr(target, "_parser", None) or target.build_parser
+    parser = factory()
+    unexplained = [a.option_strings or a.dest for a in parser._actions if not a.help]
+    assert unexplained == []
+    parser.print_help()
+    shown = capsys.readouterr().out
+    assert ":mod:" not in shown and "``" not in shown and ":class:" not in shown

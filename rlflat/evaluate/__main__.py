@@ -34,7 +34,7 @@ def build_parser() -> ArgumentParser:
                         help="explicit factors for one parameter's sweep (repeatable)")  # fmt: skip
     parser.add_argument("--points", type=int, default=11, help="factors per axis, log-spaced (default 11)")
     parser.add_argument("--random", type=int, default=0, help="random settings, log-uniform in the box")
-    parser.add_argument("--random-seed", type=int, default=0)
+    parser.add_argument("--random-seed", type=int, default=0, help="seed drawing the --random settings (default 0)")
     parser.add_argument("--action-noise", help="levels lo:hi | a,b,c (sigma; probability for discrete)")
     parser.add_argument("--obs-noise", help="levels lo:hi | a,b,c (Gaussian sigma on the raw observation)")
     parser.add_argument("--episodes", type=int, default=20, help="episodes per setting (default 20)")
@@ -47,7 +47,8 @@ def build_parser() -> ArgumentParser:
         "noise with gSDE's std, not SB3's exploration matrix held for sde_sample_freq steps)",
     )
     parser.add_argument("--collapse-frac", type=float, default=0.5, help="collapse threshold (default 0.5)")
-    parser.add_argument("--backend", choices=BACKENDS, default="auto")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="simulator: batched (rlflat's vectorised sims), gym (Gymnasium's env), auto (batched where available)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
