@@ -3,7 +3,8 @@
 Every case runs the command's ``main`` in-process through :func:`rlflat.cli.run_cli` (what ``python -m`` runs),
 inside a scratch workspace that is hashed (paths, modes, bytes) before and after. The inputs are the ones a
 careless user or a hostile file gives: corrupt, truncated and foreign zips, a zip without ``policy.pth`` or
-with a corrupt one, corrupt ``config.json`` / ``metrics.json``, an ``--out`` that is a file or cannot be
+with a corrupt one, a malicious ``vecnormalize.pkl`` (in a run dir, or named without ``--trust``: the marker
+file it would create must not appear), corrupt ``config.json`` / ``metrics.json``, an ``--out`` that is a file or cannot be
 written, results that exist already (no ``--force``), impossible sizes, and a Ray head that is not there.
 """
 
@@ -12,6 +13,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import pickle
+import shlex
 import shutil
 import zipfile
 from collections.abc import Callable, Sequence
@@ -34,6 +38,16 @@ from rlflat.train import resolve_run_config, train_run
 Main = Callable[[Sequence[str] | None], int]
 TINY = {"n_envs": 2, "n_steps": 32, "batch_size": 32, "n_epochs": 1}
 UNWRITABLE = "/proc/rlflat-cannot-write-here/out"  # not writable even for root
+
+
+class _Touch:
+    """Unpickles to ``os.system("touch <marker>")``: a malicious pickle, harmless in a scratch folder."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
 
 
 def tree_digest(root: Path) -> str:
@@ -94,6 +108,9 @@ def workspace(root: Path, trained: Path) -> dict[str, str]:
     (probed / "probe.json").write_text("{}")
     (probed / "robustness.parquet").write_bytes(b"old")
     (root / "a_file").write_text("in the way")
+    evil_run = root / "evil_run"  # a run dir with a pickle that would create root/pwned (the tree hash sees it)
+    shutil.copytree(trained, evil_run)
+    (evil_run / "vecnormalize.pkl").write_bytes(pickle.dumps(_Touch(root / "pwned")))
     study = _study_table(root / "study")
     (root / "bad_study").mkdir()
     (root / "bad_study" / "runs.parquet").write_bytes(b"PAR1 truncated")
@@ -110,6 +127,8 @@ def workspace(root: Path, trained: Path) -> dict[str, str]:
         "bad_metrics": str(bad_metrics),
         "probed": str(probed),
         "file": str(root / "a_file"),
+        "evil_run": str(evil_run),
+        "evil_pkl": str(evil_run / "vecnormalize.pkl"),
         "study": str(study),
         "bad_study": str(root / "bad_study"),
         "config": str(root / "study.yaml"),
@@ -143,6 +162,12 @@ CASES: list[tuple[str, Main, list[str], str]] = [
     ("evaluate-out-is-a-file", evaluate_main, ["{run}", "--out", "{file}", *EVAL_FAST], "is a file"),
     ("evaluate-out-unwritable", evaluate_main, ["{run}", "--out", UNWRITABLE, *EVAL_FAST], "cannot write"),
     ("evaluate-points-zero", evaluate_main, ["{run}", "--out", "{missing}", *EVAL_FAST, "--points", "0"], "points"),
+    ("probe-pickle-in-run-dir", probe_main, ["{evil_run}", *PROBE_FAST], "--trust"),
+    ("evaluate-pickle-in-run-dir", evaluate_main, ["{evil_run}", *EVAL_FAST], "--trust"),
+    ("probe-named-pickle-untrusted", probe_main,
+     ["{good}", "--task", "CartPole", "--vecnormalize", "{evil_pkl}", *PROBE_FAST], "--trust"),
+    ("evaluate-named-pickle-untrusted", evaluate_main,
+     ["{good}", "--task", "CartPole", "--vecnormalize", "{evil_pkl}", *EVAL_FAST], "--trust"),
     ("train-unknown-algo", train_main, ["ppo_typo", "CartPole", "--no-progress"], "ppo_typo"),
     ("train-unknown-task", train_main, ["ppo", "NoSuchTask", "--no-progress"], "NoSuchTask"),
     ("train-steps-zero", train_main, ["ppo", "CartPole", "--steps", "0", "--no-progress"], "--steps"),
@@ -180,16 +205,7 @@ def assert_refused(main: Main, argv: list[str], fragment: str, root: Path, capsy
     assert tree_digest(root) == before, "the command changed files"
 
 
-_PENDING = {"probe-no_policy-zip", "evaluate-no_policy-zip"}  # the safe loader (issue 12 part A) names it
-_MARKED = [
-    pytest.param(*c, id=c[0], marks=pytest.mark.xfail(reason="KeyError until part A's loader lands"))
-    if c[0] in _PENDING
-    else pytest.param(*c, id=c[0])
-    for c in CASES
-]
-
-
-@pytest.mark.parametrize(("case", "main", "argv", "fragment"), _MARKED)
+@pytest.mark.parametrize(("case", "main", "argv", "fragment"), CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     case: str,
     main: Main,
