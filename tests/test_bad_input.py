@@ -17,6 +17,7 @@ import os
 import pickle
 import shlex
 import shutil
+import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -197,8 +198,10 @@ CASES: list[tuple[str, Main, list[str], str]] = [
 def assert_refused(main: Main, argv: list[str], fragment: str, root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = tree_digest(root)
     capsys.readouterr()
-    code = run_cli(main, argv)
-    err = capsys.readouterr().err
+    with warnings.catch_warnings(record=True) as caught:  # a warning is another line on a user's stderr
+        warnings.simplefilter("always")
+        code = run_cli(main, argv)
+    err = capsys.readouterr().err + "".join(f"{w.category.__name__}: {w.message}\n" for w in caught)
     assert code == 2, err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert fragment in err, err
