@@ -14,7 +14,7 @@ from rlflat.evaluate.metrics import normalization as make_normalization
 from rlflat.evaluate.metrics import robustness_block
 from rlflat.evaluate.rollout import Backend, _rollout, episodes_ci
 from rlflat.evaluate.suites import ACTION_NOISE, NOMINAL, OBS_NOISE, Setting, SuiteSpec, build_settings
-from rlflat.io import check_output_dir, read_json, read_json_object, update_json_block, write_atomic
+from rlflat.io import check_no_results, check_output_dir, read_json, read_json_object, update_json_block, write_atomic
 from rlflat.policy import FunctionalPolicy, load_policy
 from rlflat.tasks import TaskSpec, load_task
 
@@ -242,7 +242,7 @@ def evaluate_run(
     spec = resolve_task(path, task)
     out_dir = check_output_dir(Path(out) if out is not None else default_out(path)) if write else None
     if out_dir is not None:
-        _check_no_results(out_dir, force)
+        check_no_results(out_dir / TABLE_FILE, out_dir / METRICS_FILE, "robustness", force)
     policy = load_policy(path, spec, trust=trust, vecnormalize=vecnormalize)
     table = evaluate(policy, spec, **options)
     block = robustness_block(table, spec, table.attrs["collapse_frac"])
@@ -254,14 +254,3 @@ def evaluate_run(
         write_atomic(out_dir / TABLE_FILE, lambda tmp: table.to_parquet(tmp, index=False))
         update_json_block(metrics_path, "robustness", block)
     return table, block
-
-
-def _check_no_results(out_dir: Path, force: bool) -> None:
-    """Refuse to replace an earlier evaluation unless ``force``; a corrupt metrics.json fails here, up front."""
-    metrics = read_json_object(out_dir / METRICS_FILE)
-    if force:
-        return
-    if (out_dir / TABLE_FILE).exists():
-        raise RlflatError(f"{out_dir / TABLE_FILE} exists: add --force to replace it, or choose another --out")
-    if "robustness" in metrics:
-        raise RlflatError(f"{out_dir / METRICS_FILE} already has a robustness block: add --force to replace it")

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rlflat.errors import RlflatError
-from rlflat.io import check_output_dir, read_json_object, to_jsonable, update_json_block
+from rlflat.io import check_no_results, check_output_dir, read_json_object, to_jsonable, update_json_block
 from rlflat.policy import MODEL_FILE, FunctionalPolicy, check_spaces, load_policy
 from rlflat.probe.batch import DEFAULT_GAE_LAMBDA, DEFAULT_GAMMA, ProbeBatch, collect_batch
 from rlflat.probe.fisher import confounds, fisher_measures, parameter_norms
@@ -141,7 +141,7 @@ def probe_run(
     source = _resolve_source(path)
     out_dir = check_output_dir(Path(out) if out is not None else default_out(source.path))
     metrics_path = source.run_dir / METRICS_JSON if source.run_dir is not None and opts.update_metrics else None
-    _check_no_results(out_dir, metrics_path, force)
+    check_no_results(out_dir / PROBE_JSON, metrics_path, "probe", force)
     spec = _resolve_task(source, task)
     policy = load_policy(source.path, spec, trust=trust, vecnormalize=vecnormalize)
     env = make_env(spec)
@@ -164,17 +164,6 @@ def probe_run(
     _LAST_TIMING["total"] = sum(timer.seconds.values())
     jsonable: dict[str, Any] = to_jsonable(result)
     return jsonable
-
-
-def _check_no_results(out_dir: Path, metrics_path: Path | None, force: bool) -> None:
-    """Refuse to replace an earlier probe unless ``force``; a corrupt metrics.json fails here, before any work."""
-    metrics = read_json_object(metrics_path) if metrics_path is not None else {}
-    if force:
-        return
-    if (out_dir / PROBE_JSON).exists():
-        raise RlflatError(f"{out_dir / PROBE_JSON} exists: add --force to replace it, or choose another --out")
-    if "probe" in metrics:
-        raise RlflatError(f"{metrics_path} already has a probe block: add --force to replace it")
 
 
 def _collect(
