@@ -211,7 +211,7 @@ def test_batched_perturbed_returns_equal_a_loop(run_dir: Path, policy: Functiona
 def test_probe_run_writes_reproducible_outputs(tmp_path: Path, run_dir: Path) -> None:
     options = {**QUICK, "measures": "hessian,trace,perturbation,worst_case,landscape", "landscape_points_2d": 3}
     first = probe_run(run_dir, out=tmp_path / "a", **options)
-    second = probe_run(run_dir, out=tmp_path / "b", **options)
+    second = probe_run(run_dir, out=tmp_path / "b", force=True, **options)  # the run already has a probe block
     assert (tmp_path / "a" / "probe.json").read_text() == (tmp_path / "b" / "probe.json").read_text()
     assert first == json.loads((tmp_path / "a" / "probe.json").read_text())
     assert first == second
