@@ -1,0 +1,182 @@
+"""Sharpness along training: Adam's preconditioner and both eigenvalues against closed forms, and tracking that
+leaves training bit-identical."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from rlflat.algos.sharpness_tracking import SharpnessTracker, path_summary
+from rlflat.errors import RlflatError
+from rlflat.probe.hvp import HessianOperator
+from rlflat.probe.preconditioned import (
+    adam_preconditioner,
+    adam_threshold,
+    gd_threshold,
+    preconditioned,
+    top_eigenpair,
+)
+from rlflat.train import main, resolve_run_config, train_run
+
+TINY = {"n_envs": 2, "n_steps": 32, "batch_size": 32, "n_epochs": 2}
+
+
+def _quadratic(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random symmetric indefinite A with a clear top eigenvalue, and a start point."""
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+    eigenvalues = torch.linspace(-2.0, 5.0, n, dtype=torch.float64)
+    eigenvalues[-1] = 9.0
+    return q @ torch.diag(eigenvalues) @ q.T, torch.randn(n, generator=gen, dtype=torch.float64)
+
+
+def _adam_history(a: torch.Tensor, x0: torch.Tensor, steps: int, lr: float, betas: tuple[float, float], eps: float):
+    """Run torch Adam on 0.5 x'Ax; return the optimizer, the parameter and the gradients it saw (in order)."""
+    x = torch.nn.Parameter(x0.clone())
+    opt = torch.optim.Adam([x], lr=lr, betas=betas, eps=eps)
+    grads = []
+    for _ in range(steps):
+        opt.zero_grad()
+        (0.5 * x @ a @ x).backward()
+        assert x.grad is not None
+        grads.append(x.grad.detach().clone())
+        opt.step()
+    return opt, x, grads
+
+
+def test_adam_preconditioner_matches_cohen_et_al_from_the_gradient_history() -> None:
+    a, x0 = _quadratic(6, seed=0)
+    betas, eps, steps = (0.9, 0.99), 1e-3, 7
+    opt, x, grads = _adam_history(a, x0, steps, 0.01, betas, eps)
+    v = sum((1 - betas[1]) * betas[1] ** (steps - 1 - i) * g**2 for i, g in enumerate(grads))
+    expected = (1 - betas[0] ** steps) * (torch.sqrt(v / (1 - betas[1] ** steps)) + eps)
+    p = adam_preconditioner(opt, [x])
+    assert p is not None
+    torch.testing.assert_close(p, expected, rtol=1e-12, atol=0)
+    # the step Adam takes next is exactly theta - lr P^{-1} m with the next P: the bias corrections are all in P
+    m = sum((1 - betas[0]) * betas[0] ** (steps - i) * g for i, g in enumerate(grads))
+    before = x.detach().clone()
+    opt.zero_grad()
+    (0.5 * x @ a @ x).backward()
+    assert x.grad is not None
+    m = m + (1 - betas[0]) * x.grad
+    opt.step()
+    p_next = adam_preconditioner(opt, [x])
+    assert p_next is not None
+    torch.testing.assert_close(x.detach(), before - 0.01 * m / p_next, rtol=1e-10, atol=1e-12)
+
+
+def test_both_eigenvalues_match_the_closed_form_on_a_quadratic() -> None:
+    a, x0 = _quadratic(12, seed=1)
+    opt, x, _ = _adam_history(a, x0, 5, 0.01, (0.9, 0.999), 1e-2)
+    op = HessianOperator(lambda p: 0.5 * p["x"] @ a @ p["x"], {"x": x.detach()})
+    p = adam_preconditioner(opt, [x])
+    assert p is not None
+    v0 = torch.ones(12, dtype=torch.float64)
+    plain = top_eigenpair(op.matvec, v0, tol=1e-8)
+    adam = top_eigenpair(preconditioned(op.matvec, p), v0, tol=1e-8)
+    assert plain.converged and adam.converged
+    assert plain.value == pytest.approx(9.0, rel=1e-8)
+    # P^{-1} A's eigenvalues: the generalised problem A u = lambda P u, solved by scipy on its own
+    generalised = scipy.linalg.eigh(a.numpy(), np.diag(p.numpy()), eigvals_only=True)
+    assert adam.value == pytest.approx(generalised.max(), rel=1e-8)
+    assert adam.value == pytest.approx(np.linalg.eigvals(np.diag(1 / p.numpy()) @ a.numpy()).real.max(), rel=1e-8)
+
+
+def test_warm_start_from_the_eigenvector_converges_in_one_cycle() -> None:
+    a, _ = _quadratic(40, seed=2)
+    cold = top_eigenpair(lambda v: a @ v, torch.ones(40, dtype=torch.float64), steps=4, tol=1e-6, max_restarts=50)
+    warm = top_eigenpair(lambda v: a @ v, cold.vector, steps=4, tol=1e-6)
+    assert cold.converged and warm.converged
+    assert warm.matvecs <= 5 < cold.matvecs
+    assert warm.value == pytest.approx(9.0, rel=1e-6)
+
+
+def test_thresholds_and_bad_inputs() -> None:
+    assert gd_threshold(0.01) == pytest.approx(200.0)
+    assert adam_threshold(0.01, 0.9) == pytest.approx(3800.0)  # Cohen et al. 2022: 38 / eta at beta1 = 0.9
+    assert math.isinf(adam_threshold(0.0, 0.9))
+    with pytest.raises(RlflatError, match="positive"):
+        preconditioned(lambda v: v, torch.tensor([1.0, 0.0]))
+    sgd = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+    assert adam_preconditioner(sgd, sgd.param_groups[0]["params"]) is None
+    with pytest.raises(RlflatError, match="positive integer"):
+        SharpnessTracker(0)
+
+
+def _final_parameters(algo: str, track: int | None, tmp_path: Path) -> dict[str, torch.Tensor]:
+    from rlflat import algos
+    from rlflat.tasks import load_task
+    from rlflat.train import training_env
+
+    overrides = TINY if algo.startswith("ppo") else {"n_envs": 2, "n_steps": 32}
+    hp = resolve_run_config(algo, "CartPole", seed=3, steps=256, overrides=overrides)["hyperparameters"]
+    model = algos.build_model(algo, training_env(load_task("CartPole"), hp, 3), hp, seed=3)
+    tracker = SharpnessTracker(track, seed=3) if track else None
+    model.update_observer = tracker
+    model.learn(256)
+    if tracker is not None:
+        assert len(tracker.rows) == 4 and all(math.isfinite(r["preconditioned_sharpness"]) for r in tracker.rows)
+    state = {f"param.{k}": v.detach().clone() for k, v in model.policy.named_parameters()}
+    for i, s in enumerate(model.policy.optimizer.state.values()):
+        state.update({f"adam.{i}.{k}": torch.as_tensor(v).clone() for k, v in s.items()})
+    return state
+
+
+@pytest.mark.parametrize("algo", ["ppo_sam", "pg"])
+def test_tracking_does_not_change_training(algo: str, tmp_path: Path) -> None:
+    untracked = _final_parameters(algo, None, tmp_path)
+    tracked = _final_parameters(algo, 1, tmp_path)
+    assert untracked.keys() == tracked.keys()
+    for key in untracked:
+        assert torch.equal(untracked[key], tracked[key]), key
+
+
+def test_cli_writes_columns_and_path_summary(tmp_path: Path) -> None:
+    args = ["ppo_sam", "CartPole", "--steps", "256", "--track-sharpness", "2", "--no-progress", "--out"]
+    overrides = [f"--set={k}={v}" for k, v in TINY.items()]
+    assert main([*args, str(tmp_path / "run"), *overrides]) == 0
+    with open(tmp_path / "run" / "train.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    tracked = [r for r in rows if r["update"]]
+    assert [int(float(r["update"])) for r in tracked] == [1, 3]
+    assert all(r["episode_return"] == "" for r in tracked)
+    assert any(r["episode_return"] for r in rows)
+    first = tracked[0]
+    lr = float(first["learning_rate"])
+    assert float(first["gd_threshold"]) == pytest.approx(2 / lr)
+    assert float(first["adam_threshold"]) == pytest.approx(38 / lr)
+    assert first["perturbed_sharpness"] and first["surrogate_preconditioned_sharpness"]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    summary = metrics["train"]["sharpness_path"]
+    assert summary["n_tracked"] == 2
+    values = [float(r["preconditioned_sharpness"]) for r in tracked]
+    assert summary["max_preconditioned_sharpness"] == pytest.approx(max(values))
+    assert summary["final_preconditioned_sharpness"] == pytest.approx(values[-1])
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["hyperparameters"]["track_sharpness"] == 2
+
+
+def test_path_summary_counts_updates_at_the_edge() -> None:
+    rows = [
+        {"sharpness": s, "gd_threshold": 10.0, "preconditioned_sharpness": p, "adam_threshold": 100.0}
+        for s, p in [(1.0, 50.0), (12.0, 120.0), (9.0, 99.0), (10.0, 100.0)]
+    ]
+    summary = path_summary(rows)
+    assert summary["frac_gd_at_edge"] == 0.5 and summary["frac_adam_at_edge"] == 0.5
+    assert summary["max_adam_ratio"] == pytest.approx(1.2) and summary["final_adam_ratio"] == pytest.approx(1.0)
+    assert summary["late_adam_ratio"] == pytest.approx(0.995)  # median of the second half: 0.99 and 1.0
+    assert path_summary([]) == {"n_tracked": 0}
+
+
+def test_bad_track_sharpness_is_a_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(RlflatError, match="track_sharpness must be a positive integer"):
+        resolve_run_config("ppo", "CartPole", overrides={"track_sharpness": 0})
+    assert not (tmp_path / "x").exists()
