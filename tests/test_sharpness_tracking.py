@@ -23,7 +23,7 @@ from rlflat.probe.preconditioned import (
     preconditioned,
     top_eigenpair,
 )
-from rlflat.train import main, resolve_run_config, train_run
+from rlflat.train import main, resolve_run_config
 
 TINY = {"n_envs": 2, "n_steps": 32, "batch_size": 32, "n_epochs": 2}
 

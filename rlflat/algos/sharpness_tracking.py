@@ -93,7 +93,9 @@ class SharpnessTracker:
     """Measures sharpness every ``every`` updates; rows accumulate in :attr:`rows` (dicts keyed by ``COLUMNS``
     and ``timesteps``). ``steps``/``tol``/``max_restarts`` configure each warm-started Lanczos solve."""
 
-    def __init__(self, every: int, seed: int = 0, *, steps: int = 10, tol: float = 1e-2, max_restarts: int = 10) -> None:
+    def __init__(
+        self, every: int, seed: int = 0, *, steps: int = 10, tol: float = 1e-2, max_restarts: int = 10
+    ) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise RlflatError(
                 f"track_sharpness must be a positive integer (updates between measurements), got {every!r}"
