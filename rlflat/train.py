@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from rlflat import algos
 from rlflat.algos.sharpness_tracking import COLUMNS as SHARPNESS_COLUMNS
+from rlflat.algos.sharpness_tracking import DEFAULT_EVERY as SHARPNESS_EVERY
 from rlflat.algos.sharpness_tracking import SharpnessTracker, path_summary
 from rlflat.cli import ArgumentParser, run_cli, set_torch_threads
 from rlflat.errors import RlflatError
@@ -253,9 +254,10 @@ def _parser() -> ArgumentParser:
     parser.add_argument("--rho", type=float, help="SAM/ASAM neighbourhood radius")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a hyperparameter (repeatable; mapping values such as policy_kwargs merge)")  # fmt: skip
-    parser.add_argument("--track-sharpness", type=int, metavar="N",
-                        help="every N updates, log the top Hessian and Adam-preconditioned Hessian eigenvalues of "
-                             "the training loss to train.csv (the hyperparameter track_sharpness; off by default)")  # fmt: skip
+    parser.add_argument("--track-sharpness", type=int, metavar="N", nargs="?", const=SHARPNESS_EVERY,
+                        help="every N updates (default N: %(const)s), log the top Hessian and Adam-preconditioned "
+                             "Hessian eigenvalues of the training loss to train.csv (the hyperparameter "
+                             "track_sharpness; off unless given)")  # fmt: skip
     parser.add_argument("--out", type=Path, help="run directory (default results/runs/<algo>-<task>-s<seed>-<id>)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or mps")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for small policies)")

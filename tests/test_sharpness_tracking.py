@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.linalg
 import torch
@@ -180,3 +181,51 @@ def test_bad_track_sharpness_is_a_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(RlflatError, match="track_sharpness must be a positive integer"):
         resolve_run_config("ppo", "CartPole", overrides={"track_sharpness": 0})
     assert not (tmp_path / "x").exists()
+
+
+def test_report_draws_paths_and_tabulates_path_scalars(tmp_path: Path) -> None:
+    from test_report import FAST, make_study
+
+    from rlflat.report import render
+    from rlflat.report.sections_stability import path_table
+
+    study = make_study(tmp_path / "study", algos=("ppo", "ppo_sam"), seeds=3)
+    runs = pd.read_parquet(study / "runs.parquet")
+    rng = np.random.default_rng(0)
+    late = []
+    for run_id, lr in zip(runs["run_id"], runs["hp.learning_rate"], strict=True):
+        if not (study / run_id).exists():
+            late.append(np.nan)
+            continue
+        steps = np.arange(256, 30_000, 768)
+        edge = 38 / lr
+        pre = edge * np.minimum(steps / 10_000, 1.0) * rng.uniform(0.9, 1.1, steps.size)
+        tracked = pd.DataFrame(
+            {
+                "timesteps": steps,
+                "update": np.arange(1, steps.size + 1),
+                "learning_rate": lr,
+                "gd_threshold": 2 / lr,
+                "adam_threshold": edge,
+                "sharpness": pre / 50,
+                "preconditioned_sharpness": pre,
+            }  # fmt: skip
+        )
+        train = pd.read_csv(study / run_id / "train.csv")
+        merged = pd.concat([train, tracked], ignore_index=True).sort_values("timesteps", kind="stable")
+        merged.to_csv(study / run_id / "train.csv", index=False)
+        late.append(path_summary(tracked.to_dict("records"))["late_adam_ratio"])
+    runs["train.sharpness_path.late_adam_ratio"] = late
+    runs.to_parquet(study / "runs.parquet")
+    out = render.build_report([study], seed=0, **FAST)
+    assert (out / "figures" / "sharpness_paths.png").exists()
+    assert (out / "figures" / "learning_curves.png").exists()  # the tracking rows do not break the curves
+    md = (out / "report.md").read_text()
+    assert "Sharpness along training" in md and "figures/sharpness_paths.png" in md
+    table = path_table(runs[runs["status"] == "ok"])
+    ppo = runs[(runs["algo"] == "ppo") & (runs["hp.learning_rate"] == 1e-3)]["train.sharpness_path.late_adam_ratio"]
+    row = table[(table["algo"] == "ppo") & (table["learning rate"] == "0.001")].iloc[0]
+    assert row["runs"] == len(ppo)
+    assert row["late λ₁(P⁻¹H) / threshold"].startswith(f"{ppo.mean():.3g} [")
+    saved = pd.read_csv(out / "tables" / "sharpness_paths.csv")
+    assert len(saved) == len(table)

@@ -49,7 +49,11 @@ from rlflat.probe.preconditioned import (
 )
 from rlflat.probe.seeding import subseed
 
-__all__ = ["COLUMNS", "SharpnessTracker", "path_summary"]
+__all__ = ["COLUMNS", "DEFAULT_EVERY", "SharpnessTracker", "path_summary"]
+
+DEFAULT_EVERY = 10
+"""Updates between measurements for a bare ``--track-sharpness``: the smallest interval whose overhead stays within
+1.2x wall time on CartPole's PPO spec (a measurement costs about two PPO updates; ``benchmarks/train_speed.py``)."""
 
 COLUMNS = (
     "update",

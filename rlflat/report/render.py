@@ -26,6 +26,7 @@ from rlflat.report.censoring import MIN_COLLAPSE, censor_runs
 from rlflat.report.context import Context, label
 from rlflat.report.document import Document, to_html, to_markdown
 from rlflat.report.sections_figures import section_robustness, section_sharpness, section_training
+from rlflat.report.sections_stability import section_stability
 from rlflat.report.sections_stats import section_comparisons, section_correlations
 from rlflat.report.settings import ReportSettings, load_report_settings
 from rlflat.report.study import Study, load_robustness, load_study
@@ -176,6 +177,7 @@ def build_report(
     section_robustness(ctx)
     section_sharpness(ctx)
     section_training(ctx)
+    section_stability(ctx)
     write_text(out_dir / "report.md", to_markdown(ctx.doc, out_dir))
     write_text(out_dir / "report.html", to_html(ctx.doc))
     return out_dir
