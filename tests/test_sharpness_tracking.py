@@ -209,7 +209,7 @@ def test_report_draws_paths_and_tabulates_path_scalars(tmp_path: Path) -> None:
                 "adam_threshold": edge,
                 "sharpness": pre / 50,
                 "preconditioned_sharpness": pre,
-            }  # fmt: skip
+            }
         )
         train = pd.read_csv(study / run_id / "train.csv")
         merged = pd.concat([train, tracked], ignore_index=True).sort_values("timesteps", kind="stable")
