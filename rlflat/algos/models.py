@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from stable_baselines3.common.logger import HumanOutputFormat, Logger
 from stable_baselines3.common.vec_env import VecEnv
 
 from rlflat.algos.base import FlatOnPolicyAlgorithm
@@ -23,7 +25,10 @@ def build_model(
     base, rule = parse_algorithm(algo)
     kwargs = constructor_kwargs(validate_hyperparameters(algo, hyperparameters))
     factory: Callable[..., FlatOnPolicyAlgorithm] = BASES[base]
-    return factory("MlpPolicy", env, update_rule=rule, seed=seed, device=device, **kwargs)
+    model = factory("MlpPolicy", env, update_rule=rule, seed=seed, device=device, **kwargs)
+    # SB3's default logger makes an (empty) /tmp/SB3-<time> folder per learn(); ours writes no files at all
+    model.set_logger(Logger(None, [HumanOutputFormat(sys.stdout)] if model.verbose >= 1 else []))
+    return model
 
 
 def load_model(path: str | Path, env: VecEnv | None = None, device: str = "cpu") -> FlatOnPolicyAlgorithm:
