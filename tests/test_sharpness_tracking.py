@@ -24,6 +24,7 @@ from rlflat.probe.preconditioned import (
     preconditioned,
     top_eigenpair,
 )
+from rlflat.sweep.table import run_row
 from rlflat.train import main, resolve_run_config
 
 TINY = {"n_envs": 2, "n_steps": 32, "batch_size": 32, "n_epochs": 2}
@@ -163,6 +164,10 @@ def test_cli_writes_columns_and_path_summary(tmp_path: Path) -> None:
     assert summary["final_preconditioned_sharpness"] == pytest.approx(values[-1])
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["hyperparameters"]["track_sharpness"] == 2
+    row = run_row(tmp_path / "run", ("train",))  # the runs.parquet row the sweep collects
+    assert row is not None
+    assert row["train.sharpness_path.max_preconditioned_sharpness"] == pytest.approx(max(values))
+    assert row["hp.track_sharpness"] == 2
 
 
 def test_path_summary_counts_updates_at_the_edge() -> None:
