@@ -234,3 +234,33 @@ def test_report_draws_paths_and_tabulates_path_scalars(tmp_path: Path) -> None:
     assert row["late λ₁(P⁻¹H) / threshold"].startswith(f"{ppo.mean():.3g} [")
     saved = pd.read_csv(out / "tables" / "sharpness_paths.csv")
     assert len(saved) == len(table)
+
+
+def test_tracked_values_match_the_dense_hessian_of_a_small_policy() -> None:
+    from rlflat import algos
+    from rlflat.algos.sharpness_tracking import full_buffer
+    from rlflat.tasks import load_task
+    from rlflat.train import training_env
+
+    overrides = {**TINY, "policy_kwargs": {"net_arch": [6]}, "learning_rate": 1e-3}
+    hp = resolve_run_config("ppo", "CartPole", seed=1, steps=128, overrides=overrides)["hyperparameters"]
+    model = algos.build_model("ppo", training_env(load_task("CartPole"), hp, 1), hp, seed=1)
+    model.learn(128)
+    row = SharpnessTracker(1, seed=0, tol=1e-6, max_restarts=50).measure(model)
+    named = {k: v.detach() for k, v in model.policy.named_parameters()}
+    sizes = [v.numel() for v in named.values()]
+    loss = SharpnessTracker._loss_fn(model, "loss", full_buffer(model))
+
+    def flat_loss(flat: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(flat, sizes)
+        return loss({k: p.view_as(v) for (k, v), p in zip(named.items(), parts, strict=True)})
+
+    flat = torch.cat([v.reshape(-1) for v in named.values()])
+    h = torch.autograd.functional.hessian(flat_loss, flat).to(torch.float64)  # dense, by its own route
+    h = 0.5 * (h + h.T)
+    p = adam_preconditioner(model.policy.optimizer, list(model.policy.parameters()))
+    assert p is not None
+    d = torch.diag(p.rsqrt())
+    assert row["sharpness"] == pytest.approx(float(torch.linalg.eigvalsh(h)[-1]), rel=1e-4)
+    assert row["preconditioned_sharpness"] == pytest.approx(float(torch.linalg.eigvalsh(d @ h @ d)[-1]), rel=1e-4)
+    assert row["learning_rate"] == 1e-3 and row["adam_threshold"] == pytest.approx(38_000.0)
