@@ -234,6 +234,8 @@ def test_report_draws_paths_and_tabulates_path_scalars(tmp_path: Path) -> None:
     assert row["late λ₁(P⁻¹H) / threshold"].startswith(f"{ppo.mean():.3g} [")
     saved = pd.read_csv(out / "tables" / "sharpness_paths.csv")
     assert len(saved) == len(table)
+    slopes = pd.read_csv(out / "tables" / "threshold_slopes.csv").set_index("algo")
+    assert slopes.loc["ppo", "slope of log late λ₁(P⁻¹H) on log η"].startswith("-1")  # built to ride 38/eta
 
 
 def test_tracked_values_match_the_dense_hessian_of_a_small_policy() -> None:
@@ -264,3 +266,25 @@ def test_tracked_values_match_the_dense_hessian_of_a_small_policy() -> None:
     assert row["sharpness"] == pytest.approx(float(torch.linalg.eigvalsh(h)[-1]), rel=1e-4)
     assert row["preconditioned_sharpness"] == pytest.approx(float(torch.linalg.eigvalsh(d @ h @ d)[-1]), rel=1e-4)
     assert row["learning_rate"] == 1e-3 and row["adam_threshold"] == pytest.approx(38_000.0)
+
+
+def test_threshold_slope_is_minus_one_at_the_edge_and_zero_off_it() -> None:
+    from rlflat.report.sections_stability import threshold_slopes
+
+    rng = np.random.default_rng(0)
+    lrs = np.repeat([1e-4, 1e-3, 1e-2], 4)
+    noise = rng.uniform(0.9, 1.1, lrs.size)
+    levels = pd.DataFrame(
+        {
+            "algo": "ppo",
+            "run_id": [f"r{i}" for i in range(lrs.size)],
+            "lr": lrs,
+            "sharpness": 5.0 * noise,  # set by the problem: does not move with eta
+            "preconditioned_sharpness": 38 / lrs * noise,  # rides the Adam threshold
+        }
+    )
+    row = threshold_slopes(levels).iloc[0]
+    assert row["_preconditioned_sharpness_slope"] == pytest.approx(-1.0, abs=0.03)
+    assert row["_sharpness_slope"] == pytest.approx(0.0, abs=0.03)
+    low, high = (float(x) for x in row["slope of log late λ₁(P⁻¹H) on log η"].split("[")[1].rstrip("]").split(","))
+    assert low < -1.0 < high and high - low < 0.2

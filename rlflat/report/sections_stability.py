@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
+import scipy.stats as sps
 
 from rlflat.report import figures as F
 from rlflat.report.context import Context, add_figure
@@ -36,6 +39,50 @@ def path_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def late_levels(paths: pd.DataFrame) -> pd.DataFrame:
+    """Per run: its constant learning rate and the median of each sharpness over the second half of its
+    measurements (runs whose learning rate is not one number, i.e. a schedule, are left out)."""
+    rows = []
+    for (algo, run_id, setting), run in paths.groupby(["algo", "run_id", "lr_setting"], sort=True):
+        try:
+            lr = float(str(setting))
+        except ValueError:
+            continue
+        late = run.sort_values("timesteps").iloc[len(run) // 2 :]
+        rows.append(
+            {
+                "algo": algo,
+                "run_id": run_id,
+                "lr": lr,
+                "sharpness": float(late["sharpness"].median()),
+                "preconditioned_sharpness": float(late["preconditioned_sharpness"].median()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def threshold_slopes(levels: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """Per algorithm, the slope of log(late sharpness) on log(eta) over runs, with a t interval (n - 2 df).
+
+    At the edge of stability the level follows its threshold, which is proportional to 1/eta: slope -1. A level
+    set by the problem rather than the step size does not move with eta: slope 0."""
+    rows = []
+    for algo, group in levels.groupby("algo", sort=True):
+        row: dict[str, object] = {"algo": algo, "runs": len(group), "learning rates": group["lr"].nunique()}
+        for column, name in (("sharpness", "λ₁(H)"), ("preconditioned_sharpness", "λ₁(P⁻¹H)")):
+            ok = group[(group[column] > 0) & (group["lr"] > 0)]
+            if ok["lr"].nunique() < 2 or len(ok) < 3:
+                row[f"slope of log late {name} on log η"] = "n/a"
+                continue
+            fit = sps.linregress(np.log(ok["lr"]), np.log(ok[column]))
+            half = sps.t.ppf(0.5 + confidence / 2, len(ok) - 2) * fit.stderr
+            slope = float(fit.slope)
+            row[f"slope of log late {name} on log η"] = estimate_ci(slope, slope - half, slope + half)
+            row[f"_{column}_slope"] = slope if math.isfinite(slope) else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def section_stability(ctx: Context) -> None:
     """Skipped entirely for a study without tracked runs (the section would only say so)."""
     paths = load_sharpness_paths(ctx.study)
@@ -62,3 +109,12 @@ def section_stability(ctx: Context) -> None:
     if len(table.columns) > 3:
         ctx.doc.table(table, "Path scalars per algorithm and learning rate: mean [95% t interval over runs].")
         ctx.save_table(table, "sharpness_paths")
+    slopes = threshold_slopes(late_levels(paths))
+    if not slopes.empty and (slopes["learning rates"] > 1).any():
+        shown = slopes[[c for c in slopes.columns if not c.startswith("_")]]
+        ctx.doc.table(
+            shown,
+            "Does the late level move with the learning rate? OLS slope of log(late sharpness) on log η over runs, "
+            "95% t interval: −1 = it follows the threshold (edge of stability), 0 = set by the problem, not the step.",
+        )
+        ctx.save_table(shown, "threshold_slopes")
