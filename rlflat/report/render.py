@@ -28,6 +28,7 @@ from rlflat.report.censoring import MIN_COLLAPSE, censor_runs
 from rlflat.report.context import Context, label
 from rlflat.report.document import Document, to_html, to_markdown
 from rlflat.report.sections_figures import section_robustness, section_sharpness, section_training
+from rlflat.report.sections_stability import section_stability
 from rlflat.report.sections_stats import section_comparisons, section_correlations
 from rlflat.report.settings import ReportSettings, load_report_settings
 from rlflat.report.study import Study, load_robustness, load_study, skipped_runs
@@ -207,7 +208,7 @@ def build_report(
     _clean_outputs(out_dir)
     ctx = _context(study, out_dir, settings, figure_n_boot)
     sections = (_section_overview, section_correlations, section_comparisons, section_robustness,
-                section_sharpness, section_training)  # fmt: skip
+                section_sharpness, section_training, section_stability)  # fmt: skip
     with tqdm(sections, desc="report", unit="section", disable=None if progress else True, file=sys.stderr,
               leave=False) as bar:  # fmt: skip
         for section in bar:

@@ -250,9 +250,32 @@ def _run_frames(
 
 
 def load_learning_curves(study: Study) -> pd.DataFrame:
-    """Every run's ``train.csv`` stacked, with run identity columns; empty when none exist."""
-    frames = [f for f in _run_frames(study, TRAIN_FILE) if {"timesteps", "episode_return"} <= set(f.columns)]
+    """Every run's ``train.csv`` episode rows stacked, with run identity columns; empty when none exist.
+
+    A run trained with ``track_sharpness`` also has sharpness rows in ``train.csv`` (no episode return); they
+    are left out here (see :func:`load_sharpness_paths`)."""
+    frames = [
+        f.dropna(subset=["episode_return"])
+        for f in _run_frames(study, TRAIN_FILE)
+        if {"timesteps", "episode_return"} <= set(f.columns)
+    ]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def load_sharpness_paths(study: Study) -> pd.DataFrame:
+    """The sharpness rows of every tracked run's ``train.csv`` (``update`` set), with run identity columns and the
+    run's ``learning_rate`` setting as ``lr_setting`` (a constant or a schedule's text); empty without any."""
+    frames = [
+        f.dropna(subset=["update"]) for f in _run_frames(study, TRAIN_FILE) if {"timesteps", "update"} <= set(f.columns)
+    ]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return pd.DataFrame()
+    paths = pd.concat(frames, ignore_index=True)
+    lr = study.runs.get("hp.learning_rate")
+    settings = dict(zip(study.runs["run_id"].astype(str), lr.astype(str), strict=True)) if lr is not None else {}
+    paths["lr_setting"] = paths["run_id"].astype(str).map(settings).fillna("?")
+    return paths
 
 
 def load_robustness(study: Study) -> pd.DataFrame:
