@@ -11,7 +11,7 @@ Running every mutant of the core (~7,000) takes hours on 2 cores, so ``--sample 
 with a fixed seed and the score is stated with its Wilson 95% interval over that sample. Modules run one at a
 time, each mutant in a forked child (mutmut), under ``nice``.
 
-    python benchmarks/mutation.py --sample 30          # draw, run, report
+    python benchmarks/mutation.py --sample 30          # draw, run the drawn mutants without a result, report
     python benchmarks/mutation.py --survivors          # re-run only the sampled mutants that survived
     python benchmarks/mutation.py --report             # report the stored results, run nothing
     python benchmarks/mutation.py --show-survivors     # the diff of every sampled survivor
@@ -94,11 +94,11 @@ def draw(n: int, seed: int) -> dict[str, list[str]]:
     """A seeded sample of ``n`` mutant names per module (all of them where a module has fewer)."""
     import random
 
-    rng = random.Random(seed)
     sample = {}
     for label, source in MODULES.items():
         names = sorted(_results(source))
-        sample[label] = sorted(rng.sample(names, n)) if n < len(names) else names
+        random.Random(f"{seed}:{label}").shuffle(names)
+        sample[label] = sorted(names[:n])  # a prefix of one seeded order: --sample 24 extends --sample 12
     SAMPLE_FILE.write_text(json.dumps({"seed": seed, "n": n, "mutants": sample}, indent=1))
     return sample
 
@@ -198,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
             results = _results(MODULES[label])
             todo[label] = [m for m in names if m not in equivalent and results.get(m) not in KILLED]
     elif args.sample is not None:
-        sample = todo = draw(args.sample, args.seed)
+        sample = draw(args.sample, args.seed)
+        # mutants with a stored result keep it (mutmut resets the results of functions whose code changed)
+        todo = {label: [m for m in names if _results(MODULES[label]).get(m) is None] for label, names in sample.items()}
     else:
         sample = None
         todo = {label: sorted(_results(source)) for label, source in MODULES.items()}

@@ -1,0 +1,125 @@
+"""The probe's interpolation path and exact spectrum route against closed forms: a path between two *different*
+policies through a loss with a known bump, and eigenvectors checked as H v = lambda v on a known matrix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import PPO
+
+from rlflat.policy import FunctionalPolicy, load_policy
+from rlflat.probe.hvp import HessianOperator, Params
+from rlflat.probe.landscape import barrier, interpolate
+from rlflat.probe.perturbation import perturbed_returns
+from rlflat.probe.spectrum import eigenpairs, extreme_eigenpairs
+from rlflat.tasks import load_task, make_env
+
+torch.set_num_threads(1)
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+CARTPOLE = load_task("CartPole")
+
+
+def _policy(tmp_path_factory: pytest.TempPathFactory, seed: int) -> FunctionalPolicy:
+    path = tmp_path_factory.mktemp(f"interp{seed}") / "model.zip"
+    PPO("MlpPolicy", make_env(CARTPOLE), seed=seed, policy_kwargs={"net_arch": [8]}).save(path)
+    return load_policy(path)
+
+
+@pytest.fixture(scope="module")
+def two_policies(tmp_path_factory: pytest.TempPathFactory) -> tuple[FunctionalPolicy, FunctionalPolicy]:
+    return _policy(tmp_path_factory, 1), _policy(tmp_path_factory, 2)
+
+
+def _flat(params: Params) -> torch.Tensor:
+    return torch.cat([v.detach().double().reshape(-1) for v in params.values()])
+
+
+def test_interpolation_between_two_policies_follows_a_known_bump(
+    two_policies: tuple[FunctionalPolicy, FunctionalPolicy],
+) -> None:
+    """loss(theta) = ||theta - A||^2 ||theta - B||^2 + <B - A, theta - A>: along theta = A + alpha (B - A) it is
+    alpha^2 (1 - alpha)^2 d^4 + alpha d^2, asymmetric in alpha, with points outside [0, 1] higher than the bump."""
+    a, b = two_policies
+    fa, fb = _flat(a.params), _flat(b.params)
+    d = float((fb - fa).norm())
+    assert d > 0.1  # two different policies
+
+    def loss(params: Params) -> torch.Tensor:
+        x = _flat(params)
+        return (x - fa).pow(2).sum() * (x - fb).pow(2).sum() + (fb - fa) @ (x - fa)
+
+    alphas = np.array([-0.3, 0.0, 0.2, 0.5, 0.7, 1.0, 1.4])
+    scalars, arrays = interpolate(a, b, CARTPOLE, loss, alphas, episodes=2, eval_seed=3)
+    expected = alphas**2 * (1 - alphas) ** 2 * d**4 + alphas * d**2
+    np.testing.assert_allclose(scalars["loss"], expected, rtol=1e-4)
+    np.testing.assert_allclose(arrays["interpolation_loss"], expected, rtol=1e-4)
+    inside = expected[1:6]
+    assert scalars["loss_barrier"] == pytest.approx(inside.max() - 0.5 * (expected[1] + expected[5]), rel=1e-4)
+    assert scalars["distance"] == pytest.approx(d, rel=1e-6)
+    assert scalars["same_observation_normalizer"] is True
+    # the returns at the ends are the two policies' own returns (same episodes seeds)
+    own_a = perturbed_returns(a, CARTPOLE, [a.params], 2, seed=3).mean()
+    own_b = perturbed_returns(b, CARTPOLE, [b.params], 2, seed=3).mean()
+    returns = np.array(scalars["return"])
+    assert returns[1] == own_a and returns[5] == own_b
+    assert scalars["return_barrier"] == pytest.approx(0.5 * (own_a + own_b) - returns[1:6].min())
+    np.testing.assert_array_equal(arrays["interpolation_return"], returns)
+    assert scalars["alphas"] == alphas.tolist()
+
+
+def test_barrier_reads_only_the_inside_of_the_path() -> None:
+    alphas = np.array([-0.5, 0.0, 0.25, 0.5, 1.0, 1.5])
+    values = np.array([9.0, 1.0, 4.0, 2.0, 3.0, -7.0])
+    assert barrier(values, alphas) == pytest.approx(4.0 - 2.0)  # max inside 4, ends mean 2
+    assert barrier(values, alphas, higher_is_worse=False) == pytest.approx(2.0 - 1.0)  # ends mean 2, min inside 1
+    with pytest.raises(Exception, match="alpha = 0 and alpha = 1"):
+        barrier(values[:4], alphas[:4])
+
+
+# -- exact spectrum route: eigenvectors ------------------------------------------------------------------------
+
+_SPECTRUM = [9.0, 4.0, 2.5, 1.0, 0.3, 0.0, -0.2, -1.5, -6.0, -11.0]
+
+
+class _KnownHessian:
+    """0.5 x^T H x with H = Q diag(spectrum) Q^T on params {'w': (2, 3), 'b': (4,)}: the Hessian is H."""
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(4)
+        q, r = torch.linalg.qr(torch.randn(10, 10, generator=g, dtype=torch.float64))
+        q = q * torch.sign(torch.diagonal(r))
+        self.h = q @ torch.diag(torch.tensor(_SPECTRUM, dtype=torch.float64)) @ q.T
+        self.h = 0.5 * (self.h + self.h.T)
+        x0 = torch.randn(10, generator=g, dtype=torch.float64)
+        self.params: Params = {"w": x0[:6].reshape(2, 3).clone(), "b": x0[6:].clone()}
+
+    def loss(self, p: Params) -> torch.Tensor:
+        x = torch.cat([p["w"].reshape(-1), p["b"].reshape(-1)])
+        return 0.5 * x @ (self.h @ x)
+
+
+def _check_pairs(h: torch.Tensor, values: torch.Tensor, vectors: torch.Tensor | None, want: list[float]) -> None:
+    assert vectors is not None and vectors.shape == (10, len(want))
+    torch.testing.assert_close(values, torch.tensor(want, dtype=torch.float64), rtol=0, atol=1e-10)
+    torch.testing.assert_close(h @ vectors, vectors * values, rtol=0, atol=1e-10)  # H v = lambda v, column-wise
+    torch.testing.assert_close(vectors.T @ vectors, torch.eye(len(want), dtype=torch.float64), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_exact_route_eigenvectors_satisfy_h_v_equals_lambda_v(k: int) -> None:
+    known = _KnownHessian()
+    op = HessianOperator(known.loss, known.params)
+    top = eigenpairs(op, k, which="largest")
+    bottom = eigenpairs(op, k, which="smallest")
+    assert top.method == bottom.method == "exact" and top.hvps == 10
+    _check_pairs(known.h, top.values, top.vectors, _SPECTRUM[:k])
+    _check_pairs(known.h, bottom.values, bottom.vectors, _SPECTRUM[::-1][:k])
+    both_top, both_bottom = extreme_eigenpairs(op, k)
+    assert both_top.method == "exact" and both_top.hvps == 10 and both_bottom.hvps == 0
+    _check_pairs(known.h, both_top.values, both_top.vectors, _SPECTRUM[:k])
+    _check_pairs(known.h, both_bottom.values, both_bottom.vectors, _SPECTRUM[::-1][:k])
+    values_only, _ = extreme_eigenpairs(op, k, vectors=False)
+    assert values_only.vectors is None
+    torch.testing.assert_close(values_only.values, top.values, rtol=0, atol=1e-10)
+    assert eigenpairs(op, k, which="smallest", vectors=False).values.tolist() == pytest.approx(_SPECTRUM[::-1][:k])
