@@ -107,12 +107,37 @@ def load_sample() -> dict[str, list[str]] | None:
     return json.loads(SAMPLE_FILE.read_text())["mutants"] if SAMPLE_FILE.exists() else None
 
 
-def load_equivalent() -> dict[str, str]:
-    """Mutant name -> why it is equivalent (benchmarks/mutation_equivalent.toml)."""
+def mutant_change(name: str) -> tuple[str, str]:
+    """The (original, mutated) lines of a mutant's diff, stripped and joined with " / "."""
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+    lines = get_diff_for_mutant(name).splitlines()
+    old = [line[1:].strip() for line in lines if line.startswith("-") and not line.startswith("---")]
+    new = [line[1:].strip() for line in lines if line.startswith("+") and not line.startswith("+++")]
+    return " / ".join(old), " / ".join(new)
+
+
+def load_equivalent(check: bool = True) -> dict[str, str]:
+    """Mutant name -> why it is equivalent (benchmarks/mutation_equivalent.toml).
+
+    Mutant numbers shift when a function is edited, so each entry records the change it excuses; an entry
+    whose mutant now makes a different change is not applied (and is named), so a stale list cannot hide a kill.
+    """
     if not EQUIVALENT_FILE.exists():
         return {}
-    data = tomllib.loads(EQUIVALENT_FILE.read_text())
-    return {entry["mutant"]: entry["reason"] for entry in data.get("equivalent", [])}
+    entries = tomllib.loads(EQUIVALENT_FILE.read_text()).get("equivalent", [])
+    out = {}
+    os.chdir(ROOT)
+    for entry in entries:
+        try:
+            change = mutant_change(entry["mutant"]) if check else (entry["before"], entry["after"])
+        except Exception:  # the mutant no longer exists
+            change = None
+        if change != (entry["before"], entry["after"]):
+            print(f"mutation: stale equivalent entry (not applied): {entry['mutant']}", file=sys.stderr)
+            continue
+        out[entry["mutant"]] = entry["reason"]
+    return out
 
 
 def run_module(label: str, names: Iterable[str], max_children: int) -> float:
@@ -165,8 +190,8 @@ def report(sample: dict[str, list[str]] | None, show: bool = False) -> list[str]
     if show and survivors:
         os.chdir(ROOT)
         for name in survivors:
-            diff = subprocess.run([*_mutmut(), "show", name], capture_output=True, text=True, check=False).stdout
-            print(f"\n{diff}")
+            before, after = mutant_change(name)
+            print(f'\n[[equivalent]]\nmutant = "{name}"\nbefore = {json.dumps(before)}\nafter = {json.dumps(after)}')
     elif survivors:
         print("\nsurvivors:", *survivors, sep="\n  ")
     return survivors
@@ -180,12 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modules", nargs="+", choices=list(MODULES), help="only these modules")
     parser.add_argument("--survivors", action="store_true", help="re-run only the stored sample's survivors")
     parser.add_argument("--report", action="store_true", help="print the stored results; run nothing")
-    parser.add_argument("--show-survivors", action="store_true", help="with --report: print each survivor's diff")
+    parser.add_argument("--show-survivors", action="store_true", help="with --report: print each survivor's change")
+    parser.add_argument("--all", action="store_true", help="with --report: every mutant with a result, not the sample")
     args = parser.parse_args(argv)
     if args.sample is not None and args.sample < 1:
         parser.error(f"--sample must be a positive number of mutants, got {args.sample}")
     if args.report:
-        report(load_sample(), show=args.show_survivors)
+        report(None if args.all else load_sample(), show=args.show_survivors)
         return 0
     generate()
     if args.survivors:

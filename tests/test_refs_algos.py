@@ -231,3 +231,23 @@ def test_make_rule_fills_each_rules_defaults_and_keeps_overrides() -> None:
     assert isinstance(asam, ASAM) and asam.rho == 0.5 and asam.eta == 0.01
     custom = make_rule("asam", rho=0.3, asam_eta=0.2)
     assert isinstance(custom, ASAM) and custom.rho == 0.3 and custom.eta == 0.2
+
+
+@pytest.mark.parametrize("rule", [SAM(rho=0.4), ASAM(rho=0.4, eta=1.0)])
+def test_a_vanishing_gradient_gives_a_finite_perturbation(rule: SAM) -> None:
+    """||g|| = 1e-12 (the size of the guard): e = rho g / (||g|| + 1e-12) has norm rho/2, finite, not inf/nan.
+
+    Zero parameters with eta = 1 make ASAM's scale T = |theta| + eta exactly 1, so both rules give SAM's e."""
+    params = [th.zeros(3, dtype=th.float64), th.zeros(4, dtype=th.float64)]
+    grads = [th.tensor([3e-13, 0.0, -4e-13], dtype=th.float64), th.tensor([0.0, 0.0, 0.0, 1e-12], dtype=th.float64)]
+    grads = [g / float(th.sqrt(sum((t * t).sum() for t in grads))) * 1e-12 for g in grads]
+    e = rule.perturbation(params, grads)
+    norm = float(th.sqrt(sum((t * t).sum() for t in e)))
+    assert norm == pytest.approx(0.2, rel=1e-9)
+    assert all(bool(th.isfinite(t).all()) for t in e)
+
+
+def test_asam_refuses_parameters_and_gradients_of_different_counts() -> None:
+    params = [th.ones(2, 3), th.ones(3)]
+    with pytest.raises(ValueError, match="zip"):
+        ASAM(rho=0.5).perturbation(params, [th.ones(2, 3)])
