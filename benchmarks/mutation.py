@@ -26,9 +26,10 @@ import os
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Iterable
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 MUTANTS = ROOT / "mutants"
@@ -203,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample")
     parser.add_argument("--max-children", type=int, default=2, help="mutants run in parallel (default 2)")
     parser.add_argument("--modules", nargs="+", choices=list(MODULES), help="only these modules")
+    parser.add_argument(
+        "--together",
+        action="store_true",
+        help="one mutmut run for all modules: one clean-test pass instead of one per module",
+    )
     parser.add_argument("--survivors", action="store_true", help="re-run only the stored sample's survivors")
     parser.add_argument("--report", action="store_true", help="print the stored results; run nothing")
     parser.add_argument("--show-survivors", action="store_true", help="with --report: print each survivor's change")
@@ -232,9 +238,13 @@ def main(argv: list[str] | None = None) -> int:
         todo = {label: sorted(_results(source)) for label, source in MODULES.items()}
         SAMPLE_FILE.unlink(missing_ok=True)
     start = time.monotonic()
-    for label in args.modules or list(MODULES):
-        seconds = run_module(label, todo.get(label, []), args.max_children)
-        print(f"mutation: {label}: {seconds:.0f} s", flush=True)
+    labels = args.modules or list(MODULES)
+    if args.together:
+        run_module(", ".join(labels), [m for label in labels for m in todo.get(label, [])], args.max_children)
+    else:
+        for label in labels:
+            seconds = run_module(label, todo.get(label, []), args.max_children)
+            print(f"mutation: {label}: {seconds:.0f} s", flush=True)
     print(f"mutation: total {time.monotonic() - start:.0f} s wall\n")
     report(sample)
     return 0

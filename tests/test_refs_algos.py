@@ -133,7 +133,7 @@ def test_pg_without_advantage_normalisation_uses_raw_advantages() -> None:
     model.learn(48)
     batch = next(model.rollout_buffer.get(batch_size=None))
     _, log_prob, _, _ = model._evaluate(batch, False)
-    loss, stats = model.minibatch_loss(batch)
+    _, stats = model.minibatch_loss(batch)
     raw = -float((batch.advantages * log_prob).mean())
     assert stats["policy_loss"] == pytest.approx(raw, rel=1e-5)
 
