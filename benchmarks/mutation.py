@@ -151,7 +151,8 @@ def run_module(label: str, names: Iterable[str], max_children: int) -> float:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("PYTHONPATH", None)  # the tests must import the mutated copy under mutants/, not the checkout
     print(f"mutation: {label}: {len(names)} mutants", flush=True)
-    subprocess.run(command, cwd=ROOT, env=env, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(MUTANTS / "rlflat-run.log", "a") as log:  # mutmut's own progress, for `tail -f`
+        subprocess.run(command, cwd=ROOT, env=env, check=False, stdout=log, stderr=subprocess.STDOUT)
     return time.monotonic() - start
 
 

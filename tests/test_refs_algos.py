@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch as th
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import KVWriter, Logger
 from torch.func import functional_call, grad
 
 from rlflat.algos import ASAM, PG, SAM, UpdateRule, build_model
@@ -126,6 +127,27 @@ def test_pg_train_takes_one_sgd_step_along_the_estimator(pg_after_one_rollout: P
     after = {k: _np(v) for k, v in model.policy.state_dict().items()}
     for name, grad_hand in expected.items():
         np.testing.assert_allclose(after[name], before[name] - 0.05 * grad_hand, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+class _Keys(KVWriter):
+    def __init__(self) -> None:
+        self.excluded: dict[str, Any] = {}
+        self.values: dict[str, Any] = {}
+
+    def write(self, key_values: dict[str, Any], key_excluded: dict[str, Any], step: int = 0) -> None:
+        self.values.update(key_values)
+        self.excluded.update(key_excluded)
+
+
+def test_pg_logs_its_update_like_sb3() -> None:
+    """The logged keys of one PG update; n_updates stays out of tensorboard as in SB3's own algorithms."""
+    model = build_model("pg", make_vec_env("CartPole-v1", n_envs=2), _PG_HP, seed=5)
+    writer = _Keys()
+    model.set_logger(Logger(None, [writer]))
+    model.learn(96)  # SB3 dumps an update's records with the next rollout's
+    assert writer.values["train/n_updates"] == 1 and writer.excluded["train/n_updates"] == ("tensorboard",)
+    for key in ("policy_loss", "value_loss", "entropy_loss", "loss", "explained_variance"):
+        assert np.isfinite(writer.values[f"train/{key}"]), key
 
 
 def test_pg_without_advantage_normalisation_uses_raw_advantages() -> None:

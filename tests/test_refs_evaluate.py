@@ -72,6 +72,12 @@ def test_metrics_of_real_robustness_tables_match_scipy() -> None:
         block = robustness_block(table, task, collapse_frac=0.5)
         sweeps = [f for f in table["family"].unique() if f not in ("nominal", "random") and ":" not in f]
         assert set(block["parameters"]) == set(sweeps)
+        aucs = [_scipy_auc(*(table.loc[table["family"] == f, c].tolist() for c in ("factor", "normalized_return")))
+                for f in sweeps]  # fmt: skip
+        assert block["auc_mean"] == pytest.approx(float(np.mean(aucs)), rel=1e-12)
+        assert block["collapse_frac"] == 0.5 and "nearest" in block["collapse_side"]
+        assert block["deterministic"] is table.attrs["deterministic"] and block["seed"] == table.attrs["seed"]
+        assert block["episodes"] == table.attrs["episodes"] == len(table["returns"].iloc[0])
         for family in sweeps:
             rows = table[table["family"] == family]
             factors, values = rows["factor"].tolist(), rows["normalized_return"].tolist()
@@ -121,6 +127,13 @@ def test_collapse_sides_on_an_asymmetric_grid_match_root_finding() -> None:
     # the nearer side in |log factor| is the reported factor, whichever side it is on
     nearer = min((both.low, both.high), key=lambda f: abs(math.log(f)))  # type: ignore[arg-type]
     assert both.factor == nearer and both.log_distance == pytest.approx(abs(math.log(nearer)))
+
+
+def test_curves_of_different_lengths_are_refused() -> None:
+    with pytest.raises(ValueError, match="zip"):
+        collapse_point([0.5, 1.0, 2.0], [0.4, 1.0])
+    with pytest.raises(ValueError, match="zip"):
+        robust_auc([0.5, 1.0, 2.0], [0.4, 1.0])
 
 
 def test_collapse_factor_tie_goes_to_the_low_side() -> None:

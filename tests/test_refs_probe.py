@@ -9,6 +9,7 @@ import torch
 from stable_baselines3 import PPO
 
 from rlflat.policy import FunctionalPolicy, load_policy
+from rlflat.probe.directions import layer_normalize
 from rlflat.probe.hvp import HessianOperator, Params
 from rlflat.probe.landscape import barrier, interpolate
 from rlflat.probe.perturbation import perturbed_returns
@@ -123,3 +124,19 @@ def test_exact_route_eigenvectors_satisfy_h_v_equals_lambda_v(k: int) -> None:
     assert values_only.vectors is None
     torch.testing.assert_close(values_only.values, top.values, rtol=0, atol=1e-10)
     assert eigenpairs(op, k, which="smallest", vectors=False).values.tolist() == pytest.approx(_SPECTRUM[::-1][:k])
+
+
+def test_layer_normalisation_keeps_every_tensor_of_two_or_more_dimensions() -> None:
+    """With ignore_1d only 0-D and 1-D tensors are zeroed; 2-D and 4-D tensors get their parameter's norm."""
+    g = torch.Generator().manual_seed(8)
+    params = {n: torch.randn(s, generator=g, dtype=torch.float64) for n, s in
+              (("conv", (2, 3, 2, 2)), ("w", (4, 3)), ("b", (4,)), ("scale", ()))}  # fmt: skip
+    direction = {n: torch.randn(p.shape, generator=g, dtype=torch.float64) for n, p in params.items()}
+    for ignore_1d in (True, False):
+        out = layer_normalize(direction, params, ignore_1d=ignore_1d)
+        for name in ("conv", "w") + (() if ignore_1d else ("b", "scale")):
+            assert float(out[name].norm()) == pytest.approx(float(params[name].norm()), rel=1e-9), name
+            cosine = float((out[name] * direction[name]).sum() / (out[name].norm() * direction[name].norm()))
+            assert cosine == pytest.approx(1.0, rel=1e-12), name
+        if ignore_1d:
+            assert not out["b"].any() and not out["scale"].any()

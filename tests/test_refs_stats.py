@@ -82,3 +82,39 @@ def test_stratified_permutation_p_value_matches_exact_enumeration() -> None:
     se = math.sqrt(exact * (1 - exact) / n_perm)
     assert abs(res.p_value - exact) < 4 * se + 2 / n_perm, (res.p_value, exact)
     assert "20000 random" in res.p_method
+
+
+# -- the sentences, word for word ------------------------------------------------------------------------------
+
+
+def _corr_row(**extra: object) -> dict[str, object]:
+    row: dict[str, object] = {"task": "CartPole", "measure": "probe.lambda_max", "metric": "robustness.auc_mean"}
+    row |= {"method": "kendall", "scope": S.ACROSS, "estimate": -0.456, "ci_low": -0.81, "ci_high": -0.052}
+    row |= {"n": 14, "p_value": 0.0312, "p_holm": 0.0936, "n_tests": 3, "reason": ""}
+    return row | extra
+
+
+def test_describe_correlation_word_for_word() -> None:
+    """The full sentence for a Kendall row with a Holm p and censoring, and its variants (no CI, undefined, pooled
+    within algorithm): a changed word, number format or clause is a changed report."""
+    text = S.describe_correlation(_corr_row(), "lambda_max", "robust AUC", n_censored=2)
+    assert text == (
+        "lambda_max vs robust AUC on CartPole: Kendall τ = -0.46 [CI -0.81, -0.05] over 14 runs "
+        "(permutation p = 0.031, Holm-adjusted over 3 tests p = 0.094; 2 of 14 runs never collapsed (tied at the "
+        "range bound)); the CI excludes zero: sharper runs were less robust (as ranked by robust AUC)."
+    )
+    no_ci = S.describe_correlation(_corr_row(ci_low=math.nan, ci_high=math.nan, p_value=0.0004, p_holm=math.nan),
+                                   "m", "r")  # fmt: skip
+    assert no_ci == (
+        "m vs r on CartPole: Kendall τ = -0.46 over 14 runs (permutation p < 0.001); "
+        "too few runs for an interval, so no claim."
+    )
+    pooled = _corr_row(task=S.POOLED, scope=S.WITHIN_ALGO, method="spearman", estimate=math.nan, reason="no data here")
+    assert S.describe_correlation(pooled, "m", "r") == (
+        "m vs r pooled over tasks (within-task ranks), within each algorithm: undefined (no data here)."
+    )
+    spans = S.describe_correlation(_corr_row(method="spearman", ci_high=0.2, p_holm=math.nan), "m", "r")
+    assert spans == (
+        "m vs r on CartPole: Spearman ρ = -0.46 [CI -0.81, 0.20] over 14 runs (permutation p = 0.031); "
+        "the CI spans zero: no evidence of an association."
+    )
