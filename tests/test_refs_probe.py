@@ -9,11 +9,14 @@ import torch
 from stable_baselines3 import PPO
 
 from rlflat.policy import FunctionalPolicy, load_policy
+from rlflat.probe.batch import collect_batch
 from rlflat.probe.directions import layer_normalize
 from rlflat.probe.hvp import HessianOperator, Params
-from rlflat.probe.landscape import barrier, interpolate
-from rlflat.probe.perturbation import perturbed_returns
+from rlflat.probe.landscape import barrier, interpolate, plane, slice_1d, slice_2d
+from rlflat.probe.losses import make_loss, scope_params
+from rlflat.probe.perturbation import perturbed_returns, worst_case
 from rlflat.probe.spectrum import eigenpairs, extreme_eigenpairs
+from rlflat.probe.worst_case import sam_sharpness
 from rlflat.tasks import load_task, make_env
 
 torch.set_num_threads(1)
@@ -140,3 +143,50 @@ def test_layer_normalisation_keeps_every_tensor_of_two_or_more_dimensions() -> N
             assert cosine == pytest.approx(1.0, rel=1e-12), name
         if ignore_1d:
             assert not out["b"].any() and not out["scale"].any()
+
+
+def test_plane_and_slices_evaluate_theta_plus_a_d1_plus_b_d2() -> None:
+    known = _KnownHessian()
+    g = torch.Generator().manual_seed(9)
+    d1 = {k: torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in known.params.items()}
+    d2 = {k: torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in known.params.items()}
+    point = plane(known.params, d1, d2, 0.7, -1.3)
+    for k, v in known.params.items():
+        torch.testing.assert_close(point[k], v + 0.7 * d1[k] - 1.3 * d2[k], rtol=0, atol=1e-14)
+    alphas = np.array([-1.0, -0.25, 0.5, 2.0])
+    losses, returns = slice_1d(None, None, known.loss, known.params, d1, alphas)  # type: ignore[arg-type]
+    expected = [float(known.loss({k: v + a * d1[k] for k, v in known.params.items()})) for a in alphas]
+    np.testing.assert_allclose(losses, expected, rtol=1e-12)
+    assert returns is None
+    grid, _ = slice_2d(None, None, known.loss, known.params, d1, d2, alphas)  # type: ignore[arg-type]
+    for i, a in enumerate(alphas):
+        for j, b in enumerate(alphas):
+            want = float(known.loss({k: v + a * d1[k] + b * d2[k] for k, v in known.params.items()}))
+            assert grid[i, j] == pytest.approx(want, rel=1e-12)  # rows indexed by a, columns by b
+
+
+def test_worst_case_reports_the_kl_and_action_change_of_each_maximiser(
+    two_policies: tuple[FunctionalPolicy, FunctionalPolicy],
+) -> None:
+    """At the raw one-step maximiser: KL(pi_theta || pi_point) by hand from the two softmaxes, and the fraction of
+    states whose greedy action changed."""
+    policy, _ = two_policies
+    batch = collect_batch(policy, CARTPOLE, 64, seed=0, n_envs=2)
+    loss = make_loss(policy, batch, "nll")
+    params = scope_params(policy, "actor")
+    obs = policy.preprocess(batch.observations)
+    scalars, arrays = worst_case(policy, None, loss, params, obs, rho=2.0, adaptive_rho=0.5, steps=2)
+    assert arrays == {}
+    found = sam_sharpness(loss, params, 2.0)
+    point = {k: v + found.perturbation[k] for k, v in params.items()}
+    with torch.no_grad():
+        p = torch.softmax(policy.distribution(params, obs).logits.double(), -1)
+        q = torch.softmax(policy.distribution(point, obs).logits.double(), -1)
+    kl = float((p * (p.log() - q.log())).sum(-1).mean())
+    changed = float((p.argmax(-1) != q.argmax(-1)).double().mean())
+    entry = scalars["raw"]["one_step"]
+    assert kl > 1e-4 and entry["kl"] == pytest.approx(kl, rel=1e-4)
+    assert entry["action_change"] == pytest.approx(changed, abs=1e-12)
+    assert entry["sharpness"] == pytest.approx(found.sharpness, rel=1e-9) and entry["eps_norm"] == pytest.approx(2.0)
+    assert entry["return"] is None and entry["return_drop"] is None
+    assert scalars["raw"]["rho"] == 2.0 and scalars["adaptive"]["rho"] == 0.5

@@ -118,3 +118,13 @@ def test_describe_correlation_word_for_word() -> None:
         "m vs r on CartPole: Spearman ρ = -0.46 [CI -0.81, 0.20] over 14 runs (permutation p = 0.031); "
         "the CI spans zero: no evidence of an association."
     )
+
+
+def test_kendall_rows_above_the_vector_limit_match_scipy_on_a_narrow_range() -> None:
+    """n = 300 (the scipy loop), y spread over less than 1: the constant-side check is ptp > 0, not a range."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 300))
+    y = 0.3 * x + rng.normal(scale=0.1, size=(2, 300))
+    y = 0.5 * (y - y.min()) / np.ptp(y)  # within [0, 0.5]
+    got = S.ROW_STATS["kendall"](x, y)
+    np.testing.assert_allclose(got, [sps.kendalltau(a, b).statistic for a, b in zip(x, y, strict=True)], rtol=1e-12)
