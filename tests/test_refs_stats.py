@@ -7,6 +7,7 @@ import itertools
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats as sps
 
@@ -128,3 +129,21 @@ def test_kendall_rows_above_the_vector_limit_match_scipy_on_a_narrow_range() -> 
     y = 0.5 * (y - y.min()) / np.ptp(y)  # within [0, 0.5]
     got = S.ROW_STATS["kendall"](x, y)
     np.testing.assert_allclose(got, [sps.kendalltau(a, b).statistic for a, b in zip(x, y, strict=True)], rtol=1e-12)
+
+
+def test_iqm_comparison_matches_scipy_trim_mean_and_bootstrap() -> None:
+    """stat='iqm': the difference of scipy trim_mean(0.25) values, and a percentile-bootstrap interval matching
+    scipy.stats.bootstrap's (two independent samples) within Monte Carlo error."""
+    rng = np.random.default_rng(6)
+    a, b = rng.gamma(2.0, 1.5, size=9) + 1.0, rng.normal(2.0, 0.7, size=7)
+    runs = pd.DataFrame({"task": "CartPole", "algo": ["x"] * 9 + ["y"] * 7, "probe.trace": np.r_[a, b]})
+    row = S.compare_algorithms(runs, ["probe.trace"], "x", "y", seed=1, stat="iqm", n_boot=20_000).iloc[0]
+    iqm_a, iqm_b = sps.trim_mean(a, 0.25), sps.trim_mean(b, 0.25)
+    assert (row.algo_value, row.baseline_value) == pytest.approx((iqm_a, iqm_b), rel=1e-12)
+    assert row.difference == pytest.approx(iqm_a - iqm_b, rel=1e-12)
+    ref = sps.bootstrap((a, b), lambda x, y, axis: sps.trim_mean(x, 0.25, axis=axis) - sps.trim_mean(y, 0.25, axis=axis),
+                        n_resamples=20_000, method="percentile", random_state=np.random.default_rng(2)).confidence_interval  # fmt: skip
+    width = ref.high - ref.low
+    assert row.diff_ci_low == pytest.approx(ref.low, abs=0.05 * width)
+    assert row.diff_ci_high == pytest.approx(ref.high, abs=0.05 * width)
+    assert row.diff_method.startswith("percentile bootstrap")
