@@ -54,6 +54,22 @@ def set_torch_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def add_loading_flags(parser: argparse.ArgumentParser) -> None:
+    """``--trust`` and ``--vecnormalize``: how a model file and its normalisation statistics are read."""
+    parser.add_argument(
+        "--trust",
+        action="store_true",
+        help="load the zip (and a --vecnormalize pickle) with SB3's full loader, which unpickles them and can run "
+        "code in them; only for files you trust (default: rebuild the policy from readable fields, unpickle nothing)",
+    )
+    parser.add_argument(
+        "--vecnormalize",
+        metavar="PATH",
+        help="normalisation statistics to apply: an rlflat normalization.json, or SB3's vecnormalize.pkl with "
+        "--trust (default: a run dir's own normalization.json; files beside a bare zip are never applied)",
+    )
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage error is an :class:`RlflatError`: one line, exit 2, like every other bad input."""
 

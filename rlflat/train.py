@@ -1,7 +1,8 @@
 """``python -m rlflat.train ALGO TASK``: train one policy into a self-describing run directory.
 
 A run directory holds ``config.json`` (everything needed to reproduce it), ``model.zip`` (SB3 format),
-``vecnormalize.pkl`` (when trained with observation normalisation), ``train.csv`` (learning curve) and
+``vecnormalize.pkl`` and ``normalization.json`` (when trained with normalisation: SB3's pickle, and the same
+statistics as data, which is what rlflat reads), ``train.csv`` (learning curve) and
 ``metrics.json`` (final deterministic evaluation on the nominal task). The directory is assembled under a hidden
 temporary name and renamed into place, so a crash never leaves a half-written run behind.
 """
@@ -30,6 +31,7 @@ from rlflat import algos
 from rlflat.cli import ArgumentParser, run_cli, set_torch_threads
 from rlflat.errors import RlflatError
 from rlflat.io import check_output_dir, package_versions, read_json, remove_stale_staging, staging_dir, write_json
+from rlflat.normalization import NORMALIZATION_FILE, NormalizationStats
 from rlflat.policy import MODEL_FILE, NORMALIZER_FILE, FunctionalPolicy, ObservationNormalizer
 from rlflat.tasks import TaskSpec, list_tasks, load_task, make_env
 
@@ -156,8 +158,10 @@ def _train_into(
     model.save(directory / MODEL_FILE)
     normalizer = None
     if isinstance(env, VecNormalize):
-        env.save(str(directory / NORMALIZER_FILE))
-        normalizer = ObservationNormalizer.load(directory / NORMALIZER_FILE)
+        env.save(str(directory / NORMALIZER_FILE))  # SB3's format, for SB3 users
+        stats = NormalizationStats.from_vec_normalize(env)
+        write_json(directory / NORMALIZATION_FILE, stats.to_json())  # what rlflat reads: data, not code
+        normalizer = ObservationNormalizer.from_stats(stats)
     curve.write_csv(directory / "train.csv")
     policy = FunctionalPolicy(model.policy, normalizer)
     returns = evaluate_nominal(policy, spec, EVAL_EPISODES)
