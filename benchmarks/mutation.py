@@ -11,7 +11,7 @@ Running every mutant of the core (~7,000) takes hours on 2 cores, so ``--sample 
 with a fixed seed and the score is stated with its Wilson 95% interval over that sample. Modules run one at a
 time, each mutant in a forked child (mutmut), under ``nice``.
 
-    python benchmarks/mutation.py --sample 30          # draw, run the drawn mutants without a result, report
+    python benchmarks/mutation.py --sample 30          # draw, run the drawn mutants not yet killed, report
     python benchmarks/mutation.py --survivors          # re-run only the sampled mutants that survived
     python benchmarks/mutation.py --report             # report the stored results, run nothing
     python benchmarks/mutation.py --show-survivors     # the diff of every sampled survivor
@@ -232,8 +232,13 @@ def main(argv: list[str] | None = None) -> int:
             todo[label] = [m for m in names if m not in equivalent and results.get(m) not in KILLED]
     elif args.sample is not None:
         sample = draw(args.sample, args.seed)
-        # mutants with a stored result keep it (mutmut resets the results of functions whose code changed)
-        todo = {label: [m for m in names if _results(MODULES[label]).get(m) is None] for label, names in sample.items()}
+        # a killed mutant stays killed (mutmut resets the results of functions whose code changed); the rest run
+        # (again): unrun ones, and survivors that new tests may now kill
+        equivalent = load_equivalent()
+        todo = {}
+        for label, names in sample.items():
+            results = _results(MODULES[label])
+            todo[label] = [m for m in names if m not in equivalent and results.get(m) not in KILLED]
     else:
         sample = None
         todo = {label: sorted(_results(source)) for label, source in MODULES.items()}

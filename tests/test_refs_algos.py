@@ -156,7 +156,7 @@ def test_pg_without_advantage_normalisation_uses_raw_advantages() -> None:
     batch = next(model.rollout_buffer.get(batch_size=None))
     _, log_prob, _, _ = model._evaluate(batch, False)
     _, stats = model.minibatch_loss(batch)
-    raw = -float((batch.advantages * log_prob).mean())
+    raw = -float((batch.advantages * log_prob).mean().detach())
     assert stats["policy_loss"] == pytest.approx(raw, rel=1e-5)
 
 
@@ -223,12 +223,13 @@ def test_sam_step_on_several_tensors_uses_one_global_norm(subset: bool) -> None:
 
 
 @pytest.mark.parametrize("subset", [False, True])
-def test_asam_step_on_several_tensors_scales_weights_only(subset: bool) -> None:
+def test_asam_step_on_several_tensors_scales_every_tensor(subset: bool) -> None:
+    """T = |theta| + eta elementwise on weights and biases alike (rlflat.scope.adaptive_scale's definition)."""
     net = _Net()
     perturbed = [net.l1.weight, net.l1.bias] if subset else list(net.parameters())
     moved = _mask(net, perturbed)
     eta = 0.05
-    scale = th.cat([(p.detach().abs() + eta if p.ndim >= 2 else th.ones_like(p)).flatten() for p in net.parameters()])
+    scale = th.cat([(p.detach().abs() + eta).flatten() for p in net.parameters()])
     expected = _expected_step(net, scale, moved, rho=0.6, lr=0.2)
     th.testing.assert_close(_rule_step(ASAM(rho=0.6, eta=eta), net, perturbed, lr=0.2), expected, rtol=1e-10,
                             atol=1e-12)  # fmt: skip

@@ -160,3 +160,20 @@ def test_return_cis_match_scipy_t_interval(level: float) -> None:
         assert (low[i], high[i]) == pytest.approx(ref, rel=1e-12)
     single_low, single_high = episodes_ci(returns[:, :1])
     assert np.isnan(single_low).all() and np.isnan(single_high).all()
+
+
+def test_rollout_stats_count_the_steps_the_returns_imply(tmp_path: Path) -> None:
+    """CartPole pays 1 per step, so each return is its episode's length: the batched loop runs max(length) steps
+    and simulates sum(length) env steps over rows = settings x episodes."""
+    from stable_baselines3 import PPO
+
+    from rlflat.evaluate import rollout_returns
+    from rlflat.policy import load_policy
+    from rlflat.tasks import make_env
+
+    task = load_task("CartPole")
+    PPO("MlpPolicy", make_env(task), seed=3, policy_kwargs={"net_arch": [8]}).save(tmp_path / "m.zip")
+    stats: dict[str, int] = {}
+    returns = rollout_returns(load_policy(tmp_path / "m.zip"), task, [{}, {"length": 0.3}], 5, stats=stats)
+    assert np.ptp(returns) > 0  # episodes of different lengths
+    assert stats == {"rows": 10, "steps": int(returns.max()), "env_steps": int(returns.sum())}

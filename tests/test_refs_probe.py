@@ -8,13 +8,14 @@ import pytest
 import torch
 from stable_baselines3 import PPO
 
+from rlflat.errors import RlflatError
 from rlflat.policy import FunctionalPolicy, load_policy
 from rlflat.probe.batch import collect_batch
-from rlflat.probe.directions import layer_normalize
+from rlflat.probe.directions import layer_normalize, random_direction
 from rlflat.probe.hvp import HessianOperator, Params
 from rlflat.probe.landscape import barrier, interpolate, plane, slice_1d, slice_2d
 from rlflat.probe.losses import make_loss, scope_params
-from rlflat.probe.perturbation import perturbed_returns, worst_case
+from rlflat.probe.perturbation import perturbed_returns, stack_params, worst_case
 from rlflat.probe.spectrum import eigenpairs, extreme_eigenpairs
 from rlflat.probe.worst_case import sam_sharpness
 from rlflat.tasks import load_task, make_env
@@ -190,3 +191,14 @@ def test_worst_case_reports_the_kl_and_action_change_of_each_maximiser(
     assert entry["sharpness"] == pytest.approx(found.sharpness, rel=1e-9) and entry["eps_norm"] == pytest.approx(2.0)
     assert entry["return"] is None and entry["return_drop"] is None
     assert scalars["raw"]["rho"] == 2.0 and scalars["adaptive"]["rho"] == 0.5
+
+
+def test_random_direction_defaults_to_filter_and_names_bad_kinds() -> None:
+    known = _KnownHessian()
+    default = random_direction(known.params, seed=3)
+    for k, v in random_direction(known.params, "filter", seed=3).items():
+        assert torch.equal(default[k], v)
+    with pytest.raises(RlflatError, match=r"direction kind.*'bogus'.*filter"):
+        random_direction(known.params, "bogus", seed=3)  # type: ignore[arg-type]
+    with pytest.raises(RlflatError, match="^no parameter sets to stack$"):
+        stack_params([])

@@ -18,6 +18,7 @@ from rlflat.evaluate import SuiteSpec, evaluate_run, rollout_returns
 from rlflat.policy import load_policy
 from rlflat.probe import probe_run
 from rlflat.probe.__main__ import main as probe_main
+from rlflat.probe.seeding import subseed
 from rlflat.sweep import executors
 from rlflat.sweep.pipeline import RunJob, RunOutcome
 from rlflat.tasks import load_task
@@ -68,8 +69,11 @@ def test_normalized_run_saves_applies_and_evaluates_with_its_statistics(
     train_metrics = json.loads((run / "metrics.json").read_text())["train"]
     table, block = evaluate_run(run, out=tmp_path / "eval", suite=SuiteSpec(parameters=("length",), points=3),
                                 episodes=train_metrics["episodes"])  # fmt: skip
-    assert block["nominal_return"] == train_metrics["return_mean"]
-    assert float(table.loc[table["family"] == "nominal", "return_std"].iloc[0]) == train_metrics["return_std"]
+    nominal = np.array(table.loc[table["family"] == "nominal", "returns"].iloc[0])
+    first = nominal[: train_metrics["episodes"]]  # the evaluator's nominal episodes are a superset, same seeds
+    assert float(np.mean(first)) == pytest.approx(train_metrics["return_mean"], rel=1e-12)
+    assert float(np.std(first)) == pytest.approx(train_metrics["return_std"], rel=1e-12, abs=1e-12)
+    assert block["nominal_return"] == pytest.approx(float(nominal.mean()), rel=1e-12)
     # ... and the statistics matter: without them the same parameters act differently
     raw = copy.copy(policy)
     raw.normalizer = None
@@ -106,15 +110,24 @@ def test_probe_interpolate_cli_measures_the_path_between_two_runs(
             for r in (run_a, run_b)]  # fmt: skip
     assert path["distance"] == pytest.approx(float((flat[0] - flat[1]).norm()), rel=1e-5)
     policy_a = load_policy(run_a)
-    own = rollout_returns(policy_a, CARTPOLE, [{}], episodes=2, seed=0)[0, 0].mean()
-    assert path["return"][ends[0]] == own  # the probe's evaluation episodes start from seed 0 as the evaluator's
-    loss, returns = np.array(path["loss"]), np.array(path["return"])
-    inside = (alphas >= 0) & (alphas <= 1)
-    assert path["loss_barrier"] == pytest.approx(loss[inside].max() - 0.5 * (loss[ends[0]] + loss[ends[1]]))
-    assert path["return_barrier"] == pytest.approx(0.5 * (returns[ends[0]] + returns[ends[1]]) - returns[inside].min())
+    replicates = result["config"]["replicate_seeds"]  # the path is measured on each replicate, then averaged
+    own = np.mean([rollout_returns(policy_a, CARTPOLE, [{}], episodes=2, seed=subseed(s, "evaluation"))[0, 0].mean()
+                   for s in replicates])  # fmt: skip
+    assert path["return"][ends[0]] == pytest.approx(own, rel=1e-12)  # alpha 0 is run A, on the probe's episodes
     assert path["same_observation_normalizer"] is False  # A normalises observations, B does not
+    # each replicate's barriers by hand from its own curves (max of the loss inside [0, 1] above the ends' mean,
+    # the ends' mean return above the lowest inside), then pooled as their mean
     arrays = np.load(out / "probe.npz")
     np.testing.assert_array_equal(arrays["interpolation_alphas"], alphas)
+    inside = (alphas >= 0) & (alphas <= 1)
+    loss, returns = arrays["interpolation.loss_batches"], arrays["interpolation.return_batches"]
+    assert loss.shape == returns.shape == (len(replicates), len(alphas))
+    loss_barriers = loss[:, inside].max(1) - 0.5 * (loss[:, ends[0]] + loss[:, ends[1]])
+    return_barriers = 0.5 * (returns[:, ends[0]] + returns[:, ends[1]]) - returns[:, inside].min(1)
+    np.testing.assert_allclose(arrays["interpolation.loss_barrier_batches"], loss_barriers, rtol=1e-6)
+    np.testing.assert_allclose(arrays["interpolation.return_barrier_batches"], return_barriers, rtol=1e-12)
+    assert path["loss_barrier"] == pytest.approx(loss_barriers.mean(), rel=1e-6)
+    assert path["return_barrier"] == pytest.approx(return_barriers.mean(), rel=1e-12)
 
 
 # -- the local executor gives up on a pool that keeps dying ------------------------------------------------------
