@@ -48,6 +48,12 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--collapse-frac", type=float, default=0.5, help="collapse threshold (default 0.5)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes stepping Gymnasium envs (MuJoCo, Box2D; default: every usable core; 1: none)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -94,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         collapse_frac=args.collapse_frac,
         backend=args.backend,
         progress=False if args.no_progress else None,
+        workers=args.workers,
     )
     path = Path(args.path)
     out = Path(args.out) if args.out else (path if path.is_dir() else path.parent)

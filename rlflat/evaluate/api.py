@@ -35,6 +35,7 @@ def evaluate(
     collapse_frac: float = 0.5,
     backend: Backend = "auto",
     progress: bool | None = None,
+    workers: int | None = None,
 ) -> pd.DataFrame:
     """One row per setting of ``suite`` (default: the task's default suite), all rolled out in one batch.
 
@@ -43,7 +44,7 @@ def evaluate(
     ``return_ci_low``/``high`` (95% Student-t), ``normalized_return``, ``collapsed`` and the per-episode
     ``returns`` (episode j used seed ``seed + j`` in every row, so rows and runs can be compared pairwise).
     ``deterministic=False`` samples actions per step (gSDE: independent per-step noise, not SB3's exploration
-    matrix).
+    matrix). ``workers``: processes stepping Gymnasium envs (MuJoCo, Box2D); None = every usable core.
     """
     _check_collapse_frac(collapse_frac)
     settings = build_settings(task, suite)
@@ -64,6 +65,7 @@ def evaluate(
         rng_seed=rng_seed,
         backend=backend,
         progress=progress,
+        workers=workers,
     )[0]
     per_row = returns[[index[s.key] for s in settings]]
     return _table(task, settings, per_row, seed, deterministic, collapse_frac)
