@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rlflat.cli import ArgumentParser, run_cli, set_torch_threads
+from rlflat.cli import ArgumentParser, add_loading_flags, run_cli, set_torch_threads
 from rlflat.probe.directions import KINDS
 from rlflat.probe.losses import LOSSES, SCOPES
 from rlflat.probe.options import DEFAULT_MEASURES, MEASURES, ProbeOptions
@@ -38,7 +38,9 @@ def _parser() -> ArgumentParser:
     p.add_argument("--measures", help=f"comma list of {','.join(MEASURES)} (default {','.join(DEFAULT_MEASURES)})")
     p.add_argument("--loss", help=f"{'/'.join(LOSSES)} (default {d.loss})")
     p.add_argument("--scope", help=f"{'/'.join(SCOPES)} (default {d.scope}; critic params do not enter the losses)")
-    p.add_argument("--batch", type=int, help=f"probe batch size (default {d.batch})")
+    p.add_argument("--batches", type=int, help=f"independent probe batches B, each measure's SE is over them "
+                   f"(default {d.batches})")  # fmt: skip
+    p.add_argument("--batch", type=int, help=f"transitions per probe batch, whole episodes (default {d.batch})")
     p.add_argument("--seed", type=int, help=f"probe seed (default {d.seed})")
     p.add_argument("--top-k", type=int, help=f"eigenvalues at each end (default {d.top_k})")
     p.add_argument("--exact-threshold", type=int,
@@ -60,6 +62,7 @@ def _parser() -> ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smaller sizes for smoke tests")
     p.add_argument("--no-metrics", action="store_true", help="do not add the probe block to metrics.json")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    add_loading_flags(p)
     return p
 
 
@@ -67,6 +70,7 @@ _OPTION_FLAGS = (
     "measures",
     "loss",
     "scope",
+    "batches",
     "batch",
     "seed",
     "top_k",
@@ -95,26 +99,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         options["update_metrics"] = False
     options = {k: v for k, v in options.items() if v is not None}
     out_dir = args.out if args.out is not None else default_out(args.path)
-    result = probe_run(args.path, task=args.task, out=args.out, **options)
+    result = probe_run(
+        args.path,
+        task=args.task,
+        out=args.out,
+        trust=args.trust,
+        vecnormalize=args.vecnormalize,
+        progress=None,
+        **options,
+    )
     _print_summary(result, last_timing(), out_dir)
     return 0
 
 
 def _print_summary(result: Mapping[str, Any], seconds: Mapping[str, float], out_dir: Path) -> None:
+    """The headline numbers, each as mean +- standard error over the replicate batches."""
     hess = result.get("hessian") or {}
-    print(f"loss {result['loss']['name']} = {result['loss']['value']:.6g}  n_params {result['n_params']}")
+    batches = result["config"].get("batches", 1)
+    print(
+        f"loss {result['loss']['name']} = {_pm(result['loss'], 'value')}  n_params {result['n_params']}  "
+        f"({batches} batches of ~{_fmt((result.get('batch') or {}).get('size'))} transitions; +- is the SE over them)"
+    )
     if hess:
         print(
-            f"hessian ({hess.get('method')}): lambda_max {_fmt(hess.get('lambda_max'))}  "
-            f"lambda_min {_fmt(hess.get('lambda_min'))}  trace {_fmt(hess.get('trace'))} "
-            f"+- {_fmt(hess.get('trace_stderr'))} ({hess.get('trace_method')})"
+            f"hessian of {result['loss']['name']} ({hess.get('method')}): lambda_max {_pm(hess, 'lambda_max')}  "
+            f"lambda_min {_pm(hess, 'lambda_min')}  trace {_pm(hess, 'trace')} ({hess.get('trace_method')})"
         )
+    fisher = result.get("fisher")
+    if fisher:
+        print(
+            f"fisher: lambda_max {_pm(fisher, 'lambda_max')}  trace {_pm(fisher, 'trace')}  "
+            f"rao_norm {_pm(fisher, 'rao_norm')}  adaptive lambda_max {_pm(fisher, 'adaptive_lambda_max')}"
+        )
+    confounds = result.get("confounds") or {}
+    shown = [f"{k} {_pm(confounds, k)}" for k in ("entropy", "max_action_prob", "log_std") if k in confounds]
+    if shown:
+        print("confounds: " + "  ".join(shown))
     avg = (result.get("perturbation") or {}).get("average")
     if avg:
         for kind in (k for k in KINDS if k in avg):
-            print(f"perturbation {kind}: critical sigma {_fmt(avg[kind].get('critical_sigma'))}")
+            print(f"perturbation {kind}: critical sigma {_pm(avg[kind], 'critical_sigma')}")
     print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
     print(out_dir / PROBE_JSON)
+
+
+def _pm(entry: Mapping[str, Any], key: str) -> str:
+    """``x +- se`` (just ``x`` without a standard error)."""
+    value, se = entry.get(key), entry.get(f"{key}_se")
+    return _fmt(value) if se is None or value is None else f"{_fmt(value)} +- {_fmt(se)}"
 
 
 def _fmt(x: Any) -> str:
