@@ -64,6 +64,12 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="simulator: batched (rlflat's vectorised sims), gym (Gymnasium's env), auto (batched where available)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes stepping Gymnasium envs (MuJoCo, Box2D; default: every usable core; 1: none)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_loading_flags(parser)
     return parser
@@ -122,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         backend=args.backend,
         progress=False if args.no_progress else None,
         force=args.force,
+        workers=args.workers,
         trust=args.trust,
         vecnormalize=args.vecnormalize,
     )

@@ -46,6 +46,7 @@ def evaluate(
     normalization: str = "task",
     nominal_episodes: int = NOMINAL_EPISODES,
     detect_inert: bool = True,
+    workers: int | None = None,
 ) -> pd.DataFrame:
     """One row per setting of ``suite`` (default: the task's default suite), all rolled out in one batch.
 
@@ -58,7 +59,8 @@ def evaluate(
     (per run; see :mod:`rlflat.evaluate.metrics`). The nominal row gets ``max(episodes, nominal_episodes)``
     episodes (its first ``episodes`` are the ones every other row uses), because the nominal return decides
     whether a run is ``unsolved`` and, per run, scales every other row. ``detect_inert`` adds the
-    ``dynamics_group``, ``inert`` and ``saturated`` columns (:mod:`rlflat.evaluate.inert`).
+    ``dynamics_group``, ``inert`` and ``saturated`` columns (:mod:`rlflat.evaluate.inert`). ``workers``:
+    processes stepping Gymnasium envs (MuJoCo, Box2D); None = every usable core.
     """
     _check_collapse_frac(collapse_frac)
     _check_nominal_episodes(nominal_episodes)
@@ -84,6 +86,7 @@ def evaluate(
         rng_seed=rng_seed,
         backend=backend,
         progress=progress,
+        workers=workers,
     )[0]
     per_row = [returns[index[s.key]] for s in settings]
     if nominal_episodes > episodes:  # build_settings puts nominal first; same seeds, so a superset of row 0
@@ -100,6 +103,7 @@ def evaluate(
             rng_seed=rng_seed,
             backend=backend,
             progress=False,
+            workers=workers,
         )[0, 0]
     table = _table(task, settings, per_row, seed, deterministic, collapse_frac, normalization)
     table.attrs["nominal_episodes"] = len(per_row[0])
