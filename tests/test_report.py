@@ -176,6 +176,7 @@ def test_report_writes_every_figure_and_references_it(report_dir: Path) -> None:
         "landscape_2d",
         "landscape_2d_return",
         "learning_curves",
+        "within_algorithm",
     }
     written = {p.stem for p in (report_dir / "figures").glob("*.png")}
     assert written == expected
