@@ -123,7 +123,7 @@ def section_flatness_vs_algorithm(ctx: Context) -> None:
         "'Between + within algorithms' is the pooled across-run ρ; 'within algorithm' averages the coefficients "
         "inside each algorithm (the permutation test shuffles within algorithms); the partial ρ removes the "
         "algorithm's level (indicators) and the ranks of the confounds."
-        + (f" Confounds absent from the runs table, skipped: {', '.join(absent)}." if absent else "")
+        + (f" Confounds not in the runs table (or constant), left out: {', '.join(absent)}." if absent else "")
     )
     table = flatness_table(ctx, runs, confounds)
     ctx.save_table(table, "flatness_vs_algorithm")
