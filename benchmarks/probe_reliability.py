@@ -31,7 +31,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -44,7 +43,10 @@ HEADLINE, UNFIT = 0.9, 0.8
 
 
 def _runs(study: Path) -> list[Path]:
-    return sorted(p for p in study.iterdir() if p.is_dir() and (p / "model.zip").exists())
+    """Published run dirs with a model (hidden names are a sweep's staging areas)."""
+    return sorted(
+        p for p in study.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "model.zip").exists()
+    )
 
 
 def probe_twice(run: Path, work: Path, options: dict[str, Any]) -> list[dict[str, Any]]:
@@ -83,9 +85,7 @@ def reliability(values: pd.DataFrame) -> pd.DataFrame:
             within = float(wide.var(axis=1, ddof=1).mean())
             between = float(wide.mean(axis=1).var(ddof=1))
             row["variance_ratio"] = between / within if within > 0 else math.inf
-        row["verdict"] = (
-            "headline" if row["icc"] >= HEADLINE else "unfit" if not row["icc"] >= UNFIT else "usable"
-        )
+        row["verdict"] = "headline" if row["icc"] >= HEADLINE else "unfit" if not row["icc"] >= UNFIT else "usable"
         rows.append(row)
     return pd.DataFrame(rows).sort_values("icc", ascending=False, na_position="last").reset_index(drop=True)
 

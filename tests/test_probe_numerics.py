@@ -358,7 +358,9 @@ def test_density_from_eigenvalues_is_exact(quad: Quadratic) -> None:
     assert float(torch.trapezoid(sd.density, sd.grid)) == pytest.approx(1.0, abs=1e-6)
     assert float(torch.trapezoid(sd.grid * sd.density, sd.grid)) == pytest.approx(float(quad.eigs.mean()), abs=1e-6)
     e = quad.eigs
-    assert negative_count_fraction(sd.nodes, sd.weights) == pytest.approx(float((e < -1e-3 * e.abs().max()).double().mean()))
+    assert negative_count_fraction(sd.nodes, sd.weights) == pytest.approx(
+        float((e < -1e-3 * e.abs().max()).double().mean())
+    )
 
 
 # ----- directions ------------------------------------------------------------------------------------

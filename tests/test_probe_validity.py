@@ -50,7 +50,9 @@ def test_pool_is_mean_and_standard_error_of_the_replicates() -> None:
         {"a": 4.5, "rho": 0.05, "s": "y", "curve": {"mean": [2.0, 2.0], "stderr": [9.0, 9.0]}, "c": None, "d": 3.0},
     ]
     out, arrays = pool(reps)
-    assert out["a"] == pytest.approx(np.mean([1, 2, 4.5])) and out["a_se"] == pytest.approx(scipy.stats.sem([1, 2, 4.5]))
+    assert out["a"] == pytest.approx(np.mean([1, 2, 4.5])) and out["a_se"] == pytest.approx(
+        scipy.stats.sem([1, 2, 4.5])
+    )
     assert out["rho"] == 0.05 and "rho_se" not in out  # a setting, not an estimate
     assert out["s"] == ["x", "x", "y"]
     assert out["curve"]["mean"] == pytest.approx([2.0, 3.0])

@@ -72,7 +72,12 @@ def top_eigenvalue(op: HessianOperator | ScaledOperator, seed: int, tol: float =
         return float(torch.linalg.eigvalsh(0.5 * (dense + dense.T))[-1])
     try:
         value = eigsh(
-            op.as_linear_operator(), k=1, which="LA", tol=tol, v0=v0.numpy() / math.sqrt(op.n), return_eigenvectors=False
+            op.as_linear_operator(),
+            k=1,
+            which="LA",
+            tol=tol,
+            v0=v0.numpy() / math.sqrt(op.n),
+            return_eigenvectors=False,
         )
     except ArpackNoConvergence as exc:  # keep the best Ritz value rather than fail the probe
         return float(np.max(exc.eigenvalues)) if len(exc.eigenvalues) else math.nan

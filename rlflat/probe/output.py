@@ -116,7 +116,9 @@ _FISHER_KEYS = ("lambda_max", "trace", "rao_norm", "adaptive_lambda_max", "adapt
 _CONFOUND_KEYS = ("entropy", "max_action_prob", "log_std")
 
 
-def _with_se(block: dict[str, Any], key: str, entry: Mapping[str, Any] | None, field: str, index: int | None = None) -> None:
+def _with_se(
+    block: dict[str, Any], key: str, entry: Mapping[str, Any] | None, field: str, index: int | None = None
+) -> None:
     """``block[key]`` and ``block[key_se]`` from ``entry[field]`` and ``entry[field_se]`` (element ``index`` of
     list fields); None where absent."""
     entry = entry or {}

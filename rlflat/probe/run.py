@@ -24,10 +24,10 @@ from rlflat.errors import RlflatError
 from rlflat.io import read_json, to_jsonable, update_json_block
 from rlflat.policy import MODEL_FILE, FunctionalPolicy, check_spaces, load_policy
 from rlflat.probe.batch import DEFAULT_GAE_LAMBDA, DEFAULT_GAMMA, ProbeBatch, collect_batch, reward_scale
+from rlflat.probe.fisher import confounds, fisher_measures, parameter_norms
 from rlflat.probe.hvp import HessianOperator
 from rlflat.probe.landscape import check_same_architecture
 from rlflat.probe.losses import make_loss, scope_params
-from rlflat.probe.fisher import confounds, fisher_measures, parameter_norms
 from rlflat.probe.measures import (
     TopVectors,
     hessian_measures,

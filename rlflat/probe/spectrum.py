@@ -29,6 +29,7 @@ from rlflat.probe.seeding import Seed, as_generator
 Which = Literal["largest", "smallest"]
 
 __all__ = [
+    "NEGATIVE_TOL",
     "Eigenpairs",
     "LanczosResult",
     "SpectralDensity",
@@ -41,7 +42,6 @@ __all__ = [
     "lambda_max_over_abs_sum",
     "lambda_max_over_trace",
     "lanczos",
-    "NEGATIVE_TOL",
     "negative_abs_mass_fraction",
     "negative_count_fraction",
     "power_iteration",
