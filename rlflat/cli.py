@@ -3,23 +3,46 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from rlflat.errors import RlflatError
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so the same clean-up runs (staging folders removed, nothing half-written)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Run ``main``; turn an :class:`RlflatError` into ``error: <message>`` and exit status 2."""
+    """Run ``main``; turn an :class:`RlflatError` into ``error: <message>`` and exit status 2.
+
+    SIGTERM (``kill``, a batch scheduler's stop) is handled like SIGINT: the exception unwinds every ``finally``
+    and context manager, so staging folders are removed; exit status 143 (130 for Ctrl-C), as a shell reports.
+    """
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return main(argv)
     except RlflatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def set_torch_threads(threads: int) -> None:
@@ -29,6 +52,22 @@ def set_torch_threads(threads: int) -> None:
     if threads < 1:
         raise RlflatError(f"--threads must be >= 1, got {threads}")
     torch.set_num_threads(threads)
+
+
+def add_loading_flags(parser: argparse.ArgumentParser) -> None:
+    """``--trust`` and ``--vecnormalize``: how a model file and its normalisation statistics are read."""
+    parser.add_argument(
+        "--trust",
+        action="store_true",
+        help="load the zip (and a --vecnormalize pickle) with SB3's full loader, which unpickles them and can run "
+        "code in them; only for files you trust (default: rebuild the policy from readable fields, unpickle nothing)",
+    )
+    parser.add_argument(
+        "--vecnormalize",
+        metavar="PATH",
+        help="normalisation statistics to apply: an rlflat normalization.json, or SB3's vecnormalize.pkl with "
+        "--trust (default: a run dir's own normalization.json; files beside a bare zip are never applied)",
+    )
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -49,11 +49,71 @@ def staging_dir(out: str | Path) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     staging.chmod(0o777 & ~umask())
     try:
-        yield staging
+        with _directory_lock(staging):  # held while in use: remove_stale_staging leaves a live one alone
+            yield staging
         publish_dir(staging, out)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def remove_stale_staging(out: str | Path) -> list[Path]:
+    """Remove what killed writers of ``out`` left: hidden ``.<out name>.<random>`` staging and trash folders.
+
+    A live :func:`staging_dir` holds an ``flock`` on its folder, which the kernel drops when its process dies
+    (even on ``kill -9``); a folder whose lock can be taken has no writer and goes. Returns what was removed.
+    """
+    out = Path(out)
+    if not out.parent.is_dir():
+        return []
+    removed = []
+    for path in out.parent.glob(f".{out.name}.*"):
+        if path.is_dir() and not path.is_symlink() and len(path.name) > len(out.name) + 2 and _unlocked(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _unlocked(directory: Path) -> bool:
+    """Whether nobody holds an ``flock`` on ``directory`` (non-POSIX: assume somebody does)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return False
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # closing drops a lock we took
+    return True
+
+
+def check_output_dir(out: str | Path, flag: str = "--out", *, published: bool = False) -> Path:
+    """``out`` if results could be written there, else a one-line error (checked before any work is done).
+
+    ``out`` must be a directory or not exist yet, and the folder written into must be a writable directory:
+    ``out`` itself when it exists, else its nearest existing ancestor; with ``published`` (a folder renamed
+    into place by :func:`staging_dir`) always ``out``'s parent side. A file in the way or a read-only parent
+    would otherwise fail only after the work, as a traceback.
+    """
+    from rlflat.errors import RlflatError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RlflatError(f"{flag} {out} is a file, not a directory; choose a directory")
+    ancestor = out if out.exists() and not published else out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise RlflatError(f"{flag} {out}: {ancestor} is a file, not a directory; choose another {flag}")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise RlflatError(f"{flag} {out}: {ancestor} is not writable; choose another {flag}")
+    return out
 
 
 def publish_dir(staging: str | Path, out: str | Path) -> Path:

@@ -1,7 +1,8 @@
 """``python -m rlflat.train ALGO TASK``: train one policy into a self-describing run directory.
 
 A run directory holds ``config.json`` (everything needed to reproduce it), ``model.zip`` (SB3 format),
-``vecnormalize.pkl`` (when trained with observation normalisation), ``train.csv`` (learning curve) and
+``vecnormalize.pkl`` and ``normalization.json`` (when trained with normalisation: SB3's pickle, and the same
+statistics as data, which is what rlflat reads), ``train.csv`` (learning curve) and
 ``metrics.json`` (final deterministic evaluation on the nominal task). The directory is assembled under a hidden
 temporary name and renamed into place, so a crash never leaves a half-written run behind.
 """
@@ -29,7 +30,8 @@ from tqdm.auto import tqdm
 from rlflat import algos
 from rlflat.cli import ArgumentParser, run_cli, set_torch_threads
 from rlflat.errors import RlflatError
-from rlflat.io import package_versions, read_json, staging_dir, write_json
+from rlflat.io import check_output_dir, package_versions, read_json, remove_stale_staging, staging_dir, write_json
+from rlflat.normalization import NORMALIZATION_FILE, NormalizationStats
 from rlflat.policy import MODEL_FILE, NORMALIZER_FILE, FunctionalPolicy, ObservationNormalizer
 from rlflat.tasks import TaskSpec, list_tasks, load_task, make_env
 
@@ -95,6 +97,7 @@ def train_run(
     device: str = "cpu",
     progress: bool = True,
     command: Sequence[str] | None = None,
+    force: bool = False,
 ) -> Path:
     """Train the run ``config`` (from :func:`resolve_run_config`) and return its directory.
 
@@ -103,12 +106,15 @@ def train_run(
     and the policy's defaults included (see :func:`rlflat.algos.effective_hyperparameters`).
 
     On divergence (a non-finite loss or parameter) the run directory records ``status: failed`` and the error,
-    and holds no model; the error is re-raised for the caller.
+    and holds no model; the error is re-raised for the caller. An existing, non-empty ``out`` is refused unless
+    ``force``, and then replaced only when the new run is complete (one rename; the old run stays until then).
+    Staging folders of killed earlier trainings into ``out`` are removed first.
     """
-    out = Path(out) if out is not None else default_run_dir(config)
-    if out.exists() and any(out.iterdir()):
-        raise RlflatError(f"run directory {out} already exists and is not empty; choose another --out")
+    out = check_output_dir(Path(out) if out is not None else default_run_dir(config), published=True)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise RlflatError(f"run directory {out} already exists and is not empty; choose another --out or add --force")
     device = check_device(device)
+    remove_stale_staging(out)
     spec = load_task(config["task"])
     full_config = {
         **config,
@@ -152,8 +158,10 @@ def _train_into(
     model.save(directory / MODEL_FILE)
     normalizer = None
     if isinstance(env, VecNormalize):
-        env.save(str(directory / NORMALIZER_FILE))
-        normalizer = ObservationNormalizer.load(directory / NORMALIZER_FILE)
+        env.save(str(directory / NORMALIZER_FILE))  # SB3's format, for SB3 users
+        stats = NormalizationStats.from_vec_normalize(env)
+        write_json(directory / NORMALIZATION_FILE, stats.to_json())  # what rlflat reads: data, not code
+        normalizer = ObservationNormalizer.from_stats(stats)
     curve.write_csv(directory / "train.csv")
     policy = FunctionalPolicy(model.policy, normalizer)
     returns = evaluate_nominal(policy, spec, EVAL_EPISODES)
@@ -227,14 +235,16 @@ def _parser() -> ArgumentParser:
     parser.add_argument("algo", nargs="?", help="algorithm, e.g. ppo, ppo_sam, pg_asam (see --list)")
     parser.add_argument("task", nargs="?", help="task alias or Gymnasium id, e.g. CartPole or CartPole-v1")
     parser.add_argument("--steps", type=int, help="total environment steps (default: the task spec's)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the network initialisation, the environments and SB3 (default 0)")  # fmt: skip
     parser.add_argument("--rho", type=float, help="SAM/ASAM neighbourhood radius")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a hyperparameter (repeatable; mapping values such as policy_kwargs merge)")  # fmt: skip
     parser.add_argument("--out", type=Path, help="run directory (default results/runs/<algo>-<task>-s<seed>-<id>)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or mps")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for small policies)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument("--force", action="store_true", help="replace an existing run directory at --out")
     parser.add_argument("--list", action="store_true", help="list algorithms and tasks, one per line")
     return parser
 
@@ -258,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_torch_threads(args.threads)
     check_device(args.device)
     config = resolve_run_config(args.algo, args.task, seed=args.seed, steps=args.steps, overrides=overrides)
-    out = train_run(config, out=args.out, device=args.device, progress=not args.no_progress,
+    out = train_run(config, out=args.out, device=args.device, progress=not args.no_progress, force=args.force,
                     command=["python", "-m", "rlflat.train", *(argv if argv is not None else sys.argv[1:])])  # fmt: skip
     metrics = read_json(out / "metrics.json")["train"]
     print(f"return {metrics['return_mean']:.1f} +- {metrics['return_std']:.1f} over {metrics['episodes']} episodes")

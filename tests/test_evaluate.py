@@ -230,8 +230,15 @@ def test_evaluate_table_and_metrics(models: dict[str, Path], tmp_path: Path) -> 
     assert written.loc[written["family"] == "length", "length"].tolist() == pytest.approx([0.125, 0.5, 2.0])
     nominal = written[written["family"] == "nominal"].iloc[0]
     length_nominal = written[(written["family"] == "length") & (written["factor"] == 1.0)].iloc[0]
-    assert length_nominal["return_mean"] == nominal["return_mean"]  # same seeds, same physics
-    assert nominal["normalized_return"] == 1.0
+    assert nominal["episodes"] == 100 and length_nominal["episodes"] == 3  # the nominal row gets more episodes
+    assert list(length_nominal["returns"]) == list(nominal["returns"][:3])  # same seeds, same physics
+    reference = load_task("CartPole").reference_returns
+    assert reference is not None  # task-level normalisation by default: the spec's R_low / R_ref
+    assert nominal["normalized_return"] == pytest.approx(
+        (nominal["return_mean"] - reference.low) / (reference.ref - reference.low)
+    )
+    assert not written["inert"].any() and not written["saturated"].any()  # every CartPole factor acts
+    assert block["unsolved"] == (nominal["return_mean"] < 475.0)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["train"] == {"final_return": 1.0}
     assert metrics["robustness"]["nominal_return"] == pytest.approx(nominal["return_mean"])
@@ -242,7 +249,7 @@ def test_evaluate_table_and_metrics(models: dict[str, Path], tmp_path: Path) -> 
 
 def test_default_suite(models: dict[str, Path]) -> None:
     task, policy = load_task("Pendulum"), load_policy(models["Pendulum"])
-    table = evaluate(policy, task, episodes=1, progress=False)
+    table = evaluate(policy, task, episodes=1, progress=False, normalization="nominal")
     assert set(table["family"]) == {"nominal", *task.default_suite}
     assert table.attrs["return_floor"] == RETURN_FLOORS["Pendulum-v1"]
     assert (table["normalized_return"] >= -1e-9).all()  # the floor really is a floor

@@ -238,7 +238,7 @@ def test_probe_run_writes_reproducible_outputs(tmp_path: Path, run_dir: Path) ->
         "entropy_se",
         "max_action_prob",
         "hessian_method",
-        "critical_sigma_raw",
+        "return_halving_sigma_raw",
         "worst_case_raw_one_step",
         "worst_case_adaptive_one_step",
         "kl_sigma0p1",
@@ -393,7 +393,7 @@ def _controller_run(directory: Path) -> Path:
     return directory
 
 
-def test_raw_critical_sigma_is_not_pinned_to_the_grid_start(tmp_path: Path) -> None:
+def test_raw_return_halving_sigma_is_not_pinned_to_the_grid_start(tmp_path: Path) -> None:
     """Raw directions are scaled to ||theta||: unscaled (norm ~sqrt(n)) they collapsed this policy before 0.03."""
     pol = load_policy(_controller_run(tmp_path / "controller"))
     assert rollout_returns(pol, CARTPOLE, [{}], 2, seed=0).mean() == 500.0
@@ -405,7 +405,7 @@ def test_raw_critical_sigma_is_not_pinned_to_the_grid_start(tmp_path: Path) -> N
         n_directions=4, episodes=2,
     )  # fmt: skip
     for kind in ("filter", "raw"):
-        crit = avg[kind]["critical_sigma"]
+        crit = avg[kind]["return_halving_sigma"]
         assert crit is not None and sigmas[0] < crit < sigmas[-1], (kind, crit, avg[kind]["return"])
 
 

@@ -485,3 +485,14 @@ def test_the_shipped_smoke_study_runs_end_to_end(tmp_path: Path) -> None:
     for column in ("train.return_mean", "probe.lambda_max", "probe.trace", "robustness.auc_mean"):
         assert table[column].notna().all(), column
     assert (table["hp.total_timesteps"] == 3000).all()
+
+
+def test_config_does_not_import_the_pipeline() -> None:
+    """The shared stage options have one home, so the import arrows between config and pipeline point one way."""
+    import ast
+
+    import rlflat.sweep.config as config_module
+
+    tree = ast.parse(Path(config_module.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "rlflat.sweep.stage_options" in imported and "rlflat.sweep.pipeline" not in imported

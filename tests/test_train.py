@@ -79,6 +79,71 @@ def test_existing_nonempty_out_is_refused(tmp_path: Path) -> None:
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
 
 
+def test_force_replaces_a_run_and_the_refusal_names_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rlflat.cli import run_cli
+
+    argv = ["ppo", "CartPole", "--steps", "64", "--out", str(tmp_path / "run"), "--no-progress"]
+    argv += [f"--set={k}={v}" for k, v in TINY.items()]
+    assert run_cli(main, argv) == 0
+    first = (tmp_path / "run" / "config.json").read_text()
+    capsys.readouterr()
+    assert run_cli(main, [*argv, "--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already exists" in err and "--force" in err
+    assert (tmp_path / "run" / "config.json").read_text() == first
+    assert run_cli(main, [*argv, "--seed", "1", "--force"]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["seed"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"], "staging or trash folder left behind"
+
+
+def test_training_leaves_no_sb3_logger_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # SB3's default logger folder goes under gettempdir()
+    monkeypatch.delenv("SB3_LOGDIR", raising=False)
+    _tiny_run(tmp_path, "run")
+    assert list(scratch.iterdir()) == []
+
+
+def test_stale_staging_folders_are_removed_live_ones_kept(tmp_path: Path) -> None:
+    import fcntl
+    import os
+
+    stale = tmp_path / ".run.k1ll3d"
+    (stale / "sub").mkdir(parents=True)
+    live = tmp_path / ".run.busy42"
+    live.mkdir()
+    other = tmp_path / ".other.x1"
+    other.mkdir()
+    fd = os.open(live, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # what a running staging_dir holds
+        _tiny_run(tmp_path, "run")
+        assert not stale.exists() and live.is_dir() and other.is_dir()
+    finally:
+        os.close(fd)
+
+
+def test_sigterm_removes_the_staging_folder(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "rlflat.train", "ppo", "CartPole", "--steps", "10000000", "--no-progress"]
+    proc = subprocess.Popen([*argv, "--out", str(tmp_path / "run")], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any((p / "config.json").exists() for p in tmp_path.glob(".run.*")):  # training has started
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err.strip() == "terminated"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_divergence_is_recorded_and_leaves_no_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = resolve_run_config("ppo", "CartPole", steps=64, overrides=TINY)
     original = algos.build_model

@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rlflat.cli import ArgumentParser, run_cli, set_torch_threads
+from rlflat.cli import ArgumentParser, add_loading_flags, run_cli, set_torch_threads
 from rlflat.errors import RlflatError
-from rlflat.evaluate.api import METRICS_FILE, TABLE_FILE, evaluate_run, resolve_task
+from rlflat.evaluate.api import METRICS_FILE, NOMINAL_EPISODES, TABLE_FILE, evaluate_run, resolve_task
+from rlflat.evaluate.metrics import NORMALIZATIONS
 from rlflat.evaluate.rollout import BACKENDS
 from rlflat.evaluate.suites import SuiteSpec, parse_grids, parse_levels, parse_suite
 
@@ -46,9 +47,21 @@ def build_parser() -> ArgumentParser:
         "noise with gSDE's std, not SB3's exploration matrix held for sde_sample_freq steps)",
     )
     parser.add_argument("--collapse-frac", type=float, default=0.5, help="collapse threshold (default 0.5)")
+    parser.add_argument(
+        "--normalization",
+        choices=NORMALIZATIONS,
+        default="task",
+        help="task: (R - R_low) / (R_ref - R_low) with the spec's constants, comparable across runs (default); "
+        "nominal: per run, 1 at its own nominal return",
+    )
+    parser.add_argument(
+        "--nominal-episodes", type=int, default=NOMINAL_EPISODES, help="episodes of the nominal row (default 100)"
+    )
+    parser.add_argument("--no-inert", action="store_true", help="skip the inert/saturated settings check")
     parser.add_argument("--backend", choices=BACKENDS, default="auto")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_loading_flags(parser)
     return parser
 
 
@@ -92,8 +105,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         deterministic=not args.stochastic,
         rng_seed=args.rng_seed,
         collapse_frac=args.collapse_frac,
+        normalization=args.normalization,
+        nominal_episodes=args.nominal_episodes,
+        detect_inert=not args.no_inert,
         backend=args.backend,
         progress=False if args.no_progress else None,
+        trust=args.trust,
+        vecnormalize=args.vecnormalize,
     )
     path = Path(args.path)
     out = Path(args.out) if args.out else (path if path.is_dir() else path.parent)
@@ -104,11 +122,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _summary(block: dict[str, Any], rows: int, out: Path) -> str:
     lines = [
         f"{block['task']}: nominal return {block['nominal_return']:.2f} +- {block['nominal_return_std']:.2f} "
-        f"over {block['episodes']} episodes; {rows} settings",
+        f"over {block.get('nominal_episodes', block['episodes'])} episodes"
+        f"{' (UNSOLVED: below ' + format(block['solved_threshold'], 'g') + ')' if block.get('unsolved') else ''}; "
+        f"{rows} settings, {block['episodes']} episodes each",
+        f"normalised: {block['normalization'].get('formula')} ({block['normalization'].get('mode', 'nominal')})",
     ]
+    if block.get("inert_settings") or block.get("saturated_settings"):
+        lines.append(
+            f"  {block['inert_settings']} inert setting(s) (dynamics equal to nominal) and "
+            f"{block['saturated_settings']} saturated one(s) (equal to another factor): see robustness.parquet"
+        )
     for name, curve in block["parameters"].items():
         factor = curve["collapse_factor"]
-        where = "none within range" if factor is None else f"x{factor:.3g}"
+        where = (
+            "none within range"
+            if factor is None
+            else f"x{factor:.3g} in [{', '.join(f'x{f:.3g}' for f in curve['collapse_bracket'])}]"
+        )
         lines.append(f"  {name:<16} auc {curve['auc']:.3f}  collapse {where}")
     for family, curve in block.get("noise", {}).items():
         level = curve["collapse_level"]

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rlflat.cli import ArgumentParser, run_cli, set_torch_threads
+from rlflat.cli import ArgumentParser, add_loading_flags, run_cli, set_torch_threads
 from rlflat.probe.directions import KINDS
 from rlflat.probe.losses import LOSSES, SCOPES
 from rlflat.probe.options import DEFAULT_MEASURES, MEASURES, ProbeOptions
@@ -56,12 +56,17 @@ def _parser() -> ArgumentParser:
     p.add_argument("--episodes", type=int, help=f"episodes per perturbed policy (default {d.episodes})")
     p.add_argument("--rho", type=float, help=f"raw worst-case radius (default {d.rho})")
     p.add_argument("--adaptive-rho", type=float, help=f"adaptive (ASAM) worst-case radius (default {d.adaptive_rho})")
+    p.add_argument("--return-sigmas", type=_floats,
+                   help=f"sigmas of the return drop (default {','.join(map(str, d.return_sigmas))})")  # fmt: skip
+    p.add_argument("--return-episodes", type=int, help=f"episodes per return-drop policy (default {d.return_episodes})")
+    p.add_argument("--keskar-eps", type=float, help=f"Keskar et al.'s box size epsilon (default {d.keskar_eps})")
     p.add_argument("--landscape-points", type=int, help=f"1-D slice points (default {d.landscape_points})")
     p.add_argument("--landscape-span", type=float, help=f"slice half-width (default {d.landscape_span})")
     p.add_argument("--interpolate", metavar="RUN_B", help="also probe the linear path to this policy")
     p.add_argument("--quick", action="store_true", help="smaller sizes for smoke tests")
     p.add_argument("--no-metrics", action="store_true", help="do not add the probe block to metrics.json")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    add_loading_flags(p)
     return p
 
 
@@ -81,6 +86,9 @@ _OPTION_FLAGS = (
     "episodes",
     "rho",
     "adaptive_rho",
+    "return_sigmas",
+    "return_episodes",
+    "keskar_eps",
     "landscape_points",
     "landscape_span",
     "interpolate",
@@ -98,7 +106,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         options["update_metrics"] = False
     options = {k: v for k, v in options.items() if v is not None}
     out_dir = args.out if args.out is not None else default_out(args.path)
-    result = probe_run(args.path, task=args.task, out=args.out, progress=None, **options)
+    result = probe_run(
+        args.path,
+        task=args.task,
+        out=args.out,
+        trust=args.trust,
+        vecnormalize=args.vecnormalize,
+        progress=None,
+        **options,
+    )
     _print_summary(result, last_timing(), out_dir)
     return 0
 
@@ -129,7 +145,8 @@ def _print_summary(result: Mapping[str, Any], seconds: Mapping[str, float], out_
     avg = (result.get("perturbation") or {}).get("average")
     if avg:
         for kind in (k for k in KINDS if k in avg):
-            print(f"perturbation {kind}: critical sigma {_pm(avg[kind], 'critical_sigma')}")
+            print(f"perturbation {kind}: return-halving sigma {_pm(avg[kind], 'return_halving_sigma')}")
+    _print_return_and_published(result)
     print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
     print(out_dir / PROBE_JSON)
 
@@ -138,6 +155,25 @@ def _pm(entry: Mapping[str, Any], key: str) -> str:
     """``x +- se`` (just ``x`` without a standard error)."""
     value, se = entry.get(key), entry.get(f"{key}_se")
     return _fmt(value) if se is None or value is None else f"{_fmt(value)} +- {_fmt(se)}"
+
+
+def _print_return_and_published(result: Mapping[str, Any]) -> None:
+    ret = result.get("return_sharpness") or {}
+    for kind in ("filter", "adaptive"):
+        for entry in ret.get(kind) or []:
+            print(
+                f"return drop {kind} sigma {entry['sigma']:g}: {_fmt(entry['drop'])} +- {_fmt(entry['drop_se'])} "
+                f"(normalised by {ret['scale']['value']:g})"
+            )
+    if cliff := result.get("cliff"):
+        print(f"cliff (Sullivan et al. 2022): {cliff['cliff']}  drop / range {_fmt(cliff['drop_over_range'])}")
+    if keskar := result.get("keskar"):
+        print(f"Keskar eps-sharpness (eps {keskar['eps']:g}): {_fmt(keskar['sharpness'])} %")
+    if mag := result.get("magnitude_aware"):
+        print(
+            f"Jiang magnitude-aware sigma' {_fmt(mag['sigma'])} +- {_fmt(mag['sigma_se'])}  "
+            f"1/sigma'^2 {_fmt(mag['flatness'])}" + ("  (censored at the upper bound)" if mag["censored"] else "")
+        )
 
 
 def _fmt(x: Any) -> str:

@@ -9,21 +9,19 @@ bootstrapped on time-limit truncation (Pardo et al., 2018) and cut on terminatio
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import numpy as np
 import torch
 from gymnasium import spaces
 
 from rlflat.errors import RlflatError
-from rlflat.policy import NORMALIZER_FILE, FunctionalPolicy, check_spaces
+from rlflat.policy import FunctionalPolicy, check_spaces
 from rlflat.probe.seeding import subseed
 from rlflat.tasks import TaskSpec, make_env
 
-__all__ = ["ProbeBatch", "collect_batch", "compute_gae", "reward_scale", "subseed"]
+__all__ = ["ProbeBatch", "collect_batch", "compute_gae", "subseed"]
 
 DEFAULT_GAMMA = 0.99
 DEFAULT_GAE_LAMBDA = 0.95
@@ -62,22 +60,6 @@ class ProbeBatch:
         if not policy.discrete:
             actions = actions.float()
         return obs, actions, torch.as_tensor(self.old_log_probs).float(), torch.as_tensor(self.advantages).float()
-
-
-def reward_scale(path: str | Path) -> tuple[float, float]:
-    """(scale, clip) of ``VecNormalize`` reward normalisation beside a run's model, or (1, inf) without it.
-
-    A critic trained on normalised rewards predicts normalised returns, so its advantages need the same rewards.
-    """
-    path = Path(path)
-    pkl = path / NORMALIZER_FILE if path.is_dir() else path.with_name(NORMALIZER_FILE)
-    if not pkl.exists():
-        return 1.0, float("inf")
-    with open(pkl, "rb") as handle:
-        vec = pickle.load(handle)
-    if not getattr(vec, "norm_reward", False):
-        return 1.0, float("inf")
-    return 1.0 / float(np.sqrt(vec.ret_rms.var + vec.epsilon)), float(vec.clip_reward)
 
 
 def compute_gae(

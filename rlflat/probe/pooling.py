@@ -109,7 +109,7 @@ def pool(replicates: Sequence[Mapping[str, Any]], prefix: str = "") -> tuple[dic
             if any(v is None for v in values):
                 out[key] = None
                 continue
-            out[key], sub = pool([v for v in values if v is not None], f"{path}.")
+            out[key], sub = pool([v for v in values if isinstance(v, Mapping)], f"{path}.")
             arrays.update(sub)
             continue
         numeric = _numeric(values)

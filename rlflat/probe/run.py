@@ -18,16 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from rlflat.errors import RlflatError
 from rlflat.io import read_json, to_jsonable, update_json_block
-from rlflat.policy import MODEL_FILE, FunctionalPolicy, check_spaces, load_policy
-from rlflat.probe.batch import DEFAULT_GAE_LAMBDA, DEFAULT_GAMMA, ProbeBatch, collect_batch, reward_scale
+from rlflat.policy import MODEL_FILE, FunctionalPolicy, Params, check_spaces, load_policy
+from rlflat.probe.batch import DEFAULT_GAE_LAMBDA, DEFAULT_GAMMA, ProbeBatch, collect_batch
 from rlflat.probe.fisher import confounds, fisher_measures, parameter_norms
 from rlflat.probe.hvp import HessianOperator
 from rlflat.probe.landscape import check_same_architecture
-from rlflat.probe.losses import make_loss, scope_params
+from rlflat.probe.losses import LossFn, make_loss, scope_params
 from rlflat.probe.measures import (
     TopVectors,
     hessian_measures,
@@ -46,6 +47,12 @@ from rlflat.probe.options import (
 )
 from rlflat.probe.output import METRICS_JSON, metrics_block, probe_config, write_probe
 from rlflat.probe.pooling import pool, replicate_seed
+from rlflat.probe.return_and_published import (
+    cliff_measures,
+    keskar_measures,
+    magnitude_aware_measures,
+    return_sharpness_measures,
+)
 from rlflat.probe.seeding import subseed
 from rlflat.tasks import TaskSpec, load_task, make_env
 
@@ -123,6 +130,8 @@ def probe_run(
     task: str | None = None,
     out: str | Path | None = None,
     *,
+    trust: bool = False,
+    vecnormalize: str | Path | None = None,
     progress: bool | None = None,
     **options: Any,
 ) -> dict[str, Any]:
@@ -130,13 +139,14 @@ def probe_run(
 
     ``task`` defaults to the run's ``config.json`` task (required for a bare zip); ``out`` defaults to the run dir
     (``<zip stem>-probe/`` beside a bare zip). ``options`` are :class:`ProbeOptions` fields (``quick=True`` for the
-    smaller :data:`QUICK` sizes). ``progress``: a progress bar once the probe runs past 5 s (None: on a tty
-    only; it changes no result). Raises :class:`RlflatError` on bad input before writing anything.
+    smaller :data:`QUICK` sizes). ``trust`` and ``vecnormalize`` are :func:`rlflat.policy.load_policy`'s: by
+    default nothing is unpickled. ``progress``: a progress bar once the probe runs past 5 s (None: on a tty only;
+    it changes no result). Raises :class:`RlflatError` on bad input before writing anything.
     """
     opts = make_options(**options)
     source = _resolve_source(path)
-    policy = load_policy(source.path)
     spec = _resolve_task(source, task)
+    policy = load_policy(source.path, spec, trust=trust, vecnormalize=vecnormalize)
     env = make_env(spec)
     try:
         check_spaces(policy, env.observation_space, env.action_space)
@@ -144,7 +154,7 @@ def probe_run(
         env.close()
     other = None
     if opts.interpolate is not None:
-        other = load_policy(_resolve_source(opts.interpolate).path)
+        other = load_policy(_resolve_source(opts.interpolate).path, spec, trust=trust)
         check_same_architecture(policy, other)
     out_dir = Path(out) if out is not None else default_out(source.path)
     timer = _Timer()
@@ -168,7 +178,7 @@ def _collect(
     hp = source.config.get("hyperparameters") or {}
     gamma = float(opts.gamma if opts.gamma is not None else hp.get("gamma", DEFAULT_GAMMA))
     gae_lambda = float(opts.gae_lambda if opts.gae_lambda is not None else hp.get("gae_lambda", DEFAULT_GAE_LAMBDA))
-    rscale = reward_scale(source.path)
+    rscale = policy.reward_scaling
     batch = collect_batch(
         policy,
         spec,
@@ -189,7 +199,8 @@ def _stages(opts: ProbeOptions, other: FunctionalPolicy | None) -> list[str]:
     measures = set(opts.measures)
     names = ["batch", "gradient"]
     names += ["hessian"] if measures & {"hessian", "trace", "density"} else []
-    names += [m for m in ("fisher", "perturbation", "worst_case", "landscape") if m in measures]
+    names += [m for m in ("fisher", "perturbation", "worst_case") if m in measures]
+    names += [m for m in ("return_sharpness", "cliff", "keskar", "magnitude_aware", "landscape") if m in measures]
     return names + (["interpolation"] if other is not None else [])
 
 
@@ -299,6 +310,7 @@ def _replicate(
         )
         arrays.update(warr)
     result["perturbation"] = perturbation
+    _return_and_published(policy, spec, batch, loss_fn, params, obs, opts, run, result, arrays)
     if "landscape" in measures:
         result["landscape"], larr = run(
             "landscape", lambda: landscape_measures(policy, spec, loss_fn, params, op, vectors, opts)
@@ -324,6 +336,32 @@ HESSIAN_LABELS = {
     "nll": "the negative log-likelihood of the batch's sampled actions",
 }
 """What ``probe.json['hessian']`` is the Hessian of, per loss (its ``of`` field)."""
+
+
+def _return_and_published(
+    policy: FunctionalPolicy,
+    spec: TaskSpec,
+    batch: ProbeBatch,
+    loss_fn: LossFn,
+    params: Params,
+    obs: Tensor,
+    opts: ProbeOptions,
+    run: Callable[[str, Callable[[], Any]], Any],
+    result: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+) -> None:
+    """The return-based stages and the published-definition stages (None where not selected)."""
+    stages: dict[str, Callable[[], tuple[dict[str, Any], dict[str, np.ndarray]]]] = {
+        "return_sharpness": lambda: return_sharpness_measures(policy, spec, params, opts),
+        "cliff": lambda: cliff_measures(policy, spec, batch, loss_fn, params, opts),
+        "keskar": lambda: keskar_measures(loss_fn, params, opts),
+        "magnitude_aware": lambda: magnitude_aware_measures(policy, params, obs, opts),
+    }
+    for name, stage in stages.items():
+        result[name] = None
+        if name in opts.measures:
+            result[name], stage_arrays = run(name, stage)
+            arrays.update(stage_arrays)
 
 
 def _header(

@@ -91,6 +91,7 @@ def _section_overview(ctx: Context) -> None:
         + (", ".join(label(m) for m in ctx.metrics) or "none")
         + f". {len(ctx.measures) * len(ctx.metrics)} measure × metric pairs are tested per task and method."
     )
+    _measure_glossary(ctx)
     if ctx.censored:
         parts = [
             f"{label(c)}: {int(f.sum())} of {len(f)}"
@@ -103,6 +104,30 @@ def _section_overview(ctx: Context) -> None:
                 + "; ".join(parts)
                 + "."
             )
+
+
+def _measure_glossary(ctx: Context) -> None:
+    """What each headline probe measure is and what it is invariant to, from :data:`rlflat.probe.invariance.INVARIANCE`."""
+    from rlflat.probe.invariance import INVARIANCE, family, rescaling_words, sign_flip_words
+
+    rows = []
+    for column in ctx.measures:
+        key = family(column.removeprefix("probe."))
+        if column.startswith("probe.") and (inv := INVARIANCE.get(key)) is not None:
+            rows.append(
+                {
+                    "measure": label(column),
+                    "what it is": inv.what,
+                    "per-neuron ReLU rescaling": rescaling_words(inv),
+                    "tanh sign flips": sign_flip_words(inv),
+                }
+            )
+    if rows:
+        ctx.doc.table(
+            pd.DataFrame(rows),
+            "What each headline sharpness measure is (definitions and invariances as tested in "
+            "tests/test_probe_invariance.py).",
+        )
 
 
 def _clean_outputs(out: Path) -> None:

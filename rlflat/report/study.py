@@ -24,6 +24,11 @@ from rlflat.errors import RlflatError
 
 T = TypeVar("T")
 RUNS_FILE = "runs.parquet"
+LEGACY_COLUMNS: dict[str, str] = {
+    "probe.critical_sigma": "probe.return_halving_sigma",
+    "probe.critical_sigma_raw": "probe.return_halving_sigma_raw",
+}
+"""Columns of tables collected before a measure got its honest name (issue 9), read under the new name."""
 TRAIN_FILE = "train.csv"
 ROBUSTNESS_FILE = "robustness.parquet"
 STUDY_FILE = "study.yaml"
@@ -73,6 +78,7 @@ def _read_runs_table(directory: Path) -> pd.DataFrame:
         table = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for a corrupt or truncated file
         raise RlflatError(f"cannot read {path}: {exc}") from None
+    table = table.rename(columns={old: new for old, new in LEGACY_COLUMNS.items() if new not in table.columns})
     for column in ("algo", "task"):
         if column not in table.columns:
             raise RlflatError(f"{path} has no {column!r} column; columns: {', '.join(map(str, table.columns))}")

@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlflat.errors import RlflatError
+from rlflat.sweep.stage_options import check_options
 
 STAGES = ("train", "probe", "evaluate")
 """The per-run pipeline, in order; train always runs, probe/evaluate unless the study disables them."""
@@ -344,8 +345,6 @@ def _check_names(config: StudyConfig, source: str) -> dict[str, str]:
 
 def check_stage_options(study: StudyConfig | LoadedStudy) -> None:
     """Reject bad probe/evaluate options (unknown keys, bad suites) before any run starts."""
-    from rlflat.sweep.pipeline import check_options
-
     loaded = study if isinstance(study, LoadedStudy) else None
     config = study.config if isinstance(study, LoadedStudy) else study
     source = loaded.source if loaded else "<study>"

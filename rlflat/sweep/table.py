@@ -3,6 +3,7 @@
 Columns are flat: the run's identity (``run_id``, ``algo``, ``task``, ``task_id``, ``seed``), its outcome
 (``status``, ``error``, ``failed_stage``, ``log``, ``path``), ``in_study`` (whether the run is one of the study's
 runs as ``study.yaml`` now stands: a run dir left from a grid point since removed is kept, but marked False),
+``unsolved`` (its nominal return is below the task's solved threshold: the report keeps it out of correlations),
 every resolved hyperparameter as ``hp.<name>``,
 and every scalar of every ``metrics.json`` block as ``<block>.<key>`` with nested dicts joined by dots
 (``train.return_mean``, ``probe.hessian.lambda_max``, ``robustness.auc``). Lists and arrays in metrics are left
@@ -36,6 +37,7 @@ ID_COLUMNS = (
     "seed",
     "status",
     "in_study",
+    "unsolved",
     "error",
     "failed_stage",
     "log",
@@ -121,7 +123,19 @@ def run_row(run_dir: Path, stages: Sequence[str], study_dir: Path | None = None)
         if isinstance(content, Mapping):
             for key, value in _flatten(content, keep_lists=False):
                 row[f"{block}.{key}"] = value
+    row["unsolved"] = _unsolved(metrics)
     return row
+
+
+def _unsolved(metrics: Mapping[str, Any]) -> bool | None:
+    """Below the spec's solved threshold on the nominal task: the evaluator's verdict (its nominal row has the
+    most episodes), else training's final evaluation; None when neither was recorded."""
+    robustness, train = metrics.get("robustness"), metrics.get("train")
+    if isinstance(robustness, Mapping) and isinstance(robustness.get("unsolved"), bool):
+        return bool(robustness["unsolved"])
+    if isinstance(train, Mapping) and isinstance(train.get("solved"), bool):
+        return not train["solved"]
+    return None
 
 
 def _run_id(config: Mapping[str, Any]) -> str:

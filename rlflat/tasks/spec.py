@@ -106,6 +106,33 @@ class DynamicsParameter(BaseModel):
         return isinstance(self.index, str) and self.index != "all"
 
 
+class ReferenceReturns(BaseModel):
+    """Task-level constants of normalised return: ``(R - low) / (ref - low)``, the same scale for every run.
+
+    ``low`` (R_low) is the mean episode return of a uniformly random policy on the nominal task, measured once by
+    ``python -m rlflat.tasks.reference_returns`` and recorded with its standard error and episode count, so a
+    normalised return of 0 means "no better than acting at random". ``ref`` (R_ref) is the task's maximum return
+    where one exists (CartPole: 500) or a cited reference return otherwise (Gymnasium's ``reward_threshold``);
+    ``ref_source`` says which. A normalised return above 1 is a return above R_ref: possible only where R_ref is
+    a reference rather than a maximum, and never capped.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    low: float
+    low_se: float = Field(ge=0)
+    low_n: int = Field(ge=1)
+    low_source: str
+    ref: float
+    ref_source: str
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReferenceReturns:
+        if not self.ref > self.low:
+            raise ValueError(f"ref ({self.ref}) must exceed low ({self.low})")
+        return self
+
+
 class TaskSpec(BaseModel):
     """A task: its Gymnasium id, perturbable dynamics, noise families, solved threshold, tuned hyperparameters."""
 
@@ -121,6 +148,8 @@ class TaskSpec(BaseModel):
     default_suite: tuple[str, ...] = ()
     requires: str | None = None
     """The rlflat extra the task needs (``box2d``, ``mujoco``), named in the error when it is missing."""
+    reference_returns: ReferenceReturns | None = None
+    """R_low / R_ref of task-level normalisation (every shipped spec has them; a test holds that)."""
     hyperparameters: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Per base algorithm (``ppo``, ``pg``); flatness variants (``ppo_sam``) inherit their base's values."""
 
@@ -134,6 +163,10 @@ class TaskSpec(BaseModel):
             if name not in self.parameters:
                 raise ValueError(f"default_suite names unknown parameter {name!r}")
         return self
+
+    def is_solved(self, nominal_return: float) -> bool:
+        """Whether a mean nominal return reaches the spec's solved threshold (False for NaN)."""
+        return bool(nominal_return >= self.solved_threshold)
 
     def parameter(self, name: str) -> DynamicsParameter:
         """The named parameter, or a one-line error listing the task's parameters."""
