@@ -346,6 +346,7 @@ steps: 3000
 grid: {n_epochs: [4]}
 probe:
   quick: true
+  batches: 2
   batch: 256
   batch_envs: 4
   measures: [hessian, trace, density, perturbation, landscape]
@@ -417,3 +418,21 @@ def test_report_renders_every_supported_figure_from_a_real_study(real_study: Pat
     corr = pd.read_csv(out / "tables" / "correlations.csv")
     assert set(corr["scope"]) == {S.ACROSS, S.WITHIN_ALGO}
     assert corr["ci_low"].isna().all()  # four runs: too few for any interval
+
+
+def test_skipped_runs_are_named_and_strict_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    study = make_study(tmp_path / "study")
+    runs = sorted(p for p in study.iterdir() if p.is_dir())
+    (runs[0] / "train.csv").write_text("\x00\x01garbage")
+    (runs[1] / "probe.npz").unlink()
+    (runs[2] / "robustness.parquet").write_bytes(b"PAR1 truncated")
+    out = tmp_path / "report"
+    assert run_cli(main, [str(study), "--out", str(out), "--strict", "--no-progress"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert not out.exists() and err[-1].startswith("error: 3 run(s) or run file(s) skipped")
+    assert f"skipped study/{runs[1].name}: probe.npz missing" in err
+    assert any(line.startswith(f"skipped study/{runs[0].name}: train.csv corrupt") for line in err)
+    assert any(line.startswith(f"skipped study/{runs[2].name}: robustness.parquet corrupt") for line in err)
+    R.build_report([study], out, seed=0, **FAST)  # without --strict: reported, the same three named
+    assert sum(line.startswith("skipped ") for line in capsys.readouterr().err.splitlines()) == 3
+    assert (out / "report.md").exists()

@@ -20,6 +20,8 @@ __all__ = [
     "Setting",
     "SuiteSpec",
     "build_settings",
+    "count_settings",
+    "level_count",
     "parse_grids",
     "parse_levels",
     "parse_suite",
@@ -27,6 +29,9 @@ __all__ = [
 ]
 
 NOMINAL, ACTION_NOISE, OBS_NOISE, RANDOM = "nominal", "action_noise", "obs_noise", "random"
+MAX_POINTS = 1_000_000
+"""Factors or noise levels per axis. A million resolves nothing a thousand do not; the cap keeps a typo from
+allocating the grid itself before the memory check (:mod:`rlflat.evaluate.budget`) sees the rollout it implies."""
 FAMILIES = (NOMINAL, ACTION_NOISE, OBS_NOISE, RANDOM, "<parameter>", "<a>:<b>")
 """Values of the ``family`` column: a parameter name for its sweep, ``a:b`` for a grid, or a fixed name."""
 
@@ -76,13 +81,24 @@ class SuiteSpec:
 
 def sweep_factors(low: float, high: float, points: int) -> list[float]:
     """``points`` log-spaced factors from ``low`` to ``high``, with 1.0 (nominal) inserted when missing."""
-    if isinstance(points, bool) or not isinstance(points, int) or points < 2:
-        raise RlflatError(f"points must be an integer >= 2, got {points!r}")
+    _check_points(points)
     grid = [float(f) for f in np.geomspace(low, high, points)] if high > low else [float(low)]
     grid[0], grid[-1] = float(low), float(high)  # exact ends despite rounding in geomspace
     if not any(math.isclose(f, 1.0, rel_tol=1e-9) for f in grid):
         grid.append(1.0)
     return sorted({1.0 if math.isclose(f, 1.0, rel_tol=1e-9) else f for f in grid})
+
+
+def _check_points(points: object) -> None:
+    if isinstance(points, bool) or not isinstance(points, int) or not 2 <= points <= MAX_POINTS:
+        raise RlflatError(f"points must be an integer in [2, {MAX_POINTS}], got {points!r}")
+
+
+def level_count(text: str | None, points: int) -> int:
+    """How many levels :func:`parse_levels` would give (``lo:hi`` -> ``points``), without making them."""
+    if not text:
+        return 0
+    return max(int(points), 2) if ":" in text else len([v for v in text.split(",") if v.strip()])
 
 
 def parse_suite(task: TaskSpec, text: str) -> tuple[str, ...]:
@@ -121,6 +137,7 @@ def parse_levels(text: str, points: int, what: str) -> tuple[float, ...]:
     """Noise levels: ``lo:hi`` (``points`` evenly spaced), ``a,b,c`` (explicit) or one number."""
     try:
         if ":" in text:
+            _check_points(max(points, 2))
             low, high = (float(v) for v in text.split(":"))
             levels = [float(v) for v in np.linspace(low, high, max(points, 2))]
         else:
@@ -132,14 +149,40 @@ def parse_levels(text: str, points: int, what: str) -> tuple[float, ...]:
     return tuple(levels)
 
 
+def _suite_parameters(task: TaskSpec, suite: SuiteSpec) -> tuple[str, ...]:
+    parameters = suite.parameters or (task.default_suite if suite.only_default else ())
+    if suite.only_default and not parameters:
+        parameters = tuple(task.parameters)
+    return tuple(parameters)
+
+
+def count_settings(task: TaskSpec, suite: SuiteSpec | None = None, extra_levels: int = 0) -> int:
+    """An upper bound on ``len(build_settings(task, suite))`` (+ ``extra_levels`` noise levels not yet parsed),
+    computed without building anything, so a size check can come before the allocation."""
+    suite = suite or SuiteSpec()
+    points = suite.points if isinstance(suite.points, int) and suite.points > 0 else 2
+
+    def n_factors(name: str) -> int:
+        return len(suite.factors[name]) + 1 if name in suite.factors else points + 1
+
+    random = suite.random if isinstance(suite.random, int) and suite.random > 0 else 0
+    levels = sum(len(levels) + 1 for levels in (suite.action_noise, suite.obs_noise) if levels)
+    return (
+        1
+        + sum(n_factors(name) for name in _suite_parameters(task, suite))
+        + sum(n_factors(a) * n_factors(b) for a, b in suite.grids)
+        + random
+        + levels
+        + extra_levels
+    )
+
+
 def build_settings(task: TaskSpec, suite: SuiteSpec | None = None) -> list[Setting]:
     """The suite's settings: nominal first, then sweeps, grids, random samples, noise levels (in that order)."""
     suite = suite or SuiteSpec()
     for name in suite.factors:
         task.parameter(name)
-    parameters = suite.parameters or (task.default_suite if suite.only_default else ())
-    if suite.only_default and not parameters:
-        parameters = tuple(task.parameters)
+    parameters = _suite_parameters(task, suite)
     for name in parameters:
         task.parameter(name)
     if isinstance(suite.random, bool) or not isinstance(suite.random, int) or suite.random < 0:

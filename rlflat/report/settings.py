@@ -19,7 +19,8 @@ from rlflat.errors import RlflatError
 DEFAULT_MEASURES = [
     "probe.lambda_max",
     "probe.trace",
-    "probe.critical_sigma",
+    "probe.return_halving_sigma",
+    "probe.return_drop_adaptive_sigma0p1",
     "probe.worst_case_adaptive",
     "probe.kl_sigma0p1",
 ]
