@@ -37,6 +37,7 @@ from rlflat.normalization import (
     load_trusted_pickle,
 )
 from rlflat.sb3_zip import rebuild_policy
+from rlflat.scope import actor_parameter_names
 from rlflat.tasks import TaskSpec, make_env
 
 Params = dict[str, Tensor]
@@ -87,7 +88,8 @@ class FunctionalPolicy:
     """A trained policy as pure functions of a parameter dict.
 
     ``params`` holds detached copies of every parameter, keyed as in ``policy.named_parameters()``;
-    ``actor_names`` are those that shape the action distribution (the default probe scope).
+    ``actor_names`` are the actor's (:func:`rlflat.scope.actor_parameter_names`: policy net and action head, the
+    scope SAM training perturbs; the default probe scope).
     """
 
     def __init__(
@@ -114,7 +116,7 @@ class FunctionalPolicy:
         self.sde = isinstance(dist, StateDependentNoiseDistribution)
         self._heads = _Heads(policy)
         self.params: Params = {name: p.detach().clone() for name, p in policy.named_parameters()}
-        self.actor_names: list[str] = [name for name in self.params if not _is_critic(name)]
+        self.actor_names: list[str] = actor_parameter_names(self.params)
 
     # -- pure functions -------------------------------------------------------------------------------------
     def _call(self, params: Params, obs: Tensor, head: str) -> Any:
@@ -191,10 +193,6 @@ class FunctionalPolicy:
     @property
     def n_params(self) -> int:
         return sum(p.numel() for p in self.params.values())
-
-
-def _is_critic(name: str) -> bool:
-    return name.startswith(("value_net.", "mlp_extractor.value_net.", "vf_features_extractor."))
 
 
 def load_policy(

@@ -38,7 +38,9 @@ def _parser() -> ArgumentParser:
     p.add_argument("--measures", help=f"comma list of {','.join(MEASURES)} (default {','.join(DEFAULT_MEASURES)})")
     p.add_argument("--loss", help=f"{'/'.join(LOSSES)} (default {d.loss})")
     p.add_argument("--scope", help=f"{'/'.join(SCOPES)} (default {d.scope}; critic params do not enter the losses)")
-    p.add_argument("--batch", type=int, help=f"probe batch size (default {d.batch})")
+    p.add_argument("--batches", type=int, help=f"independent probe batches B, each measure's SE is over them "
+                   f"(default {d.batches})")  # fmt: skip
+    p.add_argument("--batch", type=int, help=f"transitions per probe batch, whole episodes (default {d.batch})")
     p.add_argument("--seed", type=int, help=f"probe seed (default {d.seed})")
     p.add_argument("--top-k", type=int, help=f"eigenvalues at each end (default {d.top_k})")
     p.add_argument("--exact-threshold", type=int,
@@ -72,6 +74,7 @@ _OPTION_FLAGS = (
     "measures",
     "loss",
     "scope",
+    "batches",
     "batch",
     "seed",
     "top_k",
@@ -104,25 +107,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = {k: v for k, v in options.items() if v is not None}
     out_dir = args.out if args.out is not None else default_out(args.path)
     result = probe_run(
-        args.path, task=args.task, out=args.out, trust=args.trust, vecnormalize=args.vecnormalize, **options
+        args.path,
+        task=args.task,
+        out=args.out,
+        trust=args.trust,
+        vecnormalize=args.vecnormalize,
+        progress=None,
+        **options,
     )
     _print_summary(result, last_timing(), out_dir)
     return 0
 
 
 def _print_summary(result: Mapping[str, Any], seconds: Mapping[str, float], out_dir: Path) -> None:
+    """The headline numbers, each as mean +- standard error over the replicate batches."""
     hess = result.get("hessian") or {}
-    print(f"loss {result['loss']['name']} = {result['loss']['value']:.6g}  n_params {result['n_params']}")
+    batches = result["config"].get("batches", 1)
+    print(
+        f"loss {result['loss']['name']} = {_pm(result['loss'], 'value')}  n_params {result['n_params']}  "
+        f"({batches} batches of ~{_fmt((result.get('batch') or {}).get('size'))} transitions; +- is the SE over them)"
+    )
     if hess:
         print(
-            f"hessian ({hess.get('method')}): lambda_max {_fmt(hess.get('lambda_max'))}  "
-            f"lambda_min {_fmt(hess.get('lambda_min'))}  trace {_fmt(hess.get('trace'))} "
-            f"+- {_fmt(hess.get('trace_stderr'))} ({hess.get('trace_method')})"
+            f"hessian of {result['loss']['name']} ({hess.get('method')}): lambda_max {_pm(hess, 'lambda_max')}  "
+            f"lambda_min {_pm(hess, 'lambda_min')}  trace {_pm(hess, 'trace')} ({hess.get('trace_method')})"
         )
+    fisher = result.get("fisher")
+    if fisher:
+        print(
+            f"fisher: lambda_max {_pm(fisher, 'lambda_max')}  trace {_pm(fisher, 'trace')}  "
+            f"rao_norm {_pm(fisher, 'rao_norm')}  adaptive lambda_max {_pm(fisher, 'adaptive_lambda_max')}"
+        )
+    confounds = result.get("confounds") or {}
+    shown = [f"{k} {_pm(confounds, k)}" for k in ("entropy", "max_action_prob", "log_std") if k in confounds]
+    if shown:
+        print("confounds: " + "  ".join(shown))
     avg = (result.get("perturbation") or {}).get("average")
     if avg:
         for kind in (k for k in KINDS if k in avg):
-            print(f"perturbation {kind}: return-halving sigma {_fmt(avg[kind].get('return_halving_sigma'))}")
+            print(f"perturbation {kind}: return-halving sigma {_pm(avg[kind], 'return_halving_sigma')}")
     _print_return_and_published(result)
     print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
     print(out_dir / PROBE_JSON)
@@ -131,20 +154,24 @@ def _print_summary(result: Mapping[str, Any], seconds: Mapping[str, float], out_
 def _print_return_and_published(result: Mapping[str, Any]) -> None:
     ret = result.get("return_sharpness") or {}
     for kind in ("filter", "adaptive"):
-        for entry in ret.get(kind) or []:
-            print(
-                f"return drop {kind} sigma {entry['sigma']:g}: {_fmt(entry['drop'])} +- {_fmt(entry['drop_se'])} "
-                f"(normalised by {ret['scale']['value']:g})"
-            )
+        entry = ret.get(kind) or {}
+        for i, sigma in enumerate(ret.get("sigmas") or ()):
+            value = {"drop": entry["drop"][i], "drop_se": (entry.get("drop_se") or [None] * (i + 1))[i]}
+            print(f"return drop {kind} sigma {sigma:g}: {_pm(value, 'drop')} (of R_ref - R_low)")
     if cliff := result.get("cliff"):
-        print(f"cliff (Sullivan et al. 2022): {cliff['cliff']}  drop / range {_fmt(cliff['drop_over_range'])}")
-    if keskar := result.get("keskar"):
-        print(f"Keskar eps-sharpness (eps {keskar['eps']:g}): {_fmt(keskar['sharpness'])} %")
-    if mag := result.get("magnitude_aware"):
         print(
-            f"Jiang magnitude-aware sigma' {_fmt(mag['sigma'])} +- {_fmt(mag['sigma_se'])}  "
-            f"1/sigma'^2 {_fmt(mag['flatness'])}" + ("  (censored at the upper bound)" if mag["censored"] else "")
+            f"cliff (Sullivan et al. 2022): share of lines {_pm(cliff, 'indicator')}  drop / range {_pm(cliff, 'drop_over_range')}"
         )
+    if keskar := result.get("keskar"):
+        print(f"Keskar eps-sharpness (eps {keskar['eps']:g}): {_pm(keskar, 'sharpness')} %")
+    if mag := result.get("magnitude_aware"):
+        print(f"Jiang magnitude-aware sigma' {_pm(mag, 'sigma')}  1/sigma'^2 {_pm(mag, 'flatness')}")
+
+
+def _pm(entry: Mapping[str, Any], key: str) -> str:
+    """``x +- se`` (just ``x`` without a standard error)."""
+    value, se = entry.get(key), entry.get(f"{key}_se")
+    return _fmt(value) if se is None or value is None else f"{_fmt(value)} +- {_fmt(se)}"
 
 
 def _fmt(x: Any) -> str:

@@ -11,7 +11,8 @@ Two function-preserving reparametrisations of an MLP policy are tested:
 * **Hidden-unit sign flips of a tanh layer** (tanh is odd): incoming weights and bias and outgoing weights of unit
   i negated. Deterministic measures must be unchanged (to float32 rounding); Monte-Carlo measures (random
   directions or noise draws, same seeds) change their draw relative to the network, so they must agree within
-  their reported standard error (``|a - b| <= 3 sqrt(se_a^2 + se_b^2)``).
+  their reported standard errors (``|a - b| <= t sqrt(se_a^2 + se_b^2)``, t a Student-t quantile with the
+  replicates' degrees of freedom, Bonferroni-corrected over the Monte-Carlo measures at 1%).
 
 Keys are those of the ``probe`` block of ``metrics.json`` (:func:`rlflat.probe.output.metrics_block`), with
 ``<s>`` standing for a sigma (``kl_sigma<s>`` covers ``kl_sigma0p1``, ...); ``<key>_se`` keys are the standard
@@ -60,6 +61,8 @@ _FILTER = (
 )
 _ADAPTIVE = "per-weight |theta_i| scaling is carried along by the rescaling, so the perturbed nets correspond"
 _GRADIENT = _FILTER + "; the gradient scales by 1/c_i"
+_FISHER_ON = "(Hessian of the mean KL at theta0) on the probe batch"
+_DFD = "D F D maps onto itself under a diagonal reparametrisation that preserves the policy (eta = 0)"
 _SPECTRUM = "of the Hessian of the probe loss (default: the PPO surrogate) on the probe batch"
 _AVERAGE = (
     "over random filter-normalised directions (Li et al., 2018: per output row, biases zeroed) at sigma = s: an "
@@ -89,6 +92,24 @@ INVARIANCE: dict[str, Invariance] = {
     "lambda_max_over_trace": Invariance("lambda_max / trace (null unless trace > 0)", False, "exact", _HESSIAN),
     "lambda_max_over_abs_sum": Invariance("lambda_max / sum |lambda| (whole spectrum)", False, "exact", _HESSIAN),
     "negative_mass_fraction": Invariance("share of sum |lambda| on negative eigenvalues", False, "exact", _HESSIAN),
+    "negative_count_fraction": Invariance(
+        "spectral mass below -1e-3 max |lambda| (both routes)", False, "exact", _HESSIAN
+    ),
+    "fisher_lambda_max": Invariance(f"largest eigenvalue of the Fisher F {_FISHER_ON}", False, "exact", _HESSIAN),
+    "fisher_trace": Invariance(f"Hutchinson trace of F {_FISHER_ON}", False, "monte_carlo", _HESSIAN),
+    "fisher_rao_norm": Invariance(
+        "Fisher-Rao norm theta^T F theta (Liang et al., 2019)",
+        True,
+        "exact",
+        "theta^T F theta is unchanged by a linear reparametrisation that preserves the policy",
+    ),
+    "fisher_adaptive_lambda_max": Invariance(
+        "largest eigenvalue of D F D, D = diag(|theta|) (ASAM coordinates)", True, "exact", _DFD
+    ),
+    "fisher_adaptive_trace": Invariance("Hutchinson trace of D F D", True, "monte_carlo", _DFD),
+    "entropy": Invariance("mean policy entropy on the probe batch (a confound)", True, "exact", "a function of pi"),
+    "max_action_prob": Invariance("mean max_a pi(a|s) on the batch (a confound)", True, "exact", "a function of pi"),
+    "log_std": Invariance("mean log-std of a Box policy (a confound)", True, "exact", "not a hidden-unit parameter"),
     "kl_sigma<s>": Invariance(f"mean KL(pi || perturbed pi) {_AVERAGE}", False, "monte_carlo", _FILTER),
     "action_change_sigma<s>": Invariance(f"share of changed greedy actions {_AVERAGE}", False, "monte_carlo", _FILTER),
     "loss_increase_sigma<s>": Invariance(f"loss increase {_AVERAGE}", False, "monte_carlo", _FILTER),
@@ -128,7 +149,16 @@ INVARIANCE: dict[str, Invariance] = {
     "return_drop_adaptive_sigma<s>": Invariance(
         _RETURN_DROP.format("per-weight (d_i = |w_i| z_i)"), True, "monte_carlo", _ADAPTIVE
     ),
-    "cliff": Invariance(_CLIFF, False, "exact", _GRADIENT, witness="cliff_return_ratio"),
+    "cliff": Invariance(
+        _CLIFF + " (null unless every replicate agrees)", False, "exact", _GRADIENT, witness="cliff_return_ratio"
+    ),
+    "cliff_fraction": Invariance(
+        "share of the probe's replicate lines on which the cliff test fires",
+        False,
+        "exact",
+        _GRADIENT,
+        witness="cliff_return_ratio",
+    ),
     "cliff_drop_over_range": Invariance(
         "(R_0 - R_9) / (max - min) on the cliff line", False, "exact", _GRADIENT, witness="cliff_return_ratio"
     ),
@@ -159,13 +189,28 @@ INVARIANCE: dict[str, Invariance] = {
 """The claims, by metrics key family (see the module docstring)."""
 
 NOT_MEASURES: frozenset[str] = frozenset(
-    {"file", "loss", "seed", "directions", "hessian_method", "density_method", "wall_seconds", "trace_stderr"}
+    {
+        "file",
+        "loss",
+        "seed",
+        "batches",
+        "batch_size",
+        "directions",
+        "hessian_method",
+        "density_method",
+        "wall_seconds",
+        "trace_stderr",
+        "param_norm.<parameter>",
+    }
 )
-"""Keys of the metrics block that are labels, settings or costs, not measures."""
+"""Keys (families) of the metrics block that are labels, settings, costs or per-tensor confounds, not measures
+(a parameter norm is unchanged by a reparametrisation of other tensors and changed by one of its own)."""
 
 
 def family(key: str) -> str:
     """The table key of a metrics key: sigmas become ``<s>`` (``kl_sigma0p1`` -> ``kl_sigma<s>``)."""
+    if key.startswith("param_norm."):
+        return "param_norm.<parameter>"
     return re.sub(r"_sigma[0-9pm]+(?=_|$)", "_sigma<s>", key)
 
 
@@ -189,3 +234,7 @@ def invariance_markdown() -> str:
         what = inv.what.replace("|", "\\|")
         lines.append(f"| `{key}` | {what} | {rescaling_words(inv)} | {sign_flip_words(inv)} |")
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m rlflat.probe.invariance > table.md: the README's table
+    print(invariance_markdown(), end="")

@@ -3,8 +3,9 @@
 * One step: the first-order maximiser eps = rho g / ||g|| used by SAM (Foret et al., 2021).
 * Multi-step: normalised projected gradient ascent on the ball (Madry et al., 2018), started from
   the one-step point and returning the best iterate, so it is never below the one-step value.
-* Adaptive: the ball is rescaled elementwise, ||eps / (|theta| + eta)|| <= rho, which makes the
-  measure invariant to per-weight rescalings (ASAM, Kwon et al., 2021; Andriushchenko et al., 2023).
+* Adaptive: the ball is rescaled elementwise, ||eps / (|theta| + eta)|| <= rho, biases included, the scale ASAM
+  training uses (:func:`rlflat.scope.adaptive_scale`), which makes the measure invariant to per-weight
+  rescalings at eta = 0 (ASAM, Kwon et al., 2021; Andriushchenko et al., 2023).
 
 Both solve in the scaled variable delta = eps / T with T = |theta| + eta (T = 1 when not
 adaptive): the gradient w.r.t. delta is T * g, and the one-step solution is
@@ -30,6 +31,7 @@ import torch
 from rlflat.errors import RlflatError
 from rlflat.probe.hvp import LossFn, Params, check_params
 from rlflat.probe.seeding import Seed, as_generator
+from rlflat.scope import adaptive_scale
 
 __all__ = ["GRAD_RTOL", "Direction", "WorstCase", "loss_and_grad", "pgd_sharpness", "sam_sharpness"]
 
@@ -94,7 +96,7 @@ class _Ball:
             raise RlflatError(f"eta must be >= 0; got {eta}")
         self.names = list(params)
         self.theta = [params[k].detach() for k in self.names]
-        self.scale = [(t.abs() + eta) if adaptive else torch.ones_like(t) for t in self.theta]
+        self.scale = [adaptive_scale(t, eta) if adaptive else torch.ones_like(t) for t in self.theta]
         self.rho = rho
 
     def point(self, delta: list[torch.Tensor]) -> Params:
