@@ -61,8 +61,6 @@ _FILTER = (
 )
 _ADAPTIVE = "per-weight |theta_i| scaling is carried along by the rescaling, so the perturbed nets correspond"
 _GRADIENT = _FILTER + "; the gradient scales by 1/c_i"
-_FISHER_ON = "(Hessian of the mean KL at theta0) on the probe batch"
-_DFD = "D F D maps onto itself under a diagonal reparametrisation that preserves the policy (eta = 0)"
 _SPECTRUM = "of the Hessian of the probe loss (default: the PPO surrogate) on the probe batch"
 _AVERAGE = (
     "over random filter-normalised directions (Li et al., 2018: per output row, biases zeroed) at sigma = s: an "
@@ -71,6 +69,10 @@ _AVERAGE = (
 _RETURN_DROP = (
     "expected return drop at sigma = s (0.05, 0.1, 0.2) along random {} directions, paired per episode with the "
     "unperturbed policy, divided by the task's R_ref - R_low; SE over directions x episodes"
+)
+_FISHER = "the Fisher of a reparametrised net is T^-T F T^-1, which changes its spectrum and trace"
+_FISHER_ADAPTIVE = (
+    "under a diagonal reparametrisation T that keeps pi (per-neuron rescaling), D F D maps to itself exactly"
 )
 _ASAM = "ASAM's ball ||eps / |theta| || <= rho maps onto itself (Kwon et al., 2021)"
 _CLIFF = (
@@ -93,23 +95,40 @@ INVARIANCE: dict[str, Invariance] = {
     "lambda_max_over_abs_sum": Invariance("lambda_max / sum |lambda| (whole spectrum)", False, "exact", _HESSIAN),
     "negative_mass_fraction": Invariance("share of sum |lambda| on negative eigenvalues", False, "exact", _HESSIAN),
     "negative_count_fraction": Invariance(
-        "spectral mass below -1e-3 max |lambda| (both routes)", False, "exact", _HESSIAN
+        f"spectral mass below -1e-3 max|lambda| {_SPECTRUM} (eigenvalues or SLQ weights, one definition)",
+        False,
+        "exact",
+        _HESSIAN,
     ),
-    "fisher_lambda_max": Invariance(f"largest eigenvalue of the Fisher F {_FISHER_ON}", False, "exact", _HESSIAN),
-    "fisher_trace": Invariance(f"Hutchinson trace of F {_FISHER_ON}", False, "monte_carlo", _HESSIAN),
+    "fisher_lambda_max": Invariance(
+        "largest eigenvalue of the policy's Fisher information (= Hessian of the mean KL at theta0 = Gauss-Newton "
+        "of the action distribution; Amari, 1998)",
+        False,
+        "exact",
+        _FISHER,
+    ),
+    "fisher_trace": Invariance("trace of the Fisher (Hutchinson)", False, "monte_carlo", _FISHER),
     "fisher_rao_norm": Invariance(
         "Fisher-Rao norm theta^T F theta (Liang et al., 2019)",
         True,
         "exact",
-        "theta^T F theta is unchanged by a linear reparametrisation that preserves the policy",
+        "F maps to T^-T F T^-1 under any linear reparametrisation theta -> T theta that keeps pi, so theta^T F theta "
+        "is unchanged",
     ),
     "fisher_adaptive_lambda_max": Invariance(
-        "largest eigenvalue of D F D, D = diag(|theta|) (ASAM coordinates)", True, "exact", _DFD
+        "largest eigenvalue of D F D, D = diag(|theta|): the Fisher in ASAM's scale-normalised coordinates",
+        True,
+        "exact",
+        _FISHER_ADAPTIVE,
     ),
-    "fisher_adaptive_trace": Invariance("Hutchinson trace of D F D", True, "monte_carlo", _DFD),
-    "entropy": Invariance("mean policy entropy on the probe batch (a confound)", True, "exact", "a function of pi"),
-    "max_action_prob": Invariance("mean max_a pi(a|s) on the batch (a confound)", True, "exact", "a function of pi"),
-    "log_std": Invariance("mean log-std of a Box policy (a confound)", True, "exact", "not a hidden-unit parameter"),
+    "fisher_adaptive_trace": Invariance(
+        "trace of D F D = sum_i theta_i^2 F_ii (Hutchinson)", True, "monte_carlo", _FISHER_ADAPTIVE
+    ),
+    "entropy": Invariance("confound: mean policy entropy on the probe batches", True, "exact", "a function of pi only"),
+    "max_action_prob": Invariance(
+        "confound: mean probability of the most likely action (Discrete)", True, "exact", "a function of pi only"
+    ),
+    "log_std": Invariance("confound: mean log-std of the actions (Box)", True, "exact", "a function of pi only"),
     "kl_sigma<s>": Invariance(f"mean KL(pi || perturbed pi) {_AVERAGE}", False, "monte_carlo", _FILTER),
     "action_change_sigma<s>": Invariance(f"share of changed greedy actions {_AVERAGE}", False, "monte_carlo", _FILTER),
     "loss_increase_sigma<s>": Invariance(f"loss increase {_AVERAGE}", False, "monte_carlo", _FILTER),
@@ -199,18 +218,17 @@ NOT_MEASURES: frozenset[str] = frozenset(
         "hessian_method",
         "density_method",
         "wall_seconds",
-        "trace_stderr",
-        "param_norm.<parameter>",
+        "param_norm.<name>",
     }
 )
-"""Keys (families) of the metrics block that are labels, settings, costs or per-tensor confounds, not measures
-(a parameter norm is unchanged by a reparametrisation of other tensors and changed by one of its own)."""
+"""Families (:func:`family`) of metrics keys that are labels, settings, costs or parameter descriptors (the
+per-tensor norms, recorded as confounds), not measures."""
 
 
 def family(key: str) -> str:
-    """The table key of a metrics key: sigmas become ``<s>`` (``kl_sigma0p1`` -> ``kl_sigma<s>``)."""
-    if key.startswith("param_norm."):
-        return "param_norm.<parameter>"
+    """The table key of a metrics key: sigmas become ``<s>`` (``kl_sigma0p1`` -> ``kl_sigma<s>``), parameter names
+    ``<name>`` (``param_norm.action_net.weight`` -> ``param_norm.<name>``)."""
+    key = re.sub(r"^param_norm\..+$", "param_norm.<name>", key)
     return re.sub(r"_sigma[0-9pm]+(?=_|$)", "_sigma<s>", key)
 
 
