@@ -1,5 +1,7 @@
 """``probe_run``: sharpness measures of one trained policy, written beside it (``python -m rlflat.probe``).
 
+Every stage runs on ``batches`` independent probe batches (replicates with their own seeds) and every scalar is
+reported as the mean over them with its standard error, ``x`` beside ``x_se`` (:mod:`rlflat.probe.pooling`).
 Writes ``probe.json`` (scalars plus the full config needed to reproduce them) and ``probe.npz`` (eigenvalues,
 spectral density, perturbation curves, landscape grids, and the probe batch under ``observations``, ``actions``,
 ...; see :data:`rlflat.probe.output.ARRAY_KEYS`) into the run directory or ``out``; for a run directory also a
