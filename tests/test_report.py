@@ -176,6 +176,7 @@ def test_report_writes_every_figure_and_references_it(report_dir: Path) -> None:
         "landscape_2d",
         "landscape_2d_return",
         "learning_curves",
+        "within_algorithm",
     }
     written = {p.stem for p in (report_dir / "figures").glob("*.png")}
     assert written == expected
@@ -197,7 +198,9 @@ def test_html_is_self_contained(report_dir: Path) -> None:
 def test_report_states_findings_and_spanning_zero(report_dir: Path) -> None:
     md = (report_dir / "report.md").read_text()
     assert "1 failed run(s) excluded" in md
-    assert "Hessian λ_max vs robust AUC on CartPole: Spearman ρ = -" in md
+    assert "Hessian λ_max vs robust AUC on CartPole, across runs (between + within algorithms): Spearman ρ = -" in md
+    assert "runs entered; this n detects |ρ| ≥" in md  # every correlation sentence states n and its power
+    assert "## Flatness or algorithm?" in md and "The design's power for a within-algorithm |ρ| of 0.3" in md
     assert "the CI excludes zero: sharper runs were less robust" in md
     assert "the CI spans zero: no evidence" in md  # the trace is noise
     assert re.search(

@@ -204,3 +204,46 @@ def test_collapsed_fraction_box_counts_settings_inside_the_severity_box() -> Non
     block = robustness_block(table, task)
     assert block["n_settings_box"] == 2 and block["collapsed_fraction_box"] == 0.5  # x0.5 collapsed, x2 not
     assert block["n_settings"] == 4 and block["collapsed_fraction"] == 0.75
+
+
+def test_rescore_renormalises_saved_returns_without_rollouts(tmp_path: Path) -> None:
+    import shutil
+
+    from rlflat.evaluate.rescore import main as rescore_main
+    from rlflat.io import read_json
+
+    source = next((REPO / "results" / "cartpole_sam").glob("pg_sam-CartPole-s3-*"))
+    run = tmp_path / source.name
+    shutil.copytree(source, run, ignore=shutil.ignore_patterns("*.npz", "model.zip"))
+    assert rescore_main([str(tmp_path), "--normalization", "nominal"]) == 0
+    table = pd.read_parquet(run / "robustness.parquet")
+    nominal = float(table.loc[table["family"] == "nominal", "return_mean"].iloc[0])
+    assert table.loc[table["family"] == "nominal", "normalized_return"].iloc[0] == pytest.approx(1.0)
+    assert rescore_main([str(run)]) == 0
+    table = pd.read_parquet(run / "robustness.parquet")
+    ref = load_task("CartPole").reference_returns
+    assert ref is not None
+    expected = (table["return_mean"] - ref.low) / (ref.ref - ref.low)
+    assert np.allclose(table["normalized_return"], expected)
+    block = read_json(run / "metrics.json")["robustness"]
+    assert block["unsolved"] is (nominal < 475.0) and block["normalization"]["mode"] == "task"
+    assert rescore_main([str(tmp_path / "missing")]) == 2
+
+
+def test_collapse_values_in_one_bracket_are_ties() -> None:
+    from rlflat.report.brackets import tie_within_brackets
+
+    column = "robustness.collapse_log_factor_min"
+    runs = pd.DataFrame(
+        {
+            "task": ["T"] * 4,
+            column: [1.030, 1.034, 0.5, None],
+            f"{column}_bracket_low": [0.9, 0.9, 0.4, None],
+            f"{column}_bracket_high": [1.2, 1.2, 0.6, None],
+        }
+    )
+    tied, shared = tie_within_brackets(runs)
+    assert tied[column].iloc[0] == tied[column].iloc[1] == pytest.approx(1.05)  # same bracket: a tie
+    assert tied[column].iloc[2] == pytest.approx(0.5) and math.isnan(tied[column].iloc[3])  # censored left as is
+    assert shared == {column: 2}
+    assert runs[column].iloc[0] == 1.030  # the input is not modified

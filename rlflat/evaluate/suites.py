@@ -171,16 +171,18 @@ def count_settings(task: TaskSpec, suite: SuiteSpec | None = None, extra_levels:
     computed without building anything, so a size check can come before the allocation."""
     suite = suite or SuiteSpec()
     points = suite.points if isinstance(suite.points, int) and suite.points > 0 else 2
+    grid_points = suite.grid_points if isinstance(suite.grid_points, int) and suite.grid_points > 0 else 2
+    anchors = 1 + len(suite.severities)  # nominal and the declared severities, inserted when missing
 
-    def n_factors(name: str) -> int:
-        return len(suite.factors[name]) + 1 if name in suite.factors else points + 1
+    def n_factors(name: str, axis_points: int = points) -> int:
+        return len(suite.factors[name]) + 1 if name in suite.factors else axis_points + anchors
 
     random = suite.random if isinstance(suite.random, int) and suite.random > 0 else 0
     levels = sum(len(levels) + 1 for levels in (suite.action_noise, suite.obs_noise) if levels)
     return (
         1
         + sum(n_factors(name) for name in _suite_parameters(task, suite))
-        + sum(n_factors(a) * n_factors(b) for a, b in suite.grids)
+        + sum(n_factors(a, grid_points) * n_factors(b, grid_points) for a, b in suite.grids)
         + random
         + levels
         + extra_levels

@@ -24,11 +24,13 @@ from rlflat.report import figures as F
 from rlflat.report import probe_data as P
 from rlflat.report import robustness_data as RD
 from rlflat.report import select
+from rlflat.report.brackets import tie_within_brackets
 from rlflat.report.censoring import MIN_COLLAPSE, censor_runs
 from rlflat.report.context import Context, label
 from rlflat.report.document import Document, to_html, to_markdown
 from rlflat.report.reliability import section_reliability
 from rlflat.report.sections_figures import section_robustness, section_sharpness, section_training
+from rlflat.report.sections_flatness import section_flatness_vs_algorithm
 from rlflat.report.sections_stability import section_stability
 from rlflat.report.sections_stats import section_comparisons, section_correlations
 from rlflat.report.settings import ReportSettings, load_report_settings
@@ -87,6 +89,32 @@ def _section_overview(ctx: Context) -> None:
         doc.note("Excluded runs by status: " + ", ".join(f"{k}: {v}" for k, v in reasons.items()) + ".")
     doc.table(counts, "Runs per task and algorithm.")
     ctx.save_table(counts, "runs")
+    unsolved = ctx.unsolved if ctx.unsolved is not None else runs.iloc[0:0]
+    entering = len(ctx.correlated)
+    if len(unsolved):
+        cols = [
+            c
+            for c in ("run_id", "algo", "seed", "robustness.nominal_return", "robustness.solved_threshold")
+            if c in unsolved
+        ]
+        doc.table(unsolved[cols], "Unsolved runs: nominal return below the task's solved threshold.")
+        ctx.save_table(unsolved[cols], "unsolved")
+    doc.para(
+        f"{len(unsolved)} of {len(runs)} runs are unsolved (nominal return below the task's solved threshold); "
+        + (
+            f"they are kept in the sharpness-robustness correlations (include_unsolved), so {entering} runs enter them."
+            if ctx.settings.include_unsolved
+            else f"they are left out of the sharpness-robustness correlations, so {entering} runs enter them "
+            "(algorithm comparisons keep every run)."
+        )
+    )
+    if ctx.bracket_ties:
+        doc.para(
+            "Collapse points are ranked by the grid bracket they fall in (the two evaluated factors around the "
+            "crossing): runs in one bracket are ties. Runs sharing a bracket with another run: "
+            + "; ".join(f"{label(c)}: {n}" for c, n in ctx.bracket_ties.items() if c in ctx.metrics or n)
+            + "."
+        )
     doc.para(
         "Headline sharpness measures (declared before the analysis): "
         + (", ".join(label(m) for m in ctx.measures) or "none")
@@ -151,7 +179,8 @@ def _context(study: Study, out_dir: Path, settings: ReportSettings, figure_n_boo
     doc = Document(f"rlflat report: {study.name}")
     probe_meta = P.probe_json(study)
     robust = load_robustness(study)
-    runs, censored = censor_runs(study.runs, RD.log_factor_bounds(robust), probe_meta)
+    tied, bracket_ties = tie_within_brackets(study.runs)
+    runs, censored = censor_runs(tied, RD.log_factor_bounds(robust), probe_meta)
     measures = _headline(runs, settings.headline_measures, "measures", doc)
     wanted_metrics = list(settings.headline_metrics)
     metrics = _headline(runs, wanted_metrics, "metrics", doc)
@@ -172,6 +201,11 @@ def _context(study: Study, out_dir: Path, settings: ReportSettings, figure_n_boo
         probe_meta=probe_meta,
     )
     ctx.collapse_frac = _collapse_frac(runs, settings, doc)
+    ctx.bracket_ties = bracket_ties
+    if "unsolved" in runs.columns:
+        flags = runs["unsolved"].map(lambda v: v is True or v == 1 or str(v) == "True")
+        ctx.unsolved = runs[flags]
+        ctx.corr_runs = runs if settings.include_unsolved else runs[~flags]
     return ctx
 
 
@@ -208,7 +242,8 @@ def build_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     _clean_outputs(out_dir)
     ctx = _context(study, out_dir, settings, figure_n_boot)
-    sections = (_section_overview, section_reliability, section_correlations, section_comparisons, section_robustness,
+    sections = (_section_overview, section_reliability, section_flatness_vs_algorithm, section_correlations,
+                section_comparisons, section_robustness,
                 section_sharpness, section_training, section_stability)  # fmt: skip
     with tqdm(sections, desc="report", unit="section", disable=None if progress else True, file=sys.stderr,
               leave=False) as bar:  # fmt: skip
