@@ -79,7 +79,7 @@ class ProcessRows:
             for share in self._shares:
                 parent, child = context.Pipe()
                 proc = context.Process(
-                    target=_serve, args=(child, task, [dict(dynamics[i]) for i in share]), daemon=True
+                    target=_serve, args=(child, task, [dict(dynamics[int(i)]) for i in share]), daemon=True
                 )
                 proc.start()
                 child.close()

@@ -25,6 +25,7 @@ from rlflat.report import select
 from rlflat.report.censoring import MIN_COLLAPSE, censor_runs
 from rlflat.report.context import Context, label
 from rlflat.report.document import Document, to_html, to_markdown
+from rlflat.report.published import section_published
 from rlflat.report.sections_figures import section_robustness, section_sharpness, section_training
 from rlflat.report.sections_stats import section_comparisons, section_correlations
 from rlflat.report.settings import ReportSettings, load_report_settings
@@ -173,6 +174,7 @@ def build_report(
     _section_overview(ctx)
     section_correlations(ctx)
     section_comparisons(ctx)
+    section_published(ctx)
     section_robustness(ctx)
     section_sharpness(ctx)
     section_training(ctx)
