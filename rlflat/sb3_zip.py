@@ -16,6 +16,7 @@ import io
 import json
 import math
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -110,9 +111,11 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     if not isinstance(data, dict):
         raise RlflatError(f"{path}: 'data' is not a JSON object")
     try:
-        state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol before failing: one line only
+            warnings.simplefilter("ignore")
+            state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
     except Exception as exc:  # a corrupt or non-tensor policy.pth: one line, not torch's advice
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else ""
         raise RlflatError(f"{path}: policy.pth is not a readable tensor file ({type(exc).__name__}: {first})") from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise RlflatError(f"{path}: policy.pth does not hold a state dict of tensors")

@@ -28,6 +28,9 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from tqdm.auto import tqdm
 
 from rlflat import algos
+from rlflat.algos.sharpness_tracking import COLUMNS as SHARPNESS_COLUMNS
+from rlflat.algos.sharpness_tracking import DEFAULT_EVERY as SHARPNESS_EVERY
+from rlflat.algos.sharpness_tracking import SharpnessTracker, path_summary
 from rlflat.cli import ArgumentParser, run_cli, set_torch_threads
 from rlflat.errors import RlflatError
 from rlflat.io import check_output_dir, package_versions, read_json, remove_stale_staging, staging_dir, write_json
@@ -184,6 +187,10 @@ def _train_into(
     total = int(hyperparameters["total_timesteps"])
     env = training_env(spec, hyperparameters, seed)
     model = algos.build_model(config["algo"], env, hyperparameters, seed=seed, device=device)
+    tracker = None
+    if hyperparameters.get("track_sharpness"):
+        tracker = SharpnessTracker(int(hyperparameters["track_sharpness"]), seed=seed)
+        model.update_observer = tracker
     effective = algos.effective_hyperparameters(model, hyperparameters)
     write_json(directory / "config.json", {**config, "effective_hyperparameters": effective})
     curve = _LearningCurve(total, progress=progress, label=f"{config['algo']} {spec.alias} s{seed}")
@@ -201,10 +208,12 @@ def _train_into(
         stats = NormalizationStats.from_vec_normalize(env)
         write_json(directory / NORMALIZATION_FILE, stats.to_json())  # what rlflat reads: data, not code
         normalizer = ObservationNormalizer.from_stats(stats)
-    curve.write_csv(directory / "train.csv")
+    curve.write_csv(directory / "train.csv", tracker.rows if tracker is not None else None)
     policy = FunctionalPolicy(model.policy, normalizer)
     returns = evaluate_nominal(policy, spec, EVAL_EPISODES)
+    tracked = {"sharpness_path": path_summary(tracker.rows)} if tracker is not None else {}
     return {
+        **tracked,
         "return_mean": float(np.mean(returns)),
         "return_std": float(np.std(returns)),
         "episodes": len(returns),
@@ -262,11 +271,25 @@ class _LearningCurve(BaseCallback):
     def close(self) -> None:
         self._bar.close()
 
-    def write_csv(self, path: Path) -> None:
+    def write_csv(self, path: Path, tracked: Sequence[Mapping[str, float]] | None = None) -> None:
+        """Episode rows; with ``tracked`` (sharpness measurements) their rows too, merged in timestep order, each
+        kind of row leaving the other kind's columns empty."""
+        header = ["timesteps", "episode_return", "episode_length", "wall_seconds"]
+        rows: list[list[Any]] = [list(r) for r in self.rows]
+        if tracked is not None:
+            extra = list(SHARPNESS_COLUMNS)
+            rows = [r + [""] * len(extra) for r in rows]
+            rows += [[int(t["timesteps"]), "", "", ""] + [_cell(t[c]) for c in extra] for t in tracked]
+            rows.sort(key=lambda r: r[0])  # stable: a tracking row follows the episodes that ended before it
+            header += extra
         with open(path, "w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["timesteps", "episode_return", "episode_length", "wall_seconds"])
-            writer.writerows(self.rows)
+            writer.writerow(header)
+            writer.writerows(rows)
+
+
+def _cell(value: float) -> str | float:
+    return "" if not math.isfinite(value) else value
 
 
 def _parser() -> ArgumentParser:
@@ -283,6 +306,10 @@ def _parser() -> ArgumentParser:
     parser.add_argument("--rho", type=float, help="SAM/ASAM neighbourhood radius")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a hyperparameter (repeatable; mapping values such as policy_kwargs merge)")  # fmt: skip
+    parser.add_argument("--track-sharpness", type=int, metavar="N", nargs="?", const=SHARPNESS_EVERY,
+                        help="every N updates (default N: %(const)s), log the top Hessian and Adam-preconditioned "
+                             "Hessian eigenvalues of the training loss to train.csv (the hyperparameter "
+                             "track_sharpness; off unless given)")  # fmt: skip
     parser.add_argument("--out", type=Path, help="run directory (default results/runs/<algo>-<task>-s<seed>-<id>)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or mps")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for small policies)")
@@ -308,6 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = algos.parse_overrides(args.overrides)
     if args.rho is not None:
         overrides["rho"] = args.rho
+    if args.track_sharpness is not None:
+        overrides["track_sharpness"] = args.track_sharpness
     set_torch_threads(args.threads)
     check_device(args.device)
     config = resolve_run_config(args.algo, args.task, seed=args.seed, steps=args.steps, overrides=overrides)

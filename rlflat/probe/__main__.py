@@ -1,4 +1,4 @@
-"""``python -m rlflat.probe RUN``: sharpness measures of one trained policy (see :mod:`rlflat.probe.run`).
+"""``python -m rlflat.probe RUN``: sharpness measures of one trained policy (Hessian, perturbation, worst case).
 
 Bad input (a path that is neither a run dir nor an SB3 zip, a bad flag or option) is one line on stderr and exit
 code 2, with nothing written.
@@ -22,6 +22,9 @@ from rlflat.probe.run import default_out, last_timing, probe_run
 __all__ = ["main"]
 
 
+_DESCRIPTION = "Sharpness measures of one trained policy: Hessian spectrum, perturbation, worst case, landscape."
+
+
 def _floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(x) for x in text.split(",") if x.strip())
@@ -31,7 +34,7 @@ def _floats(text: str) -> tuple[float, ...]:
 
 def _parser() -> ArgumentParser:
     d = ProbeOptions()
-    p = ArgumentParser(prog="python -m rlflat.probe", description=(__doc__ or "").splitlines()[0])
+    p = ArgumentParser(prog="python -m rlflat.probe", description=_DESCRIPTION)
     p.add_argument("path", help="run directory (from rlflat.train) or any SB3 PPO/A2C model .zip")
     p.add_argument("--task", help="task alias or Gymnasium id (default: the run's config.json task)")
     p.add_argument("--out", type=Path, help="output directory (default: the run dir; <stem>-probe/ beside a zip)")
@@ -41,7 +44,7 @@ def _parser() -> ArgumentParser:
     p.add_argument("--batches", type=int, help=f"independent probe batches B, each measure's SE is over them "
                    f"(default {d.batches})")  # fmt: skip
     p.add_argument("--batch", type=int, help=f"transitions per probe batch, whole episodes (default {d.batch})")
-    p.add_argument("--seed", type=int, help=f"probe seed (default {d.seed})")
+    p.add_argument("--seed", type=int, help=f"seed of the probe batches and the random directions (default {d.seed})")
     p.add_argument("--top-k", type=int, help=f"eigenvalues at each end (default {d.top_k})")
     p.add_argument("--exact-threshold", type=int,
                    help=f"dense Hessian + full spectrum when n_params <= this (default {d.exact_threshold})")  # fmt: skip
@@ -66,6 +69,8 @@ def _parser() -> ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smaller sizes for smoke tests")
     p.add_argument("--no-metrics", action="store_true", help="do not add the probe block to metrics.json")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--force", action="store_true", help="replace an earlier probe at the output")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     add_loading_flags(p)
     return p
 
@@ -112,7 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out=args.out,
         trust=args.trust,
         vecnormalize=args.vecnormalize,
-        progress=None,
+        force=args.force,
+        progress=False if args.no_progress else None,
         **options,
     )
     _print_summary(result, last_timing(), out_dir)

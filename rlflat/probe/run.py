@@ -22,7 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from rlflat.errors import RlflatError
-from rlflat.io import read_json, to_jsonable, update_json_block
+from rlflat.io import check_no_results, check_output_dir, read_json_object, to_jsonable, update_json_block
 from rlflat.policy import MODEL_FILE, FunctionalPolicy, Params, check_spaces, load_policy
 from rlflat.probe.batch import DEFAULT_GAE_LAMBDA, DEFAULT_GAMMA, ProbeBatch, collect_batch
 from rlflat.probe.budget import check_probe_memory
@@ -46,7 +46,7 @@ from rlflat.probe.options import (
     make_options,
     validate_probe_options,
 )
-from rlflat.probe.output import METRICS_JSON, metrics_block, probe_config, write_probe
+from rlflat.probe.output import METRICS_JSON, PROBE_JSON, metrics_block, probe_config, write_probe
 from rlflat.probe.pooling import pool, replicate_seed
 from rlflat.probe.return_and_published import (
     cliff_measures,
@@ -84,8 +84,7 @@ def _resolve_source(path: str | Path) -> _Source:
     if path.is_dir():
         if not (path / MODEL_FILE).exists():
             raise RlflatError(f"{path} is a directory without {MODEL_FILE}: not an rlflat run dir")
-        config = read_json(path / CONFIG_JSON) if (path / CONFIG_JSON).exists() else {}
-        return _Source(path, path, config if isinstance(config, dict) else {})
+        return _Source(path, path, read_json_object(path / CONFIG_JSON))
     if path.suffix == ".zip" and path.is_file():
         return _Source(path, None, {})
     raise RlflatError(f"{path} is neither a run directory nor an SB3 model .zip")
@@ -131,6 +130,7 @@ def probe_run(
     task: str | None = None,
     out: str | Path | None = None,
     *,
+    force: bool = False,
     trust: bool = False,
     vecnormalize: str | Path | None = None,
     progress: bool | None = None,
@@ -142,10 +142,14 @@ def probe_run(
     (``<zip stem>-probe/`` beside a bare zip). ``options`` are :class:`ProbeOptions` fields (``quick=True`` for the
     smaller :data:`QUICK` sizes). ``trust`` and ``vecnormalize`` are :func:`rlflat.policy.load_policy`'s: by
     default nothing is unpickled. ``progress``: a progress bar once the probe runs past 5 s (None: on a tty only;
-    it changes no result). Raises :class:`RlflatError` on bad input before writing anything.
+    it changes no result). Raises :class:`RlflatError` on bad input before writing anything, and when
+    ``out`` already holds a probe unless ``force`` (then each file is replaced by an atomic rename).
     """
     opts = make_options(**options)
     source = _resolve_source(path)
+    out_dir = check_output_dir(Path(out) if out is not None else default_out(source.path))
+    metrics_path = source.run_dir / METRICS_JSON if source.run_dir is not None and opts.update_metrics else None
+    check_no_results(out_dir / PROBE_JSON, metrics_path, "probe", force)
     spec = _resolve_task(source, task)
     policy = load_policy(source.path, spec, trust=trust, vecnormalize=vecnormalize)
     env = make_env(spec)
@@ -158,13 +162,12 @@ def probe_run(
     if opts.interpolate is not None:
         other = load_policy(_resolve_source(opts.interpolate).path, spec, trust=trust)
         check_same_architecture(policy, other)
-    out_dir = Path(out) if out is not None else default_out(source.path)
     timer = _Timer()
     result, arrays = _probe(policy, spec, source, opts, other, timer, progress)
     write_probe(out_dir, result, arrays)
-    if source.run_dir is not None and opts.update_metrics:
+    if metrics_path is not None and source.run_dir is not None:
         block = metrics_block(result, out_dir, source.run_dir, timer.seconds)
-        update_json_block(source.run_dir / METRICS_JSON, "probe", block)
+        update_json_block(metrics_path, "probe", block)
     _LAST_TIMING.clear()
     _LAST_TIMING.update(timer.seconds)
     _LAST_TIMING["total"] = sum(timer.seconds.values())

@@ -33,11 +33,11 @@ class DynamicsParameter(BaseModel):
     - ``kwarg``: passed to ``gymnasium.make``;
     - ``model``: entries of the MuJoCo model array ``env.unwrapped.model.<attr>`` (``body_mass``,
       ``geom_friction``, ...), selected by ``index`` (body/geom/joint/actuator names, resolved with MuJoCo's
-      name lookup, or ``all``) and, for 2-D arrays, ``column``. The selected entries are multiplied by
+      name lookup, or ``all``) and, for 2-D arrays, ``column`` (one or several). The selected entries are multiplied by
       ``value / nominal`` relative to Gymnasium's default model (so setting twice, or back to nominal, is exact),
       as are the same rows of every array in ``scale_also`` (e.g. ``body_inertia`` with ``body_mass``), and
       MuJoCo's derived constants are recomputed (``mj_setConst``). When ``index`` is one name the selection must
-      be one entry (give ``column`` for a 2-D array), the value is that entry's absolute value and ``nominal``
+      be one entry of its first column (give ``column`` for a 2-D array), the value is that entry's absolute value and ``nominal``
       must equal Gymnasium's default (checked when the env is built); when it is ``all`` or a list of names the
       value is a dimensionless scale and ``nominal`` must be 1. Parameters selecting the same entries compose
       multiplicatively.
@@ -53,8 +53,12 @@ class DynamicsParameter(BaseModel):
     """Attribute, keyword or (``set: model``) MuJoCo model array name; defaults to the parameter's own name."""
     index: str | tuple[str, ...] | None = None
     """``set: model`` only: which rows of the model array: a name, a list of names, or ``all``."""
-    column: int | None = None
-    """``set: model`` only: the column of a 2-D model array (``geom_friction`` 0 = sliding); none = every column."""
+    column: int | tuple[int, ...] | None = None
+    """``set: model`` only: the column(s) of a 2-D model array (``geom_friction`` 0 = sliding); none = every column.
+    With several, all scale by the factor and the first holds the parameter's value."""
+    set_columns: dict[int, float] = Field(default_factory=dict)
+    """``set: model`` only: columns of the selected rows assigned these absolute values whenever the parameter is
+    off nominal (Lee & Yoon's foot friction also sets ``geom_friction[2]`` to 0.1); the nominal model is untouched."""
     scale_also: tuple[str, ...] = ()
     """``set: model`` only: further model arrays whose same rows scale by the same factor (``body_inertia``)."""
     description: str = ""
@@ -76,7 +80,12 @@ class DynamicsParameter(BaseModel):
 
     @model_validator(mode="after")
     def _model_fields(self) -> DynamicsParameter:
-        model_only = {"index": self.index, "column": self.column, "scale_also": self.scale_also or None}
+        model_only = {
+            "index": self.index,
+            "column": self.column,
+            "scale_also": self.scale_also or None,
+            "set_columns": self.set_columns or None,
+        }
         if self.set != "model":
             given = [key for key, value in model_only.items() if value is not None]
             if given:
@@ -84,8 +93,13 @@ class DynamicsParameter(BaseModel):
             return self
         if self.attr is None or self.index is None:
             raise ValueError("set: model needs attr (the model array, e.g. body_mass) and index (names or all)")
-        if self.column is not None and self.column < 0:
-            raise ValueError(f"column must be >= 0, got {self.column}")
+        columns = [*(self.columns or ()), *self.set_columns]
+        if any(c < 0 for c in columns):
+            raise ValueError(f"columns must be >= 0, got {columns}")
+        if self.columns is not None and (len(set(self.columns)) != len(self.columns) or not self.columns):
+            raise ValueError(f"column must list distinct columns, got {list(self.columns)}")
+        if set(self.columns or ()) & set(self.set_columns):
+            raise ValueError(f"set_columns {sorted(self.set_columns)} overlaps the scaled column(s) {self.column}")
         if not self.single_entry and self.nominal != 1.0:
             raise ValueError(
                 f"index {self.index!r} selects several entries, so the value is a scale and nominal must be 1.0, "
@@ -99,6 +113,13 @@ class DynamicsParameter(BaseModel):
         if self.index is None:
             return ()
         return (self.index,) if isinstance(self.index, str) else self.index
+
+    @property
+    def columns(self) -> tuple[int, ...] | None:
+        """``column`` as a tuple (None: every column)."""
+        if self.column is None:
+            return None
+        return (self.column,) if isinstance(self.column, int) else tuple(self.column)
 
     @property
     def single_entry(self) -> bool:
