@@ -453,7 +453,7 @@ def test_sharpness_axes_carry_the_probe_standard_error() -> None:
         }
     )
     empty = pd.DataFrame(columns=["task", "measure", "metric", "method", "estimate", "ci_low", "ci_high"])
-    fig, axes = F.plot_sharpness_vs_robustness(
+    _fig, axes = F.plot_sharpness_vs_robustness(
         runs, ["probe.fisher_lambda_max"], "robustness.auc_mean", empty, F.algo_palette(["ppo", "ppo_sam"]), n_boot=20
     )
     widths = []
