@@ -1,11 +1,16 @@
 """Batched robustness evaluation vs SB3's ``evaluate_policy`` looping over one Gymnasium env per setting.
 
-Usage: ``OMP_NUM_THREADS=1 python benchmarks/eval_speed.py [model.zip | run_dir] [--timesteps 30000]
-[--throughput]``. Without a model, a CartPole PPO is trained for ``--timesteps`` steps by rlflat's plain ``ppo``
-(:func:`rlflat.train.train_run`) with the spec's rl-baselines3-zoo hyperparameters (``envs/CartPole.yaml``).
-50 dynamics settings (10 log-spaced factors of each default-suite parameter) x 20
-episodes; episode j of every setting resets with seed j in both evaluators, so their returns must agree
-exactly (CartPole's actions are discrete). Every run also prints each batched simulator's raw env-steps/s at 1k and 10k rows; ``--throughput`` adds the evaluator's end-to-end row-steps/s
+Usage: ``OMP_NUM_THREADS=1 python benchmarks/eval_speed.py [model.zip | run_dir] [--task CartPole]
+[--timesteps 30000] [--episodes 20] [--per-parameter 10] [--workers N] [--throughput]``. Without a model, a PPO
+is trained on the task for ``--timesteps`` steps by rlflat's plain ``ppo`` (:func:`rlflat.train.train_run`) with
+the spec's rl-baselines3-zoo hyperparameters. Settings: ``--per-parameter`` log-spaced factors of each
+default-suite parameter (50 for CartPole, 40 for Hopper) x ``--episodes``; episode j of every setting resets
+with seed j in both evaluators. Both print env-steps/s (steps of live episodes). CartPole's discrete actions
+make the returns agree exactly; for continuous tasks a batched forward rounds differently from SB3's one-row
+forward (~1e-9 in the actions), so the largest relative difference is printed, and the batched evaluator
+is also run in-process (``workers=1``) to show the worker processes change no return at all. Tasks without
+a numpy simulator (Hopper, LunarLander) step their Gymnasium envs in ``--workers`` processes (default: every
+usable core) with one batched policy forward per step. Every run also prints each batched simulator's raw env-steps/s at 1k and 10k rows; ``--throughput`` adds the evaluator's end-to-end row-steps/s
 (policy + simulator) per task at 1k and 10k rows; raw simulator rates are in ``benchmarks/sim_speed.py``.
 """
 
@@ -27,7 +32,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from rlflat.algos import load_model
 from rlflat.errors import RlflatError
-from rlflat.evaluate import rollout_returns, sweep_factors
+from rlflat.evaluate import has_batched_simulator, rollout_returns, sweep_factors
 from rlflat.policy import load_policy
 from rlflat.tasks import TaskSpec, load_task, make_env
 from rlflat.train import resolve_run_config, train_run
@@ -36,9 +41,9 @@ EPISODES = 20
 PER_PARAMETER = 10
 
 
-def train_cartpole(timesteps: int, folder: Path) -> Path:
-    """rlflat's plain ``ppo`` (trains exactly as SB3's PPO) with the CartPole spec's zoo hyperparameters."""
-    config = resolve_run_config("ppo", "CartPole", seed=0, steps=timesteps)
+def train_ppo(task: str, timesteps: int, folder: Path) -> Path:
+    """rlflat's plain ``ppo`` (trains exactly as SB3's PPO) with the task spec's zoo hyperparameters."""
+    config = resolve_run_config("ppo", task, seed=0, steps=timesteps)
     return train_run(config, out=folder / "run", progress=False) / "model.zip"
 
 
@@ -50,28 +55,36 @@ def load_sb3(model_path: Path) -> BaseAlgorithm:
         return PPO.load(model_path, device="cpu")
 
 
-def settings_of(task: TaskSpec) -> list[dict[str, float]]:
-    """10 factors per default-suite parameter (log-spaced over its range, nominal excluded): 50 for CartPole."""
+def settings_of(task: TaskSpec, per_parameter: int = PER_PARAMETER) -> list[dict[str, float]]:
+    """``per_parameter`` factors per default-suite parameter (log-spaced over its range, nominal excluded)."""
     settings = []
     for name in task.default_suite:
         parameter = task.parameters[name]
-        factors = [f for f in sweep_factors(*parameter.range, PER_PARAMETER) if f != 1.0]
-        settings += [{name: parameter.nominal * f} for f in factors[:PER_PARAMETER]]
+        factors = [f for f in sweep_factors(*parameter.range, per_parameter) if f != 1.0]
+        settings += [{name: parameter.nominal * f} for f in factors[:per_parameter]]
     return settings
 
 
-def looped(model_path: Path, task: TaskSpec, settings: list[dict[str, float]]) -> np.ndarray:
-    """SB3's evaluate_policy, one env per setting, re-seeded per episode so episode j starts from seed j."""
+def looped(
+    model_path: Path, task: TaskSpec, settings: list[dict[str, float]], episodes: int = EPISODES
+) -> tuple[np.ndarray, int]:
+    """SB3's evaluate_policy, one env per setting, re-seeded per episode so episode j starts from seed j.
+
+    Returns the returns and the env steps taken."""
     model = load_sb3(model_path)
-    returns = np.zeros((len(settings), EPISODES))
+    returns = np.zeros((len(settings), episodes))
+    steps = 0
     for i, dynamics in enumerate(settings):
         env = DummyVecEnv([lambda d=dynamics: Monitor(make_env(task, d))])  # type: ignore[misc]
-        for j in range(EPISODES):
+        for j in range(episodes):
             env.seed(j)  # applied at the reset evaluate_policy starts the episode with
-            rewards, _ = evaluate_policy(model, env, n_eval_episodes=1, deterministic=True, return_episode_rewards=True)
+            rewards, lengths = evaluate_policy(
+                model, env, n_eval_episodes=1, deterministic=True, return_episode_rewards=True
+            )
             returns[i, j] = rewards[0]  # type: ignore[index]
+            steps += int(lengths[0])  # type: ignore[index]
         env.close()
-    return returns
+    return returns, steps
 
 
 def throughput() -> None:
@@ -102,36 +115,52 @@ def throughput() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", nargs="?", help="CartPole model.zip or run dir (default: train one)")
+    parser.add_argument("model", nargs="?", help="model.zip or run dir of --task (default: train one)")
+    parser.add_argument("--task", default="CartPole", help="task (default CartPole; e.g. Hopper, LunarLander)")
     parser.add_argument("--timesteps", type=int, default=30_000, help="PPO steps when training (default 30k)")
+    parser.add_argument("--episodes", type=int, default=EPISODES, help=f"episodes per setting (default {EPISODES})")
+    parser.add_argument("--per-parameter", type=int, default=PER_PARAMETER, help="factors per parameter (10)")
+    parser.add_argument("--workers", type=int, default=None, help="env worker processes (default: usable cores)")
     parser.add_argument("--throughput", action="store_true", help="also time every batched task")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    task = load_task("CartPole")
+    task = load_task(args.task)
     with tempfile.TemporaryDirectory() as tmp:
         if args.model:
             model_path = Path(args.model)
             model_path = model_path / "model.zip" if model_path.is_dir() else model_path
         else:
             start = time.perf_counter()
-            model_path = train_cartpole(args.timesteps, Path(tmp))
-            print(f"trained CartPole PPO ({args.timesteps} steps) in {time.perf_counter() - start:.1f} s")
-        settings = settings_of(task)
+            model_path = train_ppo(task.alias, args.timesteps, Path(tmp))
+            print(f"trained {task.alias} PPO ({args.timesteps} steps) in {time.perf_counter() - start:.1f} s")
+        settings = settings_of(task, args.per_parameter)
         policy = load_policy(model_path)
-        rollout_returns(policy, task, settings[:2], episodes=2)  # warm-up (imports, first forward)
+        rollout_returns(policy, task, settings[:1], episodes=1, workers=1)  # warm-up (imports, first forward)
+        stats: dict[str, int] = {}
         start = time.perf_counter()
-        batched = rollout_returns(policy, task, settings, episodes=EPISODES)[0]
+        batched = rollout_returns(policy, task, settings, episodes=args.episodes, workers=args.workers, stats=stats)
         t_batched = time.perf_counter() - start
         start = time.perf_counter()
-        reference = looped(model_path, task, settings)
+        reference, ref_steps = looped(model_path, task, settings, args.episodes)
         t_looped = time.perf_counter() - start
-    print(f"{len(settings)} settings x {EPISODES} episodes; nominal-suite mean return {batched.mean():.1f}")
-    print(f"(a) SB3 evaluate_policy, one env per setting: {t_looped:8.2f} s")
-    print(f"(b) batched rollout_returns:                  {t_batched:8.2f} s")
-    print(f"speed-up {t_looped / t_batched:.0f}x; returns agree exactly: {np.array_equal(batched, reference)}")
+        in_process = None
+        if args.workers != 1 and not has_batched_simulator(task):
+            in_process = rollout_returns(policy, task, settings, episodes=args.episodes, workers=1)
+    batched = batched[0]
+    rate_looped, rate_batched = ref_steps / t_looped, stats["env_steps"] / t_batched
+    print(f"{task.alias}: {len(settings)} settings x {args.episodes} episodes; mean return {batched.mean():.1f}")
+    print(f"(a) SB3 evaluate_policy, one env per setting: {t_looped:8.2f} s {rate_looped:>10,.0f} env-steps/s")
+    print(f"(b) rlflat rollout_returns (batched policy):  {t_batched:8.2f} s {rate_batched:>10,.0f} env-steps/s")
+    print(f"speed-up {rate_batched / rate_looped:.1f}x env-steps/s (same episodes: {stats['env_steps'] == ref_steps})")
+    print(f"returns agree exactly with (a): {np.array_equal(batched, reference)}", end="")
     if not np.array_equal(batched, reference):
-        print(f"  max |difference| {np.abs(batched - reference).max()}")
-    simulator_rates()
+        rel = np.abs(batched - reference) / np.maximum(np.abs(reference), 1e-12)
+        print(f"; largest relative difference {rel.max():.2e}", end="")
+    print()
+    if in_process is not None:
+        print(f"worker processes vs in-process (workers=1), bit-identical: {np.array_equal(batched, in_process[0])}")
+    if task.alias == "CartPole":
+        simulator_rates()
     if args.throughput:
         throughput()
 

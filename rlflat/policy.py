@@ -9,7 +9,8 @@ different policy.
 
 from __future__ import annotations
 
-import pickle
+import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,21 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from rlflat.errors import RlflatError
+from rlflat.normalization import (
+    NORMALIZATION_FILE,
+    PICKLE_FILE,
+    NormalizationStats,
+    load_stats,
+    load_trusted_pickle,
+)
+from rlflat.sb3_zip import rebuild_policy
+from rlflat.scope import actor_parameter_names
+from rlflat.tasks import TaskSpec, make_env
 
 Params = dict[str, Tensor]
 
 MODEL_FILE = "model.zip"
-NORMALIZER_FILE = "vecnormalize.pkl"
+NORMALIZER_FILE = PICKLE_FILE
 
 
 @dataclass(frozen=True)
@@ -49,19 +60,11 @@ class ObservationNormalizer:
         return np.clip(scaled, -self.clip, self.clip).astype(np.float32)
 
     @classmethod
-    def load(cls, path: str | Path) -> ObservationNormalizer | None:
-        """Read a pickled ``VecNormalize`` (SB3's ``save`` format); ``None`` if it did not normalise obs."""
-        with open(path, "rb") as handle:
-            vec_normalize = pickle.load(handle)
-        if not getattr(vec_normalize, "norm_obs", False):
+    def from_stats(cls, stats: NormalizationStats) -> ObservationNormalizer | None:
+        """The observation transform of ``stats``; ``None`` if observations were not normalised."""
+        if not stats.norm_obs:
             return None
-        rms = vec_normalize.obs_rms
-        return cls(
-            np.asarray(rms.mean),
-            np.asarray(rms.var),
-            float(vec_normalize.clip_obs),
-            float(vec_normalize.epsilon),
-        )
+        return cls(stats.obs_mean, stats.obs_var, stats.clip_obs, stats.epsilon)
 
 
 class _Heads(nn.Module):
@@ -85,10 +88,16 @@ class FunctionalPolicy:
     """A trained policy as pure functions of a parameter dict.
 
     ``params`` holds detached copies of every parameter, keyed as in ``policy.named_parameters()``;
-    ``actor_names`` are those that shape the action distribution (the default probe scope).
+    ``actor_names`` are the actor's (:func:`rlflat.scope.actor_parameter_names`: policy net and action head, the
+    scope SAM training perturbs; the default probe scope).
     """
 
-    def __init__(self, policy: ActorCriticPolicy, normalizer: ObservationNormalizer | None = None) -> None:
+    def __init__(
+        self,
+        policy: ActorCriticPolicy,
+        normalizer: ObservationNormalizer | None = None,
+        reward_scaling: tuple[float, float] = (1.0, math.inf),
+    ) -> None:
         if not isinstance(policy, ActorCriticPolicy):
             raise RlflatError(f"not an on-policy actor-critic policy: {type(policy).__name__}")
         dist = policy.action_dist
@@ -99,13 +108,15 @@ class FunctionalPolicy:
             )
         self.policy = policy.eval()
         self.normalizer = normalizer
+        self.reward_scaling = reward_scaling
+        """(scale, clip) of the rewards the critic was trained on (``VecNormalize``'s reward normalisation)."""
         self.observation_space = policy.observation_space
         self.action_space = policy.action_space
         self.discrete = isinstance(self.action_space, spaces.Discrete)
         self.sde = isinstance(dist, StateDependentNoiseDistribution)
         self._heads = _Heads(policy)
         self.params: Params = {name: p.detach().clone() for name, p in policy.named_parameters()}
-        self.actor_names: list[str] = [name for name in self.params if not _is_critic(name)]
+        self.actor_names: list[str] = actor_parameter_names(self.params)
 
     # -- pure functions -------------------------------------------------------------------------------------
     def _call(self, params: Params, obs: Tensor, head: str) -> Any:
@@ -184,31 +195,86 @@ class FunctionalPolicy:
         return sum(p.numel() for p in self.params.values())
 
 
-def _is_critic(name: str) -> bool:
-    return name.startswith(("value_net.", "mlp_extractor.value_net.", "vf_features_extractor."))
+def load_policy(
+    path: str | Path,
+    task: TaskSpec | None = None,
+    *,
+    trust: bool = False,
+    vecnormalize: str | Path | None = None,
+) -> FunctionalPolicy:
+    """Load a run directory (``model.zip`` + its ``normalization.json``) or any SB3 on-policy zip.
 
-
-def load_policy(path: str | Path) -> FunctionalPolicy:
-    """Load a run directory (``model.zip`` + optional ``vecnormalize.pkl``) or any SB3 on-policy zip.
-
-    Only the policy is rebuilt (from the zip's saved policy class, spaces and ``policy_kwargs``), so zips of
-    PPO, A2C or rlflat's algorithms load alike without knowing which algorithm trained them.
+    Only the policy is rebuilt, so zips of PPO, A2C or rlflat's algorithms load alike without knowing which
+    algorithm trained them. By default nothing is unpickled (:mod:`rlflat.sb3_zip`; spaces from ``task`` when
+    given). ``trust=True`` uses SB3's full loader, which unpickles the zip's objects and can run code in them.
+    Normalisation statistics come from ``vecnormalize`` when named (a pickle only with ``trust``), else from a run
+    directory's own ``normalization.json``; files lying beside a bare zip are never applied.
     """
     path = Path(path)
     if path.is_dir():
-        zip_path, normalizer_path = path / MODEL_FILE, path / NORMALIZER_FILE
+        zip_path = path / MODEL_FILE
         if not zip_path.exists():
             raise RlflatError(f"{path} is a directory without {MODEL_FILE}: not an rlflat run dir")
-    elif path.suffix == ".zip" and path.exists():
-        zip_path, normalizer_path = path, path.with_name(NORMALIZER_FILE)
+    elif path.suffix == ".zip" and path.is_file():
+        zip_path = path
     else:
         raise RlflatError(f"{path} is neither a run directory nor an SB3 model .zip")
+    stats = normalization_stats(path, trust=trust, vecnormalize=vecnormalize)
+    if trust:
+        policy = _load_trusted(zip_path)
+    else:
+        policy = rebuild_policy(zip_path, _spaces(task) if task is not None else None)
+    normalizer = ObservationNormalizer.from_stats(stats) if stats is not None else None
+    scaling = stats.reward_scaling() if stats is not None else (1.0, math.inf)
+    return FunctionalPolicy(policy, normalizer, reward_scaling=scaling)
+
+
+def normalization_stats(
+    path: str | Path, *, trust: bool = False, vecnormalize: str | Path | None = None
+) -> NormalizationStats | None:
+    """The statistics that belong to the policy at ``path`` (see :func:`load_policy`), or ``None``."""
+    path = Path(path)
+    if vecnormalize is not None:
+        named = Path(vecnormalize)
+        if not named.is_file():
+            raise RlflatError(f"--vecnormalize {named}: no such file")
+        if named.suffix == ".json":
+            return load_stats(named)
+        if not trust:
+            raise RlflatError(
+                f"--vecnormalize {named}: reading a pickle can run code it names; add --trust if you trust the file, "
+                f"or give an rlflat {NORMALIZATION_FILE}"
+            )
+        return load_trusted_pickle(named)
+    if path.is_dir():
+        if (path / NORMALIZATION_FILE).is_file():
+            return load_stats(path / NORMALIZATION_FILE)
+        if (path / NORMALIZER_FILE).exists():
+            raise RlflatError(
+                f"{path / NORMALIZER_FILE}: the run's statistics exist only as a pickle, which is never read by "
+                f"default; pass --trust --vecnormalize {path / NORMALIZER_FILE} if you trust it"
+            )
+        return None
+    for stray in (path.with_name(NORMALIZATION_FILE), path.with_name(NORMALIZER_FILE)):
+        if stray.exists():
+            print(
+                f"note: {stray} lies beside {path.name} but is not applied; name it with --vecnormalize to use it",
+                file=sys.stderr,
+            )
+            break
+    return None
+
+
+def _load_trusted(zip_path: Path) -> ActorCriticPolicy:
+    """SB3's own loader: unpickles every object in the zip (runs its code). Only behind ``--trust``."""
     try:
         data, state, _ = load_from_zip_file(zip_path, device="cpu")
     except Exception as exc:  # a corrupt or foreign zip: say so in one line
         raise RlflatError(f"{zip_path}: not a readable SB3 model ({type(exc).__name__}: {exc})") from None
     if data is None or "policy_class" not in data:
         raise RlflatError(f"{zip_path}: no policy class in the SB3 zip")
+    if state is None or "policy" not in state:
+        raise RlflatError(f"{zip_path}: no policy.pth in the SB3 zip")
     policy_class = data["policy_class"]
     if not (isinstance(policy_class, type) and issubclass(policy_class, ActorCriticPolicy)):
         raise RlflatError(f"{zip_path}: policy {policy_class!r} is not an on-policy actor-critic policy")
@@ -216,9 +282,21 @@ def load_policy(path: str | Path) -> FunctionalPolicy:
     if data.get("use_sde"):
         kwargs["use_sde"] = True
     policy = policy_class(data["observation_space"], data["action_space"], lambda _: 0.0, **kwargs)
-    policy.load_state_dict(dict(state["policy"]))  # type: ignore[call-overload]
-    normalizer = ObservationNormalizer.load(normalizer_path) if normalizer_path.exists() else None
-    return FunctionalPolicy(policy, normalizer)
+    try:
+        policy.load_state_dict(dict(state["policy"]))  # type: ignore[call-overload]
+    except RuntimeError as exc:
+        raise RlflatError(
+            f"{zip_path}: policy.pth does not fit the saved policy ({str(exc).splitlines()[0]})"
+        ) from None
+    return policy
+
+
+def _spaces(task: TaskSpec) -> tuple[spaces.Space, spaces.Space]:
+    env = make_env(task)
+    try:
+        return env.observation_space, env.action_space
+    finally:
+        env.close()
 
 
 def check_spaces(policy: FunctionalPolicy, observation_space: spaces.Space, action_space: spaces.Space) -> None:

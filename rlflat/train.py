@@ -1,7 +1,8 @@
 """``python -m rlflat.train ALGO TASK``: train one policy into a self-describing run directory.
 
 A run directory holds ``config.json`` (everything needed to reproduce it), ``model.zip`` (SB3 format),
-``vecnormalize.pkl`` (when trained with observation normalisation), ``train.csv`` (learning curve) and
+``vecnormalize.pkl`` and ``normalization.json`` (when trained with normalisation: SB3's pickle, and the same
+statistics as data, which is what rlflat reads), ``train.csv`` (learning curve) and
 ``metrics.json`` (final deterministic evaluation on the nominal task). The directory is assembled under a hidden
 temporary name and renamed into place, so a crash never leaves a half-written run behind.
 """
@@ -33,10 +34,18 @@ from rlflat.algos.sharpness_tracking import SharpnessTracker, path_summary
 from rlflat.cli import ArgumentParser, run_cli, set_torch_threads
 from rlflat.errors import RlflatError
 from rlflat.io import check_output_dir, package_versions, read_json, remove_stale_staging, staging_dir, write_json
+from rlflat.normalization import NORMALIZATION_FILE, NormalizationStats
 from rlflat.policy import MODEL_FILE, NORMALIZER_FILE, FunctionalPolicy, ObservationNormalizer
 from rlflat.tasks import TaskSpec, list_tasks, load_task, make_env
 
 RUNS_DIR = Path("results/runs")
+MAX_TOTAL_TIMESTEPS = 10**8
+"""The most environment steps one run may take: 100x the largest budget in any shipped task spec (1e6 for
+MuJoCo, Box2D, Acrobot, MountainCar), and 1.4-9 hours at the 3-20k steps/s the reference study measured on one
+core. A larger value is a typo (``--steps 1e23`` would train for ever and grow the learning curve without end),
+not a study; the limit is in steps, so it holds for ``--steps``, ``--set total_timesteps`` and sweep configs."""
+CURVE_ROW_BYTES = 16
+"""Learning-curve memory per environment step: a 4-field row (~160 B) per episode, episodes >= 10 steps."""
 EVAL_EPISODES = 20
 VERSIONED_PACKAGES = ("rlflat", "torch", "gymnasium", "stable-baselines3", "numpy")
 
@@ -56,7 +65,39 @@ def resolve_run_config(
     if steps is not None:
         overrides["total_timesteps"] = steps
     hyperparameters = algos.resolve_hyperparameters(algo, spec, overrides)
+    check_training_size(spec, hyperparameters)
     return {"algo": algo, "task": spec.alias, "task_id": spec.id, "seed": int(seed), "hyperparameters": hyperparameters}
+
+
+def check_training_size(spec: TaskSpec, hyperparameters: Mapping[str, Any]) -> None:
+    """Refuse, in one line, more than :data:`MAX_TOTAL_TIMESTEPS` steps or a run whose rollout buffer, loss graph,
+    envs and learning curve would not fit in the memory available now (:mod:`rlflat.memory`)."""
+    from rlflat.evaluate.budget import GRAPH_COPIES, gym_row_bytes
+    from rlflat.memory import require_memory
+
+    total = int(hyperparameters["total_timesteps"])
+    if total > MAX_TOTAL_TIMESTEPS:
+        raise RlflatError(
+            f"total_timesteps (--steps) {total:.3g} is over the maximum {MAX_TOTAL_TIMESTEPS:.0e} (100x the largest shipped "
+            "task budget; hours of training at measured speeds)"
+        )
+    env = make_env(spec)
+    try:
+        obs_dim = math.prod(env.observation_space.shape or (1,))
+        act_dim = math.prod(env.action_space.shape or (1,))
+    finally:
+        env.close()
+    n_envs, n_steps = int(hyperparameters.get("n_envs", 1)), int(hyperparameters.get("n_steps", 2048))
+    net_arch = (hyperparameters.get("policy_kwargs") or {}).get("net_arch", [64, 64]) or []
+    widths = sum(sum(v) for v in net_arch.values()) if isinstance(net_arch, dict) else 2 * sum(net_arch)
+    rows = float(n_envs) * n_steps
+    need = (
+        rows * 4 * (obs_dim + act_dim + 8)  # SB3's float32 rollout buffer
+        + rows * 4 * GRAPH_COPIES * (obs_dim + widths)  # a full-batch loss graph (pg; ppo's minibatches are smaller)
+        + float(n_envs) * gym_row_bytes(spec)
+        + float(total) * CURVE_ROW_BYTES
+    )
+    require_memory(need, f"training with n_envs {n_envs} x n_steps {n_steps} and {total} steps")
 
 
 def run_id(config: Mapping[str, Any]) -> str:
@@ -163,8 +204,10 @@ def _train_into(
     model.save(directory / MODEL_FILE)
     normalizer = None
     if isinstance(env, VecNormalize):
-        env.save(str(directory / NORMALIZER_FILE))
-        normalizer = ObservationNormalizer.load(directory / NORMALIZER_FILE)
+        env.save(str(directory / NORMALIZER_FILE))  # SB3's format, for SB3 users
+        stats = NormalizationStats.from_vec_normalize(env)
+        write_json(directory / NORMALIZATION_FILE, stats.to_json())  # what rlflat reads: data, not code
+        normalizer = ObservationNormalizer.from_stats(stats)
     curve.write_csv(directory / "train.csv", tracker.rows if tracker is not None else None)
     policy = FunctionalPolicy(model.policy, normalizer)
     returns = evaluate_nominal(policy, spec, EVAL_EPISODES)
@@ -253,7 +296,11 @@ def _parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m rlflat.train", description=__doc__.splitlines()[0])
     parser.add_argument("algo", nargs="?", help="algorithm, e.g. ppo, ppo_sam, pg_asam (see --list)")
     parser.add_argument("task", nargs="?", help="task alias or Gymnasium id, e.g. CartPole or CartPole-v1")
-    parser.add_argument("--steps", type=int, help="total environment steps (default: the task spec's)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help="total environment steps (default: the task spec's; at most 1e8, 100x the largest shipped task budget)",
+    )
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the network initialisation, the environments and SB3 (default 0)")  # fmt: skip
     parser.add_argument("--rho", type=float, help="SAM/ASAM neighbourhood radius")

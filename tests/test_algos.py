@@ -192,18 +192,16 @@ def test_asam_step_matches_closed_form() -> None:
     th.testing.assert_close(quad.x.detach().flatten(), expected, rtol=1e-12, atol=1e-12)
 
 
-def test_asam_scales_weights_but_not_biases() -> None:
-    """Kwon et al.'s reference: T = |w| + eta for weights, T = 1 for biases; one norm over both."""
+def test_asam_scales_weights_and_biases_alike() -> None:
+    """ASAM's operator T = |theta| + eta elementwise on every tensor, biases included; one norm over both."""
     gen = th.Generator().manual_seed(0)
     weight, bias = th.randn(3, 4, generator=gen), th.randn(3, generator=gen)
     g_w, g_b = th.randn(3, 4, generator=gen), th.randn(3, generator=gen)
     e_w, e_b = ASAM(rho=0.5, eta=0.01).perturbation([weight, bias], [g_w, g_b])
-    t_w = weight.abs() + 0.01
-    norm = th.sqrt((t_w * g_w).pow(2).sum() + g_b.pow(2).sum())
+    t_w, t_b = weight.abs() + 0.01, bias.abs() + 0.01
+    norm = th.sqrt((t_w * g_w).pow(2).sum() + (t_b * g_b).pow(2).sum())
     th.testing.assert_close(e_w, 0.5 * t_w * t_w * g_w / norm)
-    th.testing.assert_close(e_b, 0.5 * g_b / norm)
-    # a bias alone gets SAM's perturbation
-    th.testing.assert_close(ASAM(rho=0.5).perturbation([bias], [g_b])[0], SAM(rho=0.5).perturbation([bias], [g_b])[0])
+    th.testing.assert_close(e_b, 0.5 * t_b * t_b * g_b / norm)
 
 
 def test_plain_rule_is_gradient_descent() -> None:
@@ -299,7 +297,10 @@ def test_sam_scope_decides_what_is_perturbed(scope: str) -> None:
     changed = {k for k in theta if not th.equal(theta[k], moved[k])}
     actor = {k for k in theta if k.startswith(("mlp_extractor.policy_net.", "action_net."))}
     if scope == "actor":
-        assert changed == actor
+        from rlflat.policy import FunctionalPolicy
+
+        assert changed == actor == set(FunctionalPolicy(model.policy).actor_names)  # the probe's actor scope
+        assert "log_std" not in changed
     else:
         assert changed == set(theta)  # critic and log_std too
     assert "log_std" in theta

@@ -13,6 +13,8 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecNormalize
 
 from rlflat.errors import RlflatError
+from rlflat.io import write_json
+from rlflat.normalization import NORMALIZATION_FILE, NormalizationStats
 from rlflat.policy import check_spaces, load_policy
 from rlflat.tasks import load_task, make_env
 
@@ -55,6 +57,9 @@ def test_vecnormalize_statistics_are_applied(tmp_path: Path) -> None:
     model.learn(256)
     model.save(tmp_path / "model.zip")
     venv.save(str(tmp_path / "vecnormalize.pkl"))
+    with pytest.raises(RlflatError, match="only as a pickle, which is never read by default"):
+        load_policy(tmp_path)  # the run's pickle alone is not read without --trust
+    write_json(tmp_path / NORMALIZATION_FILE, NormalizationStats.from_vec_normalize(venv).to_json())
     policy = load_policy(tmp_path)
     assert policy.normalizer is not None
     raw = _states("Pendulum")
@@ -63,9 +68,12 @@ def test_vecnormalize_statistics_are_applied(tmp_path: Path) -> None:
     alone = tmp_path / "alone"
     alone.mkdir()
     (tmp_path / "model.zip").rename(alone / "model.zip")
-    unnormalised = load_policy(alone / "model.zip")
+    (tmp_path / NORMALIZATION_FILE).rename(alone / NORMALIZATION_FILE)
+    unnormalised = load_policy(alone / "model.zip")  # statistics beside a bare zip are never applied by proximity
     assert unnormalised.normalizer is None
     assert not np.allclose(unnormalised.act(raw), expected)
+    named = load_policy(alone / "model.zip", vecnormalize=alone / NORMALIZATION_FILE)
+    np.testing.assert_array_equal(named.act(raw), policy.act(raw))
 
 
 def test_stacked_parameters_equal_separate_calls() -> None:

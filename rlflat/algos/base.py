@@ -22,6 +22,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from rlflat.algos.rules import RULE_DEFAULTS, RULES, SAM_SCOPES, TrainingDiverged, UpdateRule, make_rule
 from rlflat.errors import RlflatError, bad_choice
+from rlflat.scope import actor_parameter_names
 
 __all__ = ["ADAM_EPS", "FlatOnPolicyAlgorithm", "TrainingDiverged"]
 
@@ -117,8 +118,8 @@ class FlatOnPolicyAlgorithm(OnPolicyAlgorithm):
         if self.sam_scope == "all":
             self._perturbed = list(self._all_params)
         else:
-            actor = [self.policy.mlp_extractor.policy_net, self.policy.action_net]
-            self._perturbed = [p for module in actor for p in module.parameters()]
+            named = dict(self.policy.named_parameters())
+            self._perturbed = [named[name] for name in actor_parameter_names(named)]
         self._swa_model = None
 
     def _excluded_save_params(self) -> list[str]:

@@ -7,8 +7,8 @@ without a closure, so SAM cannot be an optimizer here; the algorithms' ``train()
 SAM (Foret et al. 2021, "Sharpness-Aware Minimization for Efficiently Improving Generalization") steps with
 the gradient taken at the worst-case point ``theta + e`` of a rho-ball, ``e = rho g / ||g||``. ASAM (Kwon et
 al. 2021, "ASAM: Adaptive Sharpness-Aware Minimization") makes the ball scale-invariant with the
-normalisation operator ``T = |theta| + eta``: ``e = rho T^2 g / ||T g||``. As in Kwon et al.'s reference code,
-only weight tensors are scaled; biases (and ``log_std``) get ``T = 1``.
+normalisation operator ``T = |theta| + eta``: ``e = rho T^2 g / ||T g||``, elementwise over every perturbed
+tensor, biases included (:func:`rlflat.scope.adaptive_scale`, shared with the probe's adaptive ball).
 
 Invariants the tests pin down:
 
@@ -30,6 +30,7 @@ from typing import ClassVar
 import torch as th
 
 from rlflat.errors import RlflatError
+from rlflat.scope import adaptive_scale
 
 Closure = Callable[[], th.Tensor]
 
@@ -127,14 +128,13 @@ class SAM(UpdateRule):
 class ASAM(SAM):
     """Adaptive SAM (Kwon et al. 2021): the rho-ball is measured relative to each weight's magnitude.
 
-    ``T = |theta| + eta`` for weight tensors and ``T = 1`` for biases, following Kwon et al.'s reference
-    implementation (which scales only parameters named ``weight``). Weights are recognised by shape here
-    (``ndim >= 2``: linear and convolution kernels); for SB3's MLP and CNN policies that selects exactly the
-    tensors the reference selects by name, and ``log_std`` (1-D, not a weight) is left unscaled as there.
+    ``T = |theta| + eta`` for every tensor, biases included, as the paper defines the operator (Kwon et al.'s
+    reference code leaves biases at ``T = 1``; scaling them is what makes the ball invariant to per-neuron
+    rescaling). The scale is :func:`rlflat.scope.adaptive_scale`, the probe's too.
     """
 
     name: ClassVar[str] = "asam"
-    description: ClassVar[str] = "ASAM (Kwon et al. 2021): e = rho T^2 g/||T g||, T = |w| + eta (biases: T = 1)"
+    description: ClassVar[str] = "ASAM (Kwon et al. 2021): e = rho T^2 g/||T g||, T = |theta| + eta"
 
     def __init__(self, rho: float, eta: float = 0.01) -> None:
         super().__init__(rho)
@@ -143,7 +143,7 @@ class ASAM(SAM):
         self.eta = eta
 
     def perturbation(self, params: Sequence[th.Tensor], grads: Sequence[th.Tensor]) -> list[th.Tensor]:
-        scales = [p.abs() + self.eta if p.ndim >= 2 else th.ones_like(p) for p in params]
+        scales = [adaptive_scale(p, self.eta) for p in params]
         scaled = [t * g for t, g in zip(scales, grads, strict=True)]
         norm = th.linalg.vector_norm(th.stack([th.linalg.vector_norm(s) for s in scaled]))
         factor = self.rho / (norm + _NORM_EPS)

@@ -115,16 +115,29 @@ def has_batched_simulator(task: TaskSpec) -> bool:
 
 
 def _make_simulator(
-    task: TaskSpec, settings: Sequence[Mapping[str, float]], row_setting: np.ndarray, backend: str
+    task: TaskSpec,
+    settings: Sequence[Mapping[str, float]],
+    row_setting: np.ndarray,
+    backend: str,
+    workers: int | None = None,
 ) -> tuple[Simulator, bool]:
-    """The simulator for ``row_setting`` (setting index per row); returns it and whether it is batched."""
+    """The simulator for ``row_setting`` (setting index per row); returns it and whether it is batched.
+
+    Gymnasium rows step in ``workers`` processes (None: :func:`default_workers`; 1: in this process).
+    """
     if backend not in BACKENDS:
         raise bad_choice("backend", backend, BACKENDS)
     batched = backend != "gym" and has_batched_simulator(task)
     if backend == "batched" and not batched:
         raise RlflatError(f"no batched simulator for {task.id}; use backend 'gym' or 'auto'")
     if not batched:
-        return GymRows(task, [settings[i] for i in row_setting]), False
+        from rlflat.evaluate.workers import ProcessRows, default_workers
+
+        dynamics = [settings[i] for i in row_setting]
+        count = default_workers(len(dynamics)) if workers is None else workers
+        if count > 1:
+            return ProcessRows(task, dynamics, count), False
+        return GymRows(task, dynamics), False
     # the simulators take parameters by Gymnasium name and recompute derived quantities themselves
     per_setting = [dynamics_values(task, s) for s in settings]
     params = {
@@ -172,6 +185,7 @@ def rollout_returns(
     backend: Backend = "auto",
     progress: bool | None = False,
     stats: dict[str, int] | None = None,
+    workers: int | None = None,
 ) -> np.ndarray:
     """Episode returns, shaped (K, len(settings), episodes), of K parameter sets under each dynamics setting.
 
@@ -183,6 +197,8 @@ def rollout_returns(
     the policy's action distribution with fresh noise (for gSDE policies that is independent per-step noise,
     not SB3's exploration matrix; see :mod:`rlflat.evaluate.actions`). ``progress=None`` shows a bar on a tty only.
     ``stats``, if given, receives ``rows``, ``steps`` (batched steps) and ``env_steps`` (live row-steps).
+    ``workers``: processes stepping Gymnasium rows (tasks without a numpy simulator); None uses every usable
+    core, 1 steps them here; returns do not depend on it (:mod:`rlflat.evaluate.workers`).
     """
     settings = list(settings)
     if not settings:
@@ -201,6 +217,7 @@ def rollout_returns(
         backend=backend,
         progress=progress,
         stats=stats,
+        workers=workers,
     )
 
 
@@ -219,6 +236,7 @@ def _rollout(
     backend: str = "auto",
     progress: bool | None = False,
     stats: dict[str, int] | None = None,
+    workers: int | None = None,
 ) -> np.ndarray:
     """:func:`rollout_returns` with a noise level per setting (so noise sweeps batch with dynamics sweeps)."""
     if isinstance(episodes, bool) or not isinstance(episodes, int | np.integer) or episodes < 1:
@@ -228,7 +246,9 @@ def _rollout(
     check_spaces(policy, observation_space, action_space)
     _check_noise_levels(action_noise, obs_noise, isinstance(action_space, spaces.Discrete))
     layout = Layout(k=1 if params is None else _check_stacked(policy, params), s=len(settings), e=int(episodes))
-    sim, _ = _make_simulator(task, settings, layout.row_setting(), backend)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise RlflatError(f"workers must be a positive integer, got {workers!r}")
+    sim, _ = _make_simulator(task, settings, layout.row_setting(), backend, workers)
     select = ActionSelector(policy, params, layout, action_space, action_noise, obs_noise, deterministic, rng_seed)
     registered = gym.spec(task.id).max_episode_steps
     max_steps = registered if registered is not None else _MAX_STEPS_WITHOUT_LIMIT

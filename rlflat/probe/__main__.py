@@ -1,4 +1,4 @@
-"""``python -m rlflat.probe RUN``: sharpness measures of one trained policy (see :mod:`rlflat.probe.run`).
+"""``python -m rlflat.probe RUN``: sharpness measures of one trained policy (Hessian, perturbation, worst case).
 
 Bad input (a path that is neither a run dir nor an SB3 zip, a bad flag or option) is one line on stderr and exit
 code 2, with nothing written.
@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rlflat.cli import ArgumentParser, run_cli, set_torch_threads
+from rlflat.cli import ArgumentParser, add_loading_flags, run_cli, set_torch_threads
 from rlflat.probe.directions import KINDS
 from rlflat.probe.losses import LOSSES, SCOPES
 from rlflat.probe.options import DEFAULT_MEASURES, MEASURES, ProbeOptions
@@ -20,6 +20,9 @@ from rlflat.probe.output import PROBE_JSON
 from rlflat.probe.run import default_out, last_timing, probe_run
 
 __all__ = ["main"]
+
+
+_DESCRIPTION = "Sharpness measures of one trained policy: Hessian spectrum, perturbation, worst case, landscape."
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -31,15 +34,17 @@ def _floats(text: str) -> tuple[float, ...]:
 
 def _parser() -> ArgumentParser:
     d = ProbeOptions()
-    p = ArgumentParser(prog="python -m rlflat.probe", description=(__doc__ or "").splitlines()[0])
+    p = ArgumentParser(prog="python -m rlflat.probe", description=_DESCRIPTION)
     p.add_argument("path", help="run directory (from rlflat.train) or any SB3 PPO/A2C model .zip")
     p.add_argument("--task", help="task alias or Gymnasium id (default: the run's config.json task)")
     p.add_argument("--out", type=Path, help="output directory (default: the run dir; <stem>-probe/ beside a zip)")
     p.add_argument("--measures", help=f"comma list of {','.join(MEASURES)} (default {','.join(DEFAULT_MEASURES)})")
     p.add_argument("--loss", help=f"{'/'.join(LOSSES)} (default {d.loss})")
     p.add_argument("--scope", help=f"{'/'.join(SCOPES)} (default {d.scope}; critic params do not enter the losses)")
-    p.add_argument("--batch", type=int, help=f"probe batch size (default {d.batch})")
-    p.add_argument("--seed", type=int, help=f"probe seed (default {d.seed})")
+    p.add_argument("--batches", type=int, help=f"independent probe batches B, each measure's SE is over them "
+                   f"(default {d.batches})")  # fmt: skip
+    p.add_argument("--batch", type=int, help=f"transitions per probe batch, whole episodes (default {d.batch})")
+    p.add_argument("--seed", type=int, help=f"seed of the probe batches and the random directions (default {d.seed})")
     p.add_argument("--top-k", type=int, help=f"eigenvalues at each end (default {d.top_k})")
     p.add_argument("--exact-threshold", type=int,
                    help=f"dense Hessian + full spectrum when n_params <= this (default {d.exact_threshold})")  # fmt: skip
@@ -54,12 +59,19 @@ def _parser() -> ArgumentParser:
     p.add_argument("--episodes", type=int, help=f"episodes per perturbed policy (default {d.episodes})")
     p.add_argument("--rho", type=float, help=f"raw worst-case radius (default {d.rho})")
     p.add_argument("--adaptive-rho", type=float, help=f"adaptive (ASAM) worst-case radius (default {d.adaptive_rho})")
+    p.add_argument("--return-sigmas", type=_floats,
+                   help=f"sigmas of the return drop (default {','.join(map(str, d.return_sigmas))})")  # fmt: skip
+    p.add_argument("--return-episodes", type=int, help=f"episodes per return-drop policy (default {d.return_episodes})")
+    p.add_argument("--keskar-eps", type=float, help=f"Keskar et al.'s box size epsilon (default {d.keskar_eps})")
     p.add_argument("--landscape-points", type=int, help=f"1-D slice points (default {d.landscape_points})")
     p.add_argument("--landscape-span", type=float, help=f"slice half-width (default {d.landscape_span})")
     p.add_argument("--interpolate", metavar="RUN_B", help="also probe the linear path to this policy")
     p.add_argument("--quick", action="store_true", help="smaller sizes for smoke tests")
     p.add_argument("--no-metrics", action="store_true", help="do not add the probe block to metrics.json")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--force", action="store_true", help="replace an earlier probe at the output")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_loading_flags(p)
     return p
 
 
@@ -67,6 +79,7 @@ _OPTION_FLAGS = (
     "measures",
     "loss",
     "scope",
+    "batches",
     "batch",
     "seed",
     "top_k",
@@ -78,6 +91,9 @@ _OPTION_FLAGS = (
     "episodes",
     "rho",
     "adaptive_rho",
+    "return_sigmas",
+    "return_episodes",
+    "keskar_eps",
     "landscape_points",
     "landscape_span",
     "interpolate",
@@ -95,26 +111,75 @@ def main(argv: Sequence[str] | None = None) -> int:
         options["update_metrics"] = False
     options = {k: v for k, v in options.items() if v is not None}
     out_dir = args.out if args.out is not None else default_out(args.path)
-    result = probe_run(args.path, task=args.task, out=args.out, **options)
+    result = probe_run(
+        args.path,
+        task=args.task,
+        out=args.out,
+        trust=args.trust,
+        vecnormalize=args.vecnormalize,
+        force=args.force,
+        progress=False if args.no_progress else None,
+        **options,
+    )
     _print_summary(result, last_timing(), out_dir)
     return 0
 
 
 def _print_summary(result: Mapping[str, Any], seconds: Mapping[str, float], out_dir: Path) -> None:
+    """The headline numbers, each as mean +- standard error over the replicate batches."""
     hess = result.get("hessian") or {}
-    print(f"loss {result['loss']['name']} = {result['loss']['value']:.6g}  n_params {result['n_params']}")
+    batches = result["config"].get("batches", 1)
+    print(
+        f"loss {result['loss']['name']} = {_pm(result['loss'], 'value')}  n_params {result['n_params']}  "
+        f"({batches} batches of ~{_fmt((result.get('batch') or {}).get('size'))} transitions; +- is the SE over them)"
+    )
     if hess:
         print(
-            f"hessian ({hess.get('method')}): lambda_max {_fmt(hess.get('lambda_max'))}  "
-            f"lambda_min {_fmt(hess.get('lambda_min'))}  trace {_fmt(hess.get('trace'))} "
-            f"+- {_fmt(hess.get('trace_stderr'))} ({hess.get('trace_method')})"
+            f"hessian of {result['loss']['name']} ({hess.get('method')}): lambda_max {_pm(hess, 'lambda_max')}  "
+            f"lambda_min {_pm(hess, 'lambda_min')}  trace {_pm(hess, 'trace')} ({hess.get('trace_method')})"
         )
+    fisher = result.get("fisher")
+    if fisher:
+        print(
+            f"fisher: lambda_max {_pm(fisher, 'lambda_max')}  trace {_pm(fisher, 'trace')}  "
+            f"rao_norm {_pm(fisher, 'rao_norm')}  adaptive lambda_max {_pm(fisher, 'adaptive_lambda_max')}"
+        )
+    confounds = result.get("confounds") or {}
+    shown = [f"{k} {_pm(confounds, k)}" for k in ("entropy", "max_action_prob", "log_std") if k in confounds]
+    if shown:
+        print("confounds: " + "  ".join(shown))
     avg = (result.get("perturbation") or {}).get("average")
     if avg:
         for kind in (k for k in KINDS if k in avg):
-            print(f"perturbation {kind}: critical sigma {_fmt(avg[kind].get('critical_sigma'))}")
+            print(f"perturbation {kind}: return-halving sigma {_pm(avg[kind], 'return_halving_sigma')}")
+    _print_return_and_published(result)
     print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
     print(out_dir / PROBE_JSON)
+
+
+def _pm(entry: Mapping[str, Any], key: str) -> str:
+    """``x +- se`` (just ``x`` without a standard error)."""
+    value, se = entry.get(key), entry.get(f"{key}_se")
+    return _fmt(value) if se is None or value is None else f"{_fmt(value)} +- {_fmt(se)}"
+
+
+def _print_return_and_published(result: Mapping[str, Any]) -> None:
+    ret = result.get("return_sharpness") or {}
+    for kind in ("filter", "adaptive"):
+        for entry in ret.get(kind) or []:
+            print(
+                f"return drop {kind} sigma {entry['sigma']:g}: {_fmt(entry['drop'])} +- {_fmt(entry['drop_se'])} "
+                f"(normalised by {ret['scale']['value']:g})"
+            )
+    if cliff := result.get("cliff"):
+        print(f"cliff (Sullivan et al. 2022): {cliff['cliff']}  drop / range {_fmt(cliff['drop_over_range'])}")
+    if keskar := result.get("keskar"):
+        print(f"Keskar eps-sharpness (eps {keskar['eps']:g}): {_fmt(keskar['sharpness'])} %")
+    if mag := result.get("magnitude_aware"):
+        print(
+            f"Jiang magnitude-aware sigma' {_fmt(mag['sigma'])} +- {_fmt(mag['sigma_se'])}  "
+            f"1/sigma'^2 {_fmt(mag['flatness'])}" + ("  (censored at the upper bound)" if mag["censored"] else "")
+        )
 
 
 def _fmt(x: Any) -> str:

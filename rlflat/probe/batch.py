@@ -9,21 +9,19 @@ bootstrapped on time-limit truncation (Pardo et al., 2018) and cut on terminatio
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import numpy as np
 import torch
 from gymnasium import spaces
 
 from rlflat.errors import RlflatError
-from rlflat.policy import NORMALIZER_FILE, FunctionalPolicy, check_spaces
+from rlflat.policy import FunctionalPolicy, check_spaces
 from rlflat.probe.seeding import subseed
 from rlflat.tasks import TaskSpec, make_env
 
-__all__ = ["ProbeBatch", "collect_batch", "compute_gae", "reward_scale", "subseed"]
+__all__ = ["ProbeBatch", "collect_batch", "compute_gae", "subseed"]
 
 DEFAULT_GAMMA = 0.99
 DEFAULT_GAE_LAMBDA = 0.95
@@ -64,22 +62,6 @@ class ProbeBatch:
         return obs, actions, torch.as_tensor(self.old_log_probs).float(), torch.as_tensor(self.advantages).float()
 
 
-def reward_scale(path: str | Path) -> tuple[float, float]:
-    """(scale, clip) of ``VecNormalize`` reward normalisation beside a run's model, or (1, inf) without it.
-
-    A critic trained on normalised rewards predicts normalised returns, so its advantages need the same rewards.
-    """
-    path = Path(path)
-    pkl = path / NORMALIZER_FILE if path.is_dir() else path.with_name(NORMALIZER_FILE)
-    if not pkl.exists():
-        return 1.0, float("inf")
-    with open(pkl, "rb") as handle:
-        vec = pickle.load(handle)
-    if not getattr(vec, "norm_reward", False):
-        return 1.0, float("inf")
-    return 1.0 / float(np.sqrt(vec.ret_rms.var + vec.epsilon)), float(vec.clip_reward)
-
-
 def compute_gae(
     rewards: np.ndarray,
     values: np.ndarray,
@@ -100,22 +82,40 @@ def compute_gae(
     return adv
 
 
+def _next_values(policy: FunctionalPolicy, rows: Mapping[str, np.ndarray]) -> np.ndarray:
+    """V(s_{t+1}) of each step's own episode: the next step's value, or V(final state) where an episode ended
+    (one batched critic call for those; the next step's row then belongs to a new episode)."""
+    nxt = np.zeros_like(rows["value"])
+    nxt[:-1] = rows["value"][1:]
+    ended = rows["done"].astype(bool)
+    ended[-1] = True  # the last step: bootstrap from its final state
+    if ended.any():
+        with torch.no_grad():
+            nxt[ended] = policy.value({}, policy.preprocess(rows["final"][ended])).numpy()
+    return nxt
+
+
 def collect_batch(
     policy: FunctionalPolicy,
     task: TaskSpec,
-    size: int = 4096,
+    size: int = 1024,
     *,
     seed: int = 0,
     gamma: float = DEFAULT_GAMMA,
     gae_lambda: float = DEFAULT_GAE_LAMBDA,
-    n_envs: int = 8,
+    n_envs: int = 2,
     reward_scaling: tuple[float, float] = (1.0, float("inf")),
     normalize_advantage: bool = True,
+    whole_episodes: bool = True,
 ) -> ProbeBatch:
-    """Run the policy (stochastic sampling) on the nominal task for ``size`` transitions.
+    """Run the policy (stochastic sampling) on the nominal task for at least ``size`` transitions.
 
-    ``n_envs`` Gymnasium envs step in lockstep, seeded from ``seed`` and auto-reset; sampling uses a seeded torch
-    generator (inverse CDF / reparameterised Gaussian), so the batch is a pure function of its arguments.
+    ``n_envs`` Gymnasium envs step in lockstep, each episode seeded from ``seed``; sampling uses a seeded torch
+    generator (inverse CDF / reparameterised Gaussian), so the batch is a pure function of its arguments. With
+    ``whole_episodes`` (the default) an env starts a new episode only while fewer than ``size`` transitions are
+    collected and every episode runs to its end, so the batch is whole episodes (at most one episode per env more
+    than ``size``): episodes are the sampling unit, and no batch ends on a cut-off, bootstrapped episode.
+    Without it the batch is exactly ``size`` transitions, the last episode of each env cut (as a PPO rollout).
     """
     if size < 2 or n_envs < 1:
         raise RlflatError(f"batch size must be >= 2 and n_envs >= 1, got {size}, {n_envs}")
@@ -123,27 +123,23 @@ def collect_batch(
         raise RlflatError(f"need 0 < gamma <= 1 and 0 <= gae_lambda <= 1, got {gamma}, {gae_lambda}")
     envs = [make_env(task) for _ in range(n_envs)]
     check_spaces(policy, envs[0].observation_space, envs[0].action_space)
-    steps = -(-size // n_envs)
+    fixed_steps = -(-size // n_envs)
     gen = torch.Generator().manual_seed(subseed(seed, "batch-sampling"))
     episode_seed = subseed(seed, "batch-episodes")
     scale, clip = reward_scaling
     obs_shape = envs[0].observation_space.shape or ()
-    obs_buf = np.zeros((steps, n_envs, *obs_shape), dtype=np.float32)
-    act_buf: list[np.ndarray] = []
-    logp = np.zeros((steps, n_envs))
-    values = np.zeros((steps, n_envs))
-    next_values = np.zeros((steps, n_envs))
-    rewards = np.zeros((steps, n_envs))
-    terminated = np.zeros((steps, n_envs))
-    done = np.zeros((steps, n_envs))
-    episodes = 0
+    keys = ("obs", "act", "logp", "value", "final", "rew", "term", "done")
+    rows: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    live: list[np.ndarray] = []
     obs = np.zeros((n_envs, *obs_shape), dtype=np.float32)
     for i, env in enumerate(envs):
         obs[i] = env.reset(seed=episode_seed + i)[0]
-    episodes = n_envs
+    episodes, collected = n_envs, 0
+    active = np.ones(n_envs, dtype=bool)
     try:
         with torch.no_grad():
-            for t in range(steps):
+            t = 0
+            while active.any() if whole_episodes else t < fixed_steps:
                 x = policy.preprocess(obs)
                 dist = policy.distribution({}, x)
                 if isinstance(dist, torch.distributions.Categorical):
@@ -152,32 +148,50 @@ def collect_batch(
                 else:
                     assert isinstance(dist, torch.distributions.Normal)
                     action = dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=gen)
-                obs_buf[t] = obs
-                act_buf.append(action.numpy())
-                logp[t] = policy.log_prob({}, x, action).numpy()
-                values[t] = policy.value({}, x).numpy()
+                logp = dist.log_prob(action) if policy.discrete else dist.log_prob(action).sum(-1)
+                live.append(active.copy())
+                rows["obs"].append(obs.copy())
+                rows["act"].append(action.numpy())
+                rows["logp"].append(logp.numpy())
+                rows["value"].append(policy.value({}, x).numpy())
                 env_actions = policy.postprocess(action)
                 final = obs.copy()
+                rew, term, done = np.zeros(n_envs), np.ones(n_envs), np.ones(n_envs)
+                collected += int(active.sum())
                 for i, env in enumerate(envs):
+                    if not active[i]:
+                        continue
                     a = int(env_actions[i]) if policy.discrete else env_actions[i]
-                    o, r, term, trunc, _ = env.step(a)
-                    rewards[t, i] = np.clip(float(r) * scale, -clip, clip)
-                    terminated[t, i], done[t, i] = term, term or trunc
+                    o, r, terminated, truncated, _ = env.step(a)
+                    rew[i] = np.clip(float(r) * scale, -clip, clip)
+                    term[i], done[i] = terminated, terminated or truncated
                     final[i] = o
-                    if term or trunc:
+                    if terminated or truncated:
+                        if whole_episodes and collected >= size:
+                            active[i] = False
+                            continue
                         o, _ = env.reset(seed=episode_seed + episodes)
                         episodes += 1
                     obs[i] = o
-                next_values[t] = policy.value({}, policy.preprocess(final)).numpy()
+                rows["rew"].append(rew)
+                rows["term"].append(term)
+                rows["done"].append(done)
+                rows["final"].append(final)
+                t += 1
     finally:
         for env in envs:
             env.close()
-    adv = compute_gae(rewards, values, next_values, terminated, done, gamma, gae_lambda)
-    returns = adv + values
-    actions = np.stack(act_buf)
+    stacked = {k: np.stack(v) for k, v in rows.items()}
+    stacked["next"] = _next_values(policy, stacked)
+    adv = compute_gae(
+        stacked["rew"], stacked["value"], stacked["next"], stacked["term"], stacked["done"], gamma, gae_lambda
+    )
+    returns = adv + stacked["value"]
+    mask = np.stack(live)
 
-    def flat(a: np.ndarray) -> np.ndarray:  # time-major, then the first `size` rows
-        return a.reshape(steps * n_envs, *a.shape[2:])[:size]
+    def flat(a: np.ndarray) -> np.ndarray:  # time-major rows of live envs (the first `size` without whole episodes)
+        out = a[mask]
+        return out if whole_episodes else out[:size]
 
     adv = flat(adv)
     if normalize_advantage:
@@ -185,10 +199,10 @@ def collect_batch(
 
     action_dtype = np.int64 if isinstance(policy.action_space, spaces.Discrete) else np.float32
     return ProbeBatch(
-        observations=flat(obs_buf),
-        actions=flat(actions).astype(action_dtype),
-        old_log_probs=flat(logp).astype(np.float32),
+        observations=flat(stacked["obs"]),
+        actions=flat(stacked["act"]).astype(action_dtype),
+        old_log_probs=flat(stacked["logp"]).astype(np.float32),
         advantages=adv.astype(np.float32),
         returns=flat(returns).astype(np.float32),
-        values=flat(values).astype(np.float32),
+        values=flat(stacked["value"]).astype(np.float32),
     )

@@ -21,6 +21,7 @@ the caller's tensors, so their ``.grad`` is never written and neither they nor t
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -31,7 +32,19 @@ from rlflat.errors import RlflatError
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[Params], torch.Tensor]
 
-__all__ = ["HessianOperator", "LossFn", "Params", "check_params"]
+__all__ = ["HessianOperator", "LossFn", "MatVec", "Params", "check_params"]
+
+
+class MatVec(Protocol):
+    """Any symmetric operator the stochastic estimators need: its size, products and a product count."""
+
+    @property
+    def n(self) -> int: ...
+
+    @property
+    def hvp_count(self) -> int: ...
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor: ...
 
 
 def check_params(params: Mapping[str, torch.Tensor]) -> tuple[torch.dtype, torch.device]:

@@ -35,7 +35,7 @@ from rlflat.probe.spectrum import (
     lambda_max_over_abs_sum,
     lambda_max_over_trace,
     negative_abs_mass_fraction,
-    negative_mass_fraction,
+    negative_count_fraction,
     slq_density,
 )
 from rlflat.tasks import TaskSpec
@@ -52,7 +52,9 @@ __all__ = [
 ]
 
 EVAL_SEED = 0
-"""Episode e of every evaluation starts from seed e: the evaluator's convention, shared by all stages."""
+"""Episode e of an evaluation starts from seed EVAL_SEED + e (the evaluator's convention) unless a stage is given
+its own ``eval_seed``: the probe gives each replicate batch its own (``subseed(seed, 'evaluation')``), so the
+evaluation episodes are sampled afresh per replicate and their noise is in the replicate standard error."""
 
 Scalars = dict[str, Any]
 Arrays = dict[str, np.ndarray]
@@ -164,15 +166,15 @@ def _trace(op: HessianOperator, opts: ProbeOptions, measures: set[str], eigenval
     if "trace" in measures or eigenvalues is None:
         hutch = hutchinson_trace(op, opts.trace_probes, seed=subseed(opts.seed, "trace"))
         out["hutchinson"] = {"estimate": hutch.estimate, "stderr": hutch.stderr, "n_probes": hutch.n_probes}
-        out.update(trace=hutch.estimate, trace_stderr=hutch.stderr, trace_method="hutchinson")
+        out.update(trace=hutch.estimate, trace_method="hutchinson")
     if eigenvalues is not None:
-        out.update(trace=float(eigenvalues.sum()), trace_stderr=0.0, trace_method="exact")
+        out.update(trace=float(eigenvalues.sum()), trace_method="exact")
     return out
 
 
 def _ratios(lambda_max: float | None, trace: float, eigenvalues: Tensor | None) -> Scalars:
-    """lambda_max / trace (None unless trace > 0), lambda_max / sum |lambda| and the negative spectral mass (whole
-    spectrum only; SLQ fills the last two in from the density)."""
+    """lambda_max / trace (None unless trace > 0), lambda_max / sum |lambda| and the negative spectral mass and count
+    (whole spectrum only; SLQ fills the last two in from the density, by the same functions)."""
     out: Scalars = {
         "lambda_max_over_trace": None if lambda_max is None else lambda_max_over_trace(lambda_max, trace),
         "lambda_max_over_abs_sum": None,
@@ -180,18 +182,18 @@ def _ratios(lambda_max: float | None, trace: float, eigenvalues: Tensor | None) 
         "negative_count_fraction": None,
     }
     if eigenvalues is not None:
-        absmass = float(eigenvalues.abs().sum())
-        scale = float(eigenvalues.abs().max()) or 1.0
+        ones = torch.ones_like(eigenvalues)
         out["lambda_max_over_abs_sum"] = lambda_max_over_abs_sum(eigenvalues)
-        out["negative_mass_fraction"] = float(eigenvalues[eigenvalues < 0].abs().sum()) / absmass if absmass else None
-        out["negative_count_fraction"] = float((eigenvalues < -1e-6 * scale).double().mean())
+        out["negative_mass_fraction"] = negative_abs_mass_fraction(eigenvalues, ones)
+        out["negative_count_fraction"] = negative_count_fraction(eigenvalues, ones)
     return out
 
 
 def _density(
     op: HessianOperator, opts: ProbeOptions, eigenvalues: Tensor | None
-) -> tuple[Scalars, Arrays, tuple[float, float] | None]:
-    """Spectral density: exact from the eigenvalues, else SLQ (whose negative mass fractions are returned too)."""
+) -> tuple[Scalars, Arrays, tuple[float | None, float | None] | None]:
+    """Spectral density: exact from the eigenvalues, else SLQ (whose negative mass and count fractions are
+    returned too, by the functions the exact route uses on the eigenvalues)."""
     if eigenvalues is not None:
         sd = density_from_eigenvalues(eigenvalues, grid_size=opts.density_grid)
         fractions = None
@@ -203,7 +205,7 @@ def _density(
             grid_size=opts.density_grid,
             seed=subseed(opts.seed, "density"),
         )
-        fractions = (negative_abs_mass_fraction(sd), negative_mass_fraction(sd))
+        fractions = (negative_abs_mass_fraction(sd.nodes, sd.weights), negative_count_fraction(sd.nodes, sd.weights))
     method = "exact" if eigenvalues is not None else "slq"
     return (
         {"method": method, "sigma": sd.sigma},
@@ -216,7 +218,13 @@ def _density(
 
 
 def perturbation_measures(
-    policy: FunctionalPolicy, spec: TaskSpec, loss_fn: LossFn, params: Params, obs: Tensor, opts: ProbeOptions
+    policy: FunctionalPolicy,
+    spec: TaskSpec,
+    loss_fn: LossFn,
+    params: Params,
+    obs: Tensor,
+    opts: ProbeOptions,
+    eval_seed: int = EVAL_SEED,
 ) -> tuple[Scalars, Arrays]:
     """Average-case curves for the configured direction kind and for raw directions (both sigma relative to the
     parameters' scale), with the batch measures at ``opts.reference_sigmas``."""
@@ -232,9 +240,8 @@ def perturbation_measures(
         n_directions=opts.n_directions,
         episodes=opts.episodes,
         seed=subseed(opts.seed, "directions"),
-        eval_seed=EVAL_SEED,
+        eval_seed=eval_seed,
         ignore_1d=opts.ignore_1d,
-        critical_fraction=opts.critical_fraction,
         reference_sigmas=opts.reference_sigmas,
     )
 
@@ -249,6 +256,7 @@ def worst_case_measures(
     *,
     nominal_return: float | None,
     vectors: TopVectors,
+    eval_seed: int = EVAL_SEED,
 ) -> tuple[Scalars, Arrays]:
     """Raw and adaptive worst case, one step and multi-step; ``vectors`` (top eigenvectors) give the fallback
     direction after a vanishing gradient (the kl loss at theta0), else a seeded random start is used."""
@@ -268,7 +276,7 @@ def worst_case_measures(
         steps=opts.ascent_steps,
         eta=opts.eta,
         episodes=opts.episodes,
-        eval_seed=EVAL_SEED,
+        eval_seed=eval_seed,
         nominal_return=nominal_return,
         direction=direction,
         seed=opts.seed,
@@ -335,10 +343,15 @@ def interpolation_grid(steps: int, margin: float) -> np.ndarray:
 
 
 def interpolation_measures(
-    policy: FunctionalPolicy, other: FunctionalPolicy, spec: TaskSpec, loss_fn: LossFn, opts: ProbeOptions
+    policy: FunctionalPolicy,
+    other: FunctionalPolicy,
+    spec: TaskSpec,
+    loss_fn: LossFn,
+    opts: ProbeOptions,
+    eval_seed: int = EVAL_SEED,
 ) -> tuple[Scalars, Arrays]:
     """Loss and return along the linear path to ``other`` (``opts.interpolate``), with the barriers."""
     alphas = interpolation_grid(opts.interpolation_steps, opts.interpolation_margin)
-    scalars, arrays = interpolate(policy, other, spec, loss_fn, alphas, episodes=opts.episodes, eval_seed=EVAL_SEED)
+    scalars, arrays = interpolate(policy, other, spec, loss_fn, alphas, episodes=opts.episodes, eval_seed=eval_seed)
     scalars["other"] = str(opts.interpolate)
     return scalars, arrays

@@ -28,6 +28,7 @@ __all__ = [
     "load_probe_arrays",
     "metrics_block",
     "probe_config",
+    "return_and_published_block",
     "sigma_key",
     "write_probe",
 ]
@@ -36,7 +37,11 @@ PROBE_JSON, PROBE_NPZ, METRICS_JSON = "probe.json", "probe.npz", "metrics.json"
 VERSIONED = ("torch", "numpy", "scipy", "gymnasium", "stable-baselines3")
 
 ARRAY_KEYS: dict[str, str] = {
-    "observations": "(N, obs...) raw states of the probe batch (the policy's preprocess normalises them)",
+    "<path>_batches": "(B,) or (B, L) per-replicate values of the pooled scalar (or list) at that dotted path of "
+    "probe.json, NaN where undefined (rlflat.probe.pooling)",
+    "batch_index": "(N,) which replicate batch each row of the probe batch arrays below came from",
+    "observations": "(N, obs...) raw states of the probe batches, all replicates concatenated (the policy's "
+    "preprocess normalises them)",
     "actions": "(N, ...) the batch's sampled actions",
     "old_log_probs": "(N,) log pi_theta0(a|s) at collection",
     "advantages": "(N,) GAE advantages (normalised when normalize_advantage)",
@@ -55,13 +60,18 @@ ARRAY_KEYS: dict[str, str] = {
     "perturbation_nominal_returns": "(E,) returns of theta0",
     "worst_case_returns": "(4, E) returns at the raw one-step, raw multi-step, adaptive one-step, adaptive "
     "multi-step maximisers",
+    "return_sharpness_<filter|adaptive>_returns": "(K, S, E) returns per direction, return sigma and episode",
+    "return_sharpness_nominal_returns": "(E,) returns of theta0 on the same episodes",
+    "cliff_alphas": "(P,) step sizes along the filter-normalised policy gradient",
+    "cliff_returns": "(P, E) returns along that line",
     "landscape_alphas": "(P,) 1-D slice coordinates",
     "landscape_alphas_2d": "(Q,) 2-D slice coordinates (both axes)",
     "landscape_1d_<filter|eigen>_<loss|return>": "(P,) 1-D slices",
     "landscape_2d_<filter|eigen>_<loss|return>": "(Q, Q) 2-D slices",
     "interpolation_*": "arrays of the linear path to another policy (rlflat.probe.landscape.interpolate)",
 }
-"""Names of the arrays in ``probe.npz`` (``<...>`` is a placeholder) and what each holds; N batch size, n
+"""Names of the arrays in ``probe.npz`` (``<...>`` is a placeholder) and what each holds; arrays other than the
+probe batches and ``*_batches`` are the first replicate's. N batch size, n
 probed parameters, K directions, S sigmas, E episodes."""
 
 
@@ -98,21 +108,56 @@ def sigma_key(sigma: float) -> str:
     return f"{sigma:g}".replace(".", "p").replace("-", "m")
 
 
+_HESSIAN_KEYS = (
+    "lambda_max",
+    "lambda_min",
+    "trace",
+    "lambda_max_over_trace",
+    "lambda_max_over_abs_sum",
+    "negative_mass_fraction",
+    "negative_count_fraction",
+)
+_FISHER_KEYS = ("lambda_max", "trace", "rao_norm", "adaptive_lambda_max", "adaptive_trace")
+_CONFOUND_KEYS = ("entropy", "max_action_prob", "log_std")
+
+
+def _with_se(
+    block: dict[str, Any], key: str, entry: Mapping[str, Any] | None, field: str, index: int | None = None
+) -> None:
+    """``block[key]`` and ``block[key_se]`` from ``entry[field]`` and ``entry[field_se]`` (element ``index`` of
+    list fields); None where absent."""
+    entry = entry or {}
+    for suffix in ("", "_se"):
+        value = entry.get(f"{field}{suffix}")
+        if index is not None:
+            value = value[index] if isinstance(value, list) and index < len(value) else None
+        block[f"{key}{suffix}"] = value
+
+
 def metrics_block(
     result: Mapping[str, Any], out_dir: Path, run_dir: Path, seconds: Mapping[str, float]
 ) -> dict[str, Any]:
     """The compact, flat ``probe`` block merged into ``metrics.json`` (the sweep's ``probe.<key>`` columns).
 
-    Keys (None where the measure was not run or is undefined):
-    ``file``, ``loss``, ``loss_value``, ``seed``, ``directions`` (the configured kind), ``hessian_method``
-    (exact/eigsh), ``density_method`` (exact/slq); ``lambda_max``, ``lambda_min``, ``trace``, ``trace_stderr``
-    (0 when exact), ``lambda_max_over_trace`` (None unless trace > 0), ``lambda_max_over_abs_sum`` (whole spectrum
-    only), ``negative_mass_fraction`` (sum |lambda| of negative eigenvalues / sum |lambda|); ``nominal_return``,
-    ``critical_sigma`` (configured kind), ``critical_sigma_raw``; per reference sigma s (0.1 -> ``0p1``) along the
-    configured kind: ``kl_sigma<s>`` (mean KL of perturbed vs original policy), ``action_change_sigma<s>`` (action
-    disagreement rate; mean normalised |delta a| for Box actions), ``loss_increase_sigma<s>``; ``worst_case_raw``,
-    ``worst_case_adaptive`` (multi-step), ``worst_case_raw_one_step``, ``worst_case_adaptive_one_step``;
-    ``wall_seconds``.
+    Every measure ``x`` comes with ``x_se``, its standard error over the probe's replicate batches (None where the
+    measure was not run or is undefined). Keys:
+    ``file``, ``loss``, ``loss_value``, ``seed``, ``batches`` (B), ``batch_size`` (mean transitions per batch),
+    ``directions`` (the configured kind), ``hessian_method`` (exact/eigsh), ``density_method`` (exact/slq);
+    of the loss's Hessian: ``lambda_max``, ``lambda_min``, ``trace``, ``lambda_max_over_trace`` (None unless
+    trace > 0), ``lambda_max_over_abs_sum`` (whole spectrum only), ``negative_mass_fraction`` (sum |lambda| of
+    negative eigenvalues / sum |lambda|), ``negative_count_fraction`` (spectral mass below -1e-3 max|lambda|);
+    of the Fisher (:mod:`rlflat.probe.fisher`): ``fisher_lambda_max``, ``fisher_trace``, ``fisher_rao_norm``,
+    ``fisher_adaptive_lambda_max``, ``fisher_adaptive_trace``; confounds: ``entropy`` (mean policy entropy on the
+    batch), ``max_action_prob`` (Discrete) or ``log_std`` (Box), ``param_norm.<parameter>`` (no SE: fixed);
+    ``nominal_return``, ``return_halving_sigma`` (configured kind), ``return_halving_sigma_raw``; per reference sigma s
+    (0.1 -> ``0p1``) along the configured kind: ``kl_sigma<s>`` (mean KL of perturbed vs original policy),
+    ``action_change_sigma<s>`` (action disagreement rate; mean normalised |delta a| for Box actions),
+    ``loss_increase_sigma<s>``; ``worst_case_raw``, ``worst_case_adaptive`` (multi-step),
+    ``worst_case_raw_one_step``, ``worst_case_adaptive_one_step``;
+    per return sigma s and kind filter/adaptive ``return_drop_<kind>_sigma<s>`` (expected normalised return drop,
+    :mod:`rlflat.probe.return_sharpness`); ``cliff`` (bool), ``cliff_drop_over_range`` and ``cliff_return_ratio``
+    (Sullivan et al., 2022); ``keskar_sharpness`` (Keskar et al., 2017, percent); ``magnitude_aware_sigma``,
+    ``magnitude_aware_flatness`` (1 / sigma'^2), ``magnitude_aware_censored`` (Jiang et al., 2020); ``wall_seconds``.
     """
     hess = result.get("hessian") or {}
     perturbation = result.get("perturbation") or {}
@@ -125,32 +170,39 @@ def metrics_block(
         "loss": result["loss"]["name"],
         "loss_value": result["loss"]["value"],
         "seed": result["config"]["seed"],
+        "batches": result["config"].get("batches", 1),
+        "batch_size": (result.get("batch") or {}).get("size"),
         "directions": result["config"]["directions"],
         "hessian_method": hess.get("method"),
         "density_method": (hess.get("density") or {}).get("method"),
     }
-    for key in ("lambda_max", "lambda_min", "trace", "trace_stderr", "lambda_max_over_trace"):
-        block[key] = hess.get(key)
-    block["lambda_max_over_abs_sum"] = hess.get("lambda_max_over_abs_sum")
-    block["negative_mass_fraction"] = hess.get("negative_mass_fraction")
+    for key in _HESSIAN_KEYS:
+        _with_se(block, key, hess, key)
+    for key in _FISHER_KEYS:
+        _with_se(block, f"fisher_{key}", result.get("fisher"), key)
+    confounds = result.get("confounds") or {}
+    for key in _CONFOUND_KEYS:
+        if key in confounds:
+            _with_se(block, key, confounds, key)
+    for name, norm in (confounds.get("parameter_norms") or {}).items():
+        block[f"param_norm.{name}"] = norm
     block.update(_average_case_block(perturbation.get("average") or {}, result["config"]))
     block.update(_worst_case_block(perturbation.get("worst_case") or {}))
+    block.update(return_and_published_block(result))
     block["wall_seconds"] = float(sum(seconds.values()))
     return block
 
 
 def _average_case_block(avg: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
     main = avg.get(config["directions"]) or {}
-    block: dict[str, Any] = {
-        "nominal_return": avg.get("nominal_return"),
-        "critical_sigma": main.get("critical_sigma"),
-        "critical_sigma_raw": (avg.get("raw") or {}).get("critical_sigma"),
-    }
+    block: dict[str, Any] = {}
+    _with_se(block, "nominal_return", avg, "nominal_return")
+    _with_se(block, "return_halving_sigma", main, "return_halving_sigma")
+    _with_se(block, "return_halving_sigma_raw", avg.get("raw"), "return_halving_sigma")
     at = main.get("at_reference_sigmas") or {}
     for i, sigma in enumerate(config.get("reference_sigmas") or ()):
         for measure in ("kl", "action_change", "loss_increase"):
-            means = (at.get(measure) or {}).get("mean") or []
-            block[f"{measure}_sigma{sigma_key(sigma)}"] = means[i] if i < len(means) else None
+            _with_se(block, f"{measure}_sigma{sigma_key(sigma)}", at.get(measure), "mean", i)
     return block
 
 
@@ -158,8 +210,27 @@ def _worst_case_block(wc: Mapping[str, Any]) -> dict[str, Any]:
     block: dict[str, Any] = {}
     for ball in ("raw", "adaptive"):
         entry = wc.get(ball) or {}
-        block[f"worst_case_{ball}"] = (entry.get("multi_step") or {}).get("sharpness")
-        block[f"worst_case_{ball}_one_step"] = (entry.get("one_step") or {}).get("sharpness")
+        _with_se(block, f"worst_case_{ball}", entry.get("multi_step"), "sharpness")
+        _with_se(block, f"worst_case_{ball}_one_step", entry.get("one_step"), "sharpness")
+    return block
+
+
+def return_and_published_block(result: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat keys of the return-based and published-definition measures (None where not run)."""
+    block: dict[str, Any] = {}
+    ret = result.get("return_sharpness") or {}
+    for sigma in result["config"].get("return_sigmas") or ():
+        for kind in ("filter", "adaptive"):
+            entry: Mapping[str, Any] = next((e for e in ret.get(kind) or [] if e["sigma"] == sigma), {})
+            key = f"return_drop_{kind}_sigma{sigma_key(sigma)}"
+            block[key], block[f"{key}_se"] = entry.get("drop"), entry.get("drop_se")
+    cliff = result.get("cliff") or {}
+    block["cliff"], block["cliff_drop_over_range"] = cliff.get("cliff"), cliff.get("drop_over_range")
+    block["cliff_return_ratio"] = cliff.get("return_ratio")
+    block["keskar_sharpness"] = (result.get("keskar") or {}).get("sharpness")
+    mag = result.get("magnitude_aware") or {}
+    for key in ("sigma", "sigma_se", "flatness", "flatness_se", "censored"):
+        block[f"magnitude_aware_{key}"] = mag.get(key)
     return block
 
 

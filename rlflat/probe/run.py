@@ -13,19 +13,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import Tensor
+from tqdm.auto import tqdm
 
 from rlflat.errors import RlflatError
-from rlflat.io import read_json, to_jsonable, update_json_block
-from rlflat.policy import MODEL_FILE, FunctionalPolicy, check_spaces, load_policy
-from rlflat.probe.batch import DEFAULT_GAE_LAMBDA, DEFAULT_GAMMA, ProbeBatch, collect_batch, reward_scale
+from rlflat.io import check_no_results, check_output_dir, read_json_object, to_jsonable, update_json_block
+from rlflat.policy import MODEL_FILE, FunctionalPolicy, Params, check_spaces, load_policy
+from rlflat.probe.batch import DEFAULT_GAE_LAMBDA, DEFAULT_GAMMA, ProbeBatch, collect_batch
+from rlflat.probe.budget import check_probe_memory
+from rlflat.probe.fisher import confounds, fisher_measures, parameter_norms
 from rlflat.probe.hvp import HessianOperator
 from rlflat.probe.landscape import check_same_architecture
-from rlflat.probe.losses import make_loss, scope_params
+from rlflat.probe.losses import LossFn, make_loss, scope_params
 from rlflat.probe.measures import (
     TopVectors,
     hessian_measures,
@@ -42,7 +46,15 @@ from rlflat.probe.options import (
     make_options,
     validate_probe_options,
 )
-from rlflat.probe.output import METRICS_JSON, metrics_block, probe_config, write_probe
+from rlflat.probe.output import METRICS_JSON, PROBE_JSON, metrics_block, probe_config, write_probe
+from rlflat.probe.pooling import pool, replicate_seed
+from rlflat.probe.return_and_published import (
+    cliff_measures,
+    keskar_measures,
+    magnitude_aware_measures,
+    return_sharpness_measures,
+)
+from rlflat.probe.seeding import subseed
 from rlflat.tasks import TaskSpec, load_task, make_env
 
 __all__ = [
@@ -72,8 +84,7 @@ def _resolve_source(path: str | Path) -> _Source:
     if path.is_dir():
         if not (path / MODEL_FILE).exists():
             raise RlflatError(f"{path} is a directory without {MODEL_FILE}: not an rlflat run dir")
-        config = read_json(path / CONFIG_JSON) if (path / CONFIG_JSON).exists() else {}
-        return _Source(path, path, config if isinstance(config, dict) else {})
+        return _Source(path, path, read_json_object(path / CONFIG_JSON))
     if path.suffix == ".zip" and path.is_file():
         return _Source(path, None, {})
     raise RlflatError(f"{path} is neither a run directory nor an SB3 model .zip")
@@ -115,34 +126,48 @@ def last_timing() -> dict[str, float]:
 
 
 def probe_run(
-    path: str | Path, task: str | None = None, out: str | Path | None = None, **options: Any
+    path: str | Path,
+    task: str | None = None,
+    out: str | Path | None = None,
+    *,
+    force: bool = False,
+    trust: bool = False,
+    vecnormalize: str | Path | None = None,
+    progress: bool | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """Probe the policy at ``path`` (a run dir or any SB3 on-policy zip) and return the ``probe.json`` content.
 
     ``task`` defaults to the run's ``config.json`` task (required for a bare zip); ``out`` defaults to the run dir
     (``<zip stem>-probe/`` beside a bare zip). ``options`` are :class:`ProbeOptions` fields (``quick=True`` for the
-    smaller :data:`QUICK` sizes). Raises :class:`RlflatError` on bad input before writing anything.
+    smaller :data:`QUICK` sizes). ``trust`` and ``vecnormalize`` are :func:`rlflat.policy.load_policy`'s: by
+    default nothing is unpickled. ``progress``: a progress bar once the probe runs past 5 s (None: on a tty only;
+    it changes no result). Raises :class:`RlflatError` on bad input before writing anything, and when
+    ``out`` already holds a probe unless ``force`` (then each file is replaced by an atomic rename).
     """
     opts = make_options(**options)
     source = _resolve_source(path)
-    policy = load_policy(source.path)
+    out_dir = check_output_dir(Path(out) if out is not None else default_out(source.path))
+    metrics_path = source.run_dir / METRICS_JSON if source.run_dir is not None and opts.update_metrics else None
+    check_no_results(out_dir / PROBE_JSON, metrics_path, "probe", force)
     spec = _resolve_task(source, task)
+    policy = load_policy(source.path, spec, trust=trust, vecnormalize=vecnormalize)
     env = make_env(spec)
     try:
         check_spaces(policy, env.observation_space, env.action_space)
     finally:
         env.close()
+    check_probe_memory(opts, policy, sum(p.numel() for p in scope_params(policy, opts.scope).values()), spec)
     other = None
     if opts.interpolate is not None:
-        other = load_policy(_resolve_source(opts.interpolate).path)
+        other = load_policy(_resolve_source(opts.interpolate).path, spec, trust=trust)
         check_same_architecture(policy, other)
-    out_dir = Path(out) if out is not None else default_out(source.path)
     timer = _Timer()
-    result, arrays = _probe(policy, spec, source, opts, other, timer)
+    result, arrays = _probe(policy, spec, source, opts, other, timer, progress)
     write_probe(out_dir, result, arrays)
-    if source.run_dir is not None and opts.update_metrics:
+    if metrics_path is not None and source.run_dir is not None:
         block = metrics_block(result, out_dir, source.run_dir, timer.seconds)
-        update_json_block(source.run_dir / METRICS_JSON, "probe", block)
+        update_json_block(metrics_path, "probe", block)
     _LAST_TIMING.clear()
     _LAST_TIMING.update(timer.seconds)
     _LAST_TIMING["total"] = sum(timer.seconds.values())
@@ -153,11 +178,12 @@ def probe_run(
 def _collect(
     policy: FunctionalPolicy, spec: TaskSpec, source: _Source, opts: ProbeOptions
 ) -> tuple[ProbeBatch, dict[str, Any]]:
-    """The probe batch, with the resolved gamma / GAE lambda / reward scale (the run's unless overridden)."""
+    """The probe batch of ``opts.seed``, with the resolved gamma / GAE lambda / reward scale (the run's unless
+    overridden)."""
     hp = source.config.get("hyperparameters") or {}
     gamma = float(opts.gamma if opts.gamma is not None else hp.get("gamma", DEFAULT_GAMMA))
     gae_lambda = float(opts.gae_lambda if opts.gae_lambda is not None else hp.get("gae_lambda", DEFAULT_GAE_LAMBDA))
-    rscale = reward_scale(source.path)
+    rscale = policy.reward_scaling
     batch = collect_batch(
         policy,
         spec,
@@ -168,8 +194,19 @@ def _collect(
         n_envs=opts.batch_envs,
         reward_scaling=rscale,
         normalize_advantage=opts.normalize_advantage,
+        whole_episodes=opts.whole_episodes,
     )
     return batch, {"gamma_resolved": gamma, "gae_lambda_resolved": gae_lambda, "reward_scale": list(rscale)}
+
+
+def _stages(opts: ProbeOptions, other: FunctionalPolicy | None) -> list[str]:
+    """The timed stages one replicate runs, in order (for the progress bar)."""
+    measures = set(opts.measures)
+    names = ["batch", "gradient"]
+    names += ["hessian"] if measures & {"hessian", "trace", "density"} else []
+    names += [m for m in ("fisher", "perturbation", "worst_case") if m in measures]
+    names += [m for m in ("return_sharpness", "cliff", "keskar", "magnitude_aware", "landscape") if m in measures]
+    return names + (["interpolation"] if other is not None else [])
 
 
 def _probe(
@@ -179,53 +216,157 @@ def _probe(
     opts: ProbeOptions,
     other: FunctionalPolicy | None,
     timer: _Timer,
+    progress: bool | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Run the selected stages in order; each adds its block to the result and its arrays to the npz."""
-    batch, resolved = timer.run("batch", lambda: _collect(policy, spec, source, opts))
+    """Every stage on ``opts.batches`` independent replicates (seeds :func:`replicate_seed`), pooled into means
+    with standard errors (:func:`rlflat.probe.pooling.pool`).
+
+    ``probe.npz`` holds the pooled scalars' per-replicate values (``<path>_batches``), the probe batches of all
+    replicates concatenated (with ``batch_index``), and the other arrays (spectra, curves, landscapes) of the
+    first replicate.
+    """
+    stages = _stages(opts, other)
+    bar = tqdm(  # shown once the probe has run 5 s
+        total=opts.batches * len(stages), desc="probe", unit="stage", delay=5.0, disable=_disabled(progress)
+    )
+    results: list[dict[str, Any]] = []
+    arrays: dict[str, np.ndarray] = {}
+    batch_arrays: list[dict[str, np.ndarray]] = []
+    resolved: dict[str, Any] = {}
+    try:
+        for b in range(opts.batches):
+            replicate = replace(opts, seed=replicate_seed(opts.seed, b))
+            bar.set_postfix_str(f"batch {b + 1}/{opts.batches}")
+            result, rep_arrays, batch, resolved = _replicate(policy, spec, source, replicate, other, timer, bar)
+            results.append(result)
+            batch_arrays.append(batch.arrays())
+            if b == 0:
+                arrays.update(rep_arrays)
+    finally:
+        bar.close()
+    pooled, per_batch = pool(results)
+    arrays.update(per_batch)
+    for key in batch_arrays[0]:
+        arrays[key] = np.concatenate([a[key] for a in batch_arrays])
+    arrays["batch_index"] = np.concatenate([np.full(len(a["advantages"]), b) for b, a in enumerate(batch_arrays)])
+    pooled["confounds"] = {**(pooled.get("confounds") or {}), "parameter_norms": parameter_norms(policy)}
+    pooled["config"] = probe_config(source.path, source.config, (spec.alias, spec.id), opts, resolved)
+    pooled["config"]["replicate_seeds"] = [replicate_seed(opts.seed, b) for b in range(opts.batches)]
+    return pooled, arrays
+
+
+def _disabled(progress: bool | None) -> bool | None:
+    """tqdm's ``disable``: None (a tty only) by default, as the evaluator does."""
+    return None if progress is None else not progress
+
+
+def _replicate(
+    policy: FunctionalPolicy,
+    spec: TaskSpec,
+    source: _Source,
+    opts: ProbeOptions,
+    other: FunctionalPolicy | None,
+    timer: _Timer,
+    bar: Any,
+) -> tuple[dict[str, Any], dict[str, np.ndarray], ProbeBatch, dict[str, Any]]:
+    """Run the selected stages in order on one batch; each adds its block to the result and its arrays."""
+
+    def run(name: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return timer.run(name, fn)
+        finally:
+            bar.update(1)
+
+    batch, resolved = run("batch", lambda: _collect(policy, spec, source, opts))
     loss_fn = make_loss(policy, batch, opts.loss)
     params = scope_params(policy, opts.scope)
     obs = policy.preprocess(batch.observations)
-    arrays: dict[str, np.ndarray] = dict(batch.arrays())
+    arrays: dict[str, np.ndarray] = {}
     measures = set(opts.measures)
-    op = timer.run("gradient", lambda: HessianOperator(loss_fn, params))
+    op = run("gradient", lambda: HessianOperator(loss_fn, params))
     result: dict[str, Any] = _header(op, policy, spec, batch, opts, resolved)
+    result["confounds"] = confounds(policy, obs)
 
     vectors = TopVectors(lambda: None)
     result["hessian"] = None
     if measures & {"hessian", "trace", "density"}:
-        result["hessian"], harr, vectors = timer.run("hessian", lambda: hessian_measures(op, opts, measures))
+        result["hessian"], harr, vectors = run("hessian", lambda: hessian_measures(op, opts, measures))
+        result["hessian"]["of"] = HESSIAN_LABELS[opts.loss]
         arrays.update(harr)
+    if "fisher" in measures:
+        result["fisher"] = run(
+            "fisher",
+            lambda: fisher_measures(policy, batch, params, trace_probes=opts.trace_probes, seed=opts.seed),
+        )
     perturbation: dict[str, Any] = {"average": None, "worst_case": None}
+    eval_seed = subseed(opts.seed, "evaluation")
     if "perturbation" in measures:
-        perturbation["average"], parr = timer.run(
-            "perturbation", lambda: perturbation_measures(policy, spec, loss_fn, params, obs, opts)
+        perturbation["average"], parr = run(
+            "perturbation", lambda: perturbation_measures(policy, spec, loss_fn, params, obs, opts, eval_seed)
         )
         arrays.update(parr)
     if "worst_case" in measures:
         nominal = (perturbation["average"] or {}).get("nominal_return")
-        perturbation["worst_case"], warr = timer.run(
+        perturbation["worst_case"], warr = run(
             "worst_case",
             lambda: worst_case_measures(
-                policy, spec, loss_fn, params, obs, opts, nominal_return=nominal, vectors=vectors
+                policy, spec, loss_fn, params, obs, opts, nominal_return=nominal, vectors=vectors, eval_seed=eval_seed
             ),
         )
         arrays.update(warr)
     result["perturbation"] = perturbation
+    _return_and_published(policy, spec, batch, loss_fn, params, obs, opts, run, result, arrays)
     if "landscape" in measures:
-        result["landscape"], larr = timer.run(
+        result["landscape"], larr = run(
             "landscape", lambda: landscape_measures(policy, spec, loss_fn, params, op, vectors, opts)
         )
         arrays.update(larr)
     if other is not None:
-        result["interpolation"], iarr = timer.run(
-            "interpolation", lambda: interpolation_measures(policy, other, spec, loss_fn, opts)
+        result["interpolation"], iarr = run(
+            "interpolation", lambda: interpolation_measures(policy, other, spec, loss_fn, opts, eval_seed)
         )
         arrays.update(iarr)
     known = vectors.known()
     if known is not None:
         arrays["hessian_top_eigenvector"] = known[:, 0].numpy()
-    result["config"] = probe_config(source.path, source.config, (spec.alias, spec.id), opts, resolved)
-    return result, arrays
+    return result, arrays, batch, resolved
+
+
+HESSIAN_LABELS = {
+    "surrogate": (
+        "the unclipped PPO surrogate on the probe batch: theta0 is not its minimum (its gradient is minus the policy "
+        "gradient) and it is indefinite, so this is not curvature at a minimum; see 'fisher' for the PSD geometry"
+    ),
+    "kl": "the mean KL to the policy at theta0: the Fisher information (PSD, stationary at theta0)",
+    "nll": "the negative log-likelihood of the batch's sampled actions",
+}
+"""What ``probe.json['hessian']`` is the Hessian of, per loss (its ``of`` field)."""
+
+
+def _return_and_published(
+    policy: FunctionalPolicy,
+    spec: TaskSpec,
+    batch: ProbeBatch,
+    loss_fn: LossFn,
+    params: Params,
+    obs: Tensor,
+    opts: ProbeOptions,
+    run: Callable[[str, Callable[[], Any]], Any],
+    result: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+) -> None:
+    """The return-based stages and the published-definition stages (None where not selected)."""
+    stages: dict[str, Callable[[], tuple[dict[str, Any], dict[str, np.ndarray]]]] = {
+        "return_sharpness": lambda: return_sharpness_measures(policy, spec, params, opts),
+        "cliff": lambda: cliff_measures(policy, spec, batch, loss_fn, params, opts),
+        "keskar": lambda: keskar_measures(loss_fn, params, opts),
+        "magnitude_aware": lambda: magnitude_aware_measures(policy, params, obs, opts),
+    }
+    for name, stage in stages.items():
+        result[name] = None
+        if name in opts.measures:
+            result[name], stage_arrays = run(name, stage)
+            arrays.update(stage_arrays)
 
 
 def _header(

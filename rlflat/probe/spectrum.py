@@ -23,12 +23,13 @@ import torch
 from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 
 from rlflat.errors import RlflatError, bad_choice
-from rlflat.probe.hvp import HessianOperator
+from rlflat.probe.hvp import HessianOperator, MatVec
 from rlflat.probe.seeding import Seed, as_generator
 
 Which = Literal["largest", "smallest"]
 
 __all__ = [
+    "NEGATIVE_TOL",
     "Eigenpairs",
     "LanczosResult",
     "SpectralDensity",
@@ -42,7 +43,7 @@ __all__ = [
     "lambda_max_over_trace",
     "lanczos",
     "negative_abs_mass_fraction",
-    "negative_mass_fraction",
+    "negative_count_fraction",
     "power_iteration",
     "slq_density",
 ]
@@ -52,7 +53,7 @@ def _rademacher(n: int, gen: torch.Generator) -> torch.Tensor:
     return torch.randint(0, 2, (n,), generator=gen, dtype=torch.int64).to(torch.float64).mul_(2).sub_(1)
 
 
-def _hvp64(op: HessianOperator) -> Callable[[torch.Tensor], torch.Tensor]:
+def _hvp64(op: MatVec) -> Callable[[torch.Tensor], torch.Tensor]:
     """H @ v with float64 in and out (the product itself runs in the parameters' dtype)."""
     return lambda v: op.matvec(v).to(device="cpu", dtype=torch.float64)
 
@@ -268,7 +269,7 @@ class TraceEstimate:
     hvps: int
 
 
-def hutchinson_trace(op: HessianOperator, n_probes: int = 100, *, seed: Seed = 0) -> TraceEstimate:
+def hutchinson_trace(op: MatVec, n_probes: int = 100, *, seed: Seed = 0) -> TraceEstimate:
     """tr(H) ~ mean of z^T H z over Rademacher z (Hutchinson, 1989); unbiased, one HVP per probe."""
     if n_probes < 2:
         raise RlflatError(f"n_probes must be >= 2 to give a standard error; got {n_probes}")
@@ -460,13 +461,34 @@ def density_from_eigenvalues(
     return SpectralDensity(grid, dens, e, w, sig, 0)
 
 
-def negative_mass_fraction(sd: SpectralDensity) -> float:
-    """Estimated fraction of eigenvalues below zero (unsmoothed quadrature weight on nodes < 0)."""
-    return float((sd.weights * (sd.nodes < 0)).sum() / sd.weights.sum())
+NEGATIVE_TOL = 1e-3
+"""Eigenvalues below -NEGATIVE_TOL * max|lambda| count as negative, on both routes: above float32 round-off of the
+HVPs (~1e-6 relative) and of SLQ's resolution of the cluster at zero, so neither route counts rounding noise."""
 
 
-def negative_abs_mass_fraction(sd: SpectralDensity) -> float:
-    """sum |lambda| over negative eigenvalues / sum |lambda| over all, from the quadrature."""
-    a = sd.weights * sd.nodes.abs()
+def negative_count_fraction(
+    nodes: torch.Tensor, weights: torch.Tensor, *, scale: float | None = None, tol: float = NEGATIVE_TOL
+) -> float | None:
+    """The spectral mass below -tol * scale: the fraction of eigenvalues that are clearly negative.
+
+    One definition for both routes: ``nodes`` / ``weights`` are the eigenvalues with weight 1 each (exact) or the
+    SLQ Ritz nodes with their Gauss weights (each probe's summing to 1); weights are summed. ``scale`` defaults to
+    the largest |node| of positive weight (max |lambda|; SLQ's extreme Ritz values converge to the extreme
+    eigenvalues). None for an all-zero spectrum.
+    """
+    live = weights > 0
+    if not bool(live.any()):
+        return None
+    if scale is None:
+        scale = float(nodes[live].abs().max())
+    if scale == 0.0:
+        return None
+    return float((weights * (nodes < -tol * scale)).sum() / weights.sum())
+
+
+def negative_abs_mass_fraction(nodes: torch.Tensor, weights: torch.Tensor) -> float | None:
+    """sum |lambda| over negative eigenvalues / sum |lambda| over all (weights as in
+    :func:`negative_count_fraction`), or None for an all-zero spectrum."""
+    a = weights * nodes.abs()
     total = float(a.sum())
-    return math.nan if total == 0.0 else float((a * (sd.nodes < 0)).sum()) / total
+    return None if total == 0.0 else float((a * (nodes < 0)).sum()) / total

@@ -3,8 +3,9 @@
 * One step: the first-order maximiser eps = rho g / ||g|| used by SAM (Foret et al., 2021).
 * Multi-step: normalised projected gradient ascent on the ball (Madry et al., 2018), started from
   the one-step point and returning the best iterate, so it is never below the one-step value.
-* Adaptive: the ball is rescaled elementwise, ||eps / (|theta| + eta)|| <= rho, which makes the
-  measure invariant to per-weight rescalings (ASAM, Kwon et al., 2021; Andriushchenko et al., 2023).
+* Adaptive: the ball is rescaled elementwise, ||eps / (|theta| + eta)|| <= rho, biases included, the scale ASAM
+  training uses (:func:`rlflat.scope.adaptive_scale`), which makes the measure invariant to per-weight
+  rescalings at eta = 0 (ASAM, Kwon et al., 2021; Andriushchenko et al., 2023).
 
 Both solve in the scaled variable delta = eps / T with T = |theta| + eta (T = 1 when not
 adaptive): the gradient w.r.t. delta is T * g, and the one-step solution is
@@ -30,8 +31,9 @@ import torch
 from rlflat.errors import RlflatError
 from rlflat.probe.hvp import LossFn, Params, check_params
 from rlflat.probe.seeding import Seed, as_generator
+from rlflat.scope import adaptive_scale
 
-__all__ = ["GRAD_RTOL", "Direction", "WorstCase", "pgd_sharpness", "sam_sharpness"]
+__all__ = ["GRAD_RTOL", "Direction", "WorstCase", "loss_and_grad", "pgd_sharpness", "sam_sharpness"]
 
 Direction = Mapping[str, torch.Tensor] | Callable[[], Mapping[str, torch.Tensor] | None] | None
 """A fallback direction shaped like the parameters, or a function computing one (called only when needed)."""
@@ -62,7 +64,7 @@ class WorstCase:
     start: str = "gradient"
 
 
-def _loss_and_grad(loss_fn: LossFn, point: Mapping[str, torch.Tensor]) -> tuple[float, list[torch.Tensor]]:
+def loss_and_grad(loss_fn: LossFn, point: Mapping[str, torch.Tensor]) -> tuple[float, list[torch.Tensor]]:
     """Loss and gradient at ``point`` on fresh leaves: no .grad is written anywhere."""
     names = list(point)
     leaves = [point[k].detach().requires_grad_(True) for k in names]
@@ -94,7 +96,7 @@ class _Ball:
             raise RlflatError(f"eta must be >= 0; got {eta}")
         self.names = list(params)
         self.theta = [params[k].detach() for k in self.names]
-        self.scale = [(t.abs() + eta) if adaptive else torch.ones_like(t) for t in self.theta]
+        self.scale = [adaptive_scale(t, eta) if adaptive else torch.ones_like(t) for t in self.theta]
         self.rho = rho
 
     def point(self, delta: list[torch.Tensor]) -> Params:
@@ -147,7 +149,7 @@ class _Start:
 
 def _one_step(loss_fn: LossFn, ball: _Ball, direction: Direction, seed: Seed, grad_rtol: float) -> _Start:
     """The SAM/ASAM point, or after a vanishing gradient the best of it and +-rho along a fallback direction."""
-    loss, g = _loss_and_grad(loss_fn, ball.point([torch.zeros_like(t) for t in ball.theta]))
+    loss, g = loss_and_grad(loss_fn, ball.point([torch.zeros_like(t) for t in ball.theta]))
     g_delta = ball.delta_grad(g)
     delta = ball.step_to_sphere(g_delta, ball.rho)
     best = _Start(delta, loss, _loss(loss_fn, ball.point(delta)), 1, "gradient")
@@ -173,7 +175,7 @@ def _fallback(loss_fn: LossFn, ball: _Ball, direction: Direction, seed: Seed) ->
         return ball.along(raw, 1.0), "eigenvector", 1
     gen = as_generator(seed)
     noise = [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t) for t in ball.theta]
-    _, g_random = _loss_and_grad(loss_fn, ball.point(ball.step_to_sphere(noise, ball.rho)))
+    _, g_random = loss_and_grad(loss_fn, ball.point(ball.step_to_sphere(noise, ball.rho)))
     return ball.step_to_sphere(ball.delta_grad(g_random), 1.0), "random", 2
 
 
@@ -240,7 +242,7 @@ def pgd_sharpness(
     delta, evals = one.delta, one.evals
     best_delta, best = delta, one.perturbed
     for _ in range(steps):
-        cur, g = _loss_and_grad(loss_fn, ball.point(delta))
+        cur, g = loss_and_grad(loss_fn, ball.point(delta))
         evals += 1
         if cur > best:
             best_delta, best = delta, cur

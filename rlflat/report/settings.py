@@ -17,9 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rlflat.errors import RlflatError
 
 DEFAULT_MEASURES = [
+    "probe.fisher_lambda_max",
+    "probe.fisher_trace",
     "probe.lambda_max",
     "probe.trace",
-    "probe.critical_sigma",
+    "probe.return_halving_sigma",
+    "probe.return_drop_adaptive_sigma0p1",
     "probe.worst_case_adaptive",
     "probe.kl_sigma0p1",
 ]

@@ -84,7 +84,8 @@ def model_entries(env: Any, spec: TaskSpec, name: str) -> np.ndarray:
     model = _model_of(env.unwrapped, spec)
     array = _array(model, spec, parameter.attr or name)
     rows = _rows(model, spec, name, parameter)
-    selected = array[rows] if parameter.column is None else array[rows, parameter.column]
+    columns = parameter.columns
+    selected = array[rows] if columns is None else array[rows, columns[0]]
     return np.array(selected, copy=True)
 
 
@@ -92,7 +93,8 @@ def set_model_parameters(env: Any, spec: TaskSpec, values: Mapping[str, float]) 
     """Scale the model arrays of ``env`` (unwrapped) for every ``set: model`` parameter in ``values``.
 
     Each selected entry becomes ``default * value / nominal`` (defaults: Gymnasium's arrays, captured on the
-    first call for this env), the rows of each ``scale_also`` array likewise; then ``mj_setConst``.
+    first call for this env), the rows of each ``scale_also`` array likewise; off nominal, ``set_columns``
+    assigns its fixed values; then ``mj_setConst``.
     """
     parameters = {n: spec.parameters[n] for n in values if spec.parameters[n].set == "model"}
     if not parameters:
@@ -111,10 +113,14 @@ def set_model_parameters(env: Any, spec: TaskSpec, values: Mapping[str, float]) 
         rows = _rows(model, spec, name, parameter)
         _check_nominal(spec, name, parameter, pristine[attr], rows)
         factor = values[name] / parameter.nominal
-        if parameter.column is None:
+        columns = parameter.columns
+        if columns is None:
             scaled[attr][rows] *= factor
         else:
-            scaled[attr][rows, parameter.column] *= factor
+            scaled[attr][np.ix_(rows, columns)] *= factor
+        if factor != 1.0:
+            for column, fixed in parameter.set_columns.items():
+                scaled[attr][rows, column] = fixed
         for extra in parameter.scale_also:
             scaled[extra][rows] *= factor
     for field, array in scaled.items():
@@ -126,7 +132,8 @@ def _check_nominal(spec: TaskSpec, name: str, parameter: DynamicsParameter, defa
     """A one-name parameter must select one entry whose Gymnasium default is the spec's nominal."""
     if not parameter.single_entry:
         return
-    selected = default[rows] if parameter.column is None else default[rows, parameter.column]
+    columns = parameter.columns
+    selected = default[rows] if columns is None else default[rows, columns[0]]
     if selected.size != 1:
         raise RlflatError(
             f"{spec.alias} parameter {name} selects {selected.size} entries of {parameter.attr}; give a column"

@@ -33,11 +33,11 @@ class DynamicsParameter(BaseModel):
     - ``kwarg``: passed to ``gymnasium.make``;
     - ``model``: entries of the MuJoCo model array ``env.unwrapped.model.<attr>`` (``body_mass``,
       ``geom_friction``, ...), selected by ``index`` (body/geom/joint/actuator names, resolved with MuJoCo's
-      name lookup, or ``all``) and, for 2-D arrays, ``column``. The selected entries are multiplied by
+      name lookup, or ``all``) and, for 2-D arrays, ``column`` (one or several). The selected entries are multiplied by
       ``value / nominal`` relative to Gymnasium's default model (so setting twice, or back to nominal, is exact),
       as are the same rows of every array in ``scale_also`` (e.g. ``body_inertia`` with ``body_mass``), and
       MuJoCo's derived constants are recomputed (``mj_setConst``). When ``index`` is one name the selection must
-      be one entry (give ``column`` for a 2-D array), the value is that entry's absolute value and ``nominal``
+      be one entry of its first column (give ``column`` for a 2-D array), the value is that entry's absolute value and ``nominal``
       must equal Gymnasium's default (checked when the env is built); when it is ``all`` or a list of names the
       value is a dimensionless scale and ``nominal`` must be 1. Parameters selecting the same entries compose
       multiplicatively.
@@ -53,8 +53,12 @@ class DynamicsParameter(BaseModel):
     """Attribute, keyword or (``set: model``) MuJoCo model array name; defaults to the parameter's own name."""
     index: str | tuple[str, ...] | None = None
     """``set: model`` only: which rows of the model array: a name, a list of names, or ``all``."""
-    column: int | None = None
-    """``set: model`` only: the column of a 2-D model array (``geom_friction`` 0 = sliding); none = every column."""
+    column: int | tuple[int, ...] | None = None
+    """``set: model`` only: the column(s) of a 2-D model array (``geom_friction`` 0 = sliding); none = every column.
+    With several, all scale by the factor and the first holds the parameter's value."""
+    set_columns: dict[int, float] = Field(default_factory=dict)
+    """``set: model`` only: columns of the selected rows assigned these absolute values whenever the parameter is
+    off nominal (Lee & Yoon's foot friction also sets ``geom_friction[2]`` to 0.1); the nominal model is untouched."""
     scale_also: tuple[str, ...] = ()
     """``set: model`` only: further model arrays whose same rows scale by the same factor (``body_inertia``)."""
     description: str = ""
@@ -76,7 +80,12 @@ class DynamicsParameter(BaseModel):
 
     @model_validator(mode="after")
     def _model_fields(self) -> DynamicsParameter:
-        model_only = {"index": self.index, "column": self.column, "scale_also": self.scale_also or None}
+        model_only = {
+            "index": self.index,
+            "column": self.column,
+            "scale_also": self.scale_also or None,
+            "set_columns": self.set_columns or None,
+        }
         if self.set != "model":
             given = [key for key, value in model_only.items() if value is not None]
             if given:
@@ -84,8 +93,13 @@ class DynamicsParameter(BaseModel):
             return self
         if self.attr is None or self.index is None:
             raise ValueError("set: model needs attr (the model array, e.g. body_mass) and index (names or all)")
-        if self.column is not None and self.column < 0:
-            raise ValueError(f"column must be >= 0, got {self.column}")
+        columns = [*(self.columns or ()), *self.set_columns]
+        if any(c < 0 for c in columns):
+            raise ValueError(f"columns must be >= 0, got {columns}")
+        if self.columns is not None and (len(set(self.columns)) != len(self.columns) or not self.columns):
+            raise ValueError(f"column must list distinct columns, got {list(self.columns)}")
+        if set(self.columns or ()) & set(self.set_columns):
+            raise ValueError(f"set_columns {sorted(self.set_columns)} overlaps the scaled column(s) {self.column}")
         if not self.single_entry and self.nominal != 1.0:
             raise ValueError(
                 f"index {self.index!r} selects several entries, so the value is a scale and nominal must be 1.0, "
@@ -101,9 +115,43 @@ class DynamicsParameter(BaseModel):
         return (self.index,) if isinstance(self.index, str) else self.index
 
     @property
+    def columns(self) -> tuple[int, ...] | None:
+        """``column`` as a tuple (None: every column)."""
+        if self.column is None:
+            return None
+        return (self.column,) if isinstance(self.column, int) else tuple(self.column)
+
+    @property
     def single_entry(self) -> bool:
         """A ``set: model`` parameter naming one row holds that entry's absolute value (else it is a scale)."""
         return isinstance(self.index, str) and self.index != "all"
+
+
+class ReferenceReturns(BaseModel):
+    """Task-level constants of normalised return: ``(R - low) / (ref - low)``, the same scale for every run.
+
+    ``low`` (R_low) is the mean episode return of a uniformly random policy on the nominal task, measured once by
+    ``python -m rlflat.tasks.reference_returns`` and recorded with its standard error and episode count, so a
+    normalised return of 0 means "no better than acting at random". ``ref`` (R_ref) is the task's maximum return
+    where one exists (CartPole: 500) or a cited reference return otherwise (Gymnasium's ``reward_threshold``);
+    ``ref_source`` says which. A normalised return above 1 is a return above R_ref: possible only where R_ref is
+    a reference rather than a maximum, and never capped.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    low: float
+    low_se: float = Field(ge=0)
+    low_n: int = Field(ge=1)
+    low_source: str
+    ref: float
+    ref_source: str
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReferenceReturns:
+        if not self.ref > self.low:
+            raise ValueError(f"ref ({self.ref}) must exceed low ({self.low})")
+        return self
 
 
 class TaskSpec(BaseModel):
@@ -121,6 +169,8 @@ class TaskSpec(BaseModel):
     default_suite: tuple[str, ...] = ()
     requires: str | None = None
     """The rlflat extra the task needs (``box2d``, ``mujoco``), named in the error when it is missing."""
+    reference_returns: ReferenceReturns | None = None
+    """R_low / R_ref of task-level normalisation (every shipped spec has them; a test holds that)."""
     hyperparameters: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Per base algorithm (``ppo``, ``pg``); flatness variants (``ppo_sam``) inherit their base's values."""
 
@@ -134,6 +184,10 @@ class TaskSpec(BaseModel):
             if name not in self.parameters:
                 raise ValueError(f"default_suite names unknown parameter {name!r}")
         return self
+
+    def is_solved(self, nominal_return: float) -> bool:
+        """Whether a mean nominal return reaches the spec's solved threshold (False for NaN)."""
+        return bool(nominal_return >= self.solved_threshold)
 
     def parameter(self, name: str) -> DynamicsParameter:
         """The named parameter, or a one-line error listing the task's parameters."""

@@ -46,11 +46,20 @@ _RULE_MARKER = {"": "o", "sam": "s", "asam": "^"}
 RULES = ("sam", "asam")
 
 _LABELS: dict[str, str] = {
-    "probe.lambda_max": "Hessian λ_max",
+    "probe.lambda_max": "surrogate Hessian λ_max",
+    "probe.fisher_lambda_max": "Fisher λ_max",
+    "probe.fisher_trace": "Fisher trace",
+    "probe.fisher_rao_norm": "Fisher-Rao norm",
+    "probe.fisher_adaptive_lambda_max": "adaptive Fisher λ_max",
+    "probe.fisher_adaptive_trace": "adaptive Fisher trace",
     "probe.lambda_min": "Hessian λ_min",
-    "probe.trace": "Hessian trace",
+    "probe.trace": "surrogate Hessian trace",
     "probe.lambda_max_over_trace": "λ_max / trace",
-    "probe.critical_sigma": "critical σ",
+    "probe.return_halving_sigma": "return-halving σ",
+    "probe.return_drop_adaptive_sigma0p1": "return drop at σ = 0.1 (adaptive)",
+    "probe.return_drop_filter_sigma0p1": "return drop at σ = 0.1 (filter)",
+    "probe.keskar_sharpness": "Keskar ε-sharpness",
+    "probe.magnitude_aware_flatness": "Jiang 1/σ'²",
     "probe.worst_case_adaptive": "worst-case sharpness (adaptive)",
     "probe.worst_case_raw": "worst-case sharpness (raw)",
     "probe.kl_sigma0p1": "KL at σ = 0.1",
@@ -79,7 +88,10 @@ _LABELS: dict[str, str] = {
 }
 _UNIT_RULES: tuple[tuple[str, str], ...] = (
     (r"over_trace", "ratio"),
-    (r"critical_sigma", "σ, × filter norm"),
+    (r"return_halving_sigma", "σ, × filter norm"),
+    (r"return_drop", "fraction of (solved - worst) return"),
+    (r"keskar_sharpness", "% of 1 + loss"),
+    (r"magnitude_aware_flatness", "1 / σ'²"),
     (r"^probe\.(hessian\.)?(lambda|trace|top)", "loss / param²"),
     (r"^probe\.(perturbation.*)?kl", "nats"),
     (r"^probe\.(perturbation.*)?action_change", "fraction of states"),
