@@ -43,7 +43,10 @@ HEADLINE, UNFIT = 0.9, 0.8
 
 
 def _runs(study: Path) -> list[Path]:
-    return sorted(p for p in study.iterdir() if p.is_dir() and (p / "model.zip").exists())
+    """Published run dirs with a model (hidden names are a sweep's staging areas)."""
+    return sorted(
+        p for p in study.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "model.zip").exists()
+    )
 
 
 def probe_twice(run: Path, work: Path, options: dict[str, Any]) -> list[dict[str, Any]]:

@@ -217,7 +217,15 @@ def test_evaluate_table_and_metrics(models: dict[str, Path], tmp_path: Path) -> 
     out = tmp_path / "eval"
     out.mkdir()
     (out / "metrics.json").write_text(json.dumps({"train": {"final_return": 1.0}}))
-    suite = SuiteSpec(parameters=("length",), grids=(("length", "masscart"),), points=3, random=2, action_noise=(0.5,))
+    suite = SuiteSpec(
+        parameters=("length",),
+        grids=(("length", "masscart"),),
+        points=3,
+        grid_points=3,
+        severities=(),
+        random=2,
+        action_noise=(0.5,),
+    )
     table, block = evaluate_run(run, out=out, suite=suite, episodes=3)
     assert len(table) == 1 + 3 + 9 + 2 + 2
     written = pd.read_parquet(out / "robustness.parquet")

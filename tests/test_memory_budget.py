@@ -82,7 +82,7 @@ def test_evaluate_estimate_is_wired_for_ordinary_sizes(
     ("args", "part"),
     [(["--batch", "100000000000"], "batch"), (["--n-directions", "1000000000"], "perturbation rollouts"),
      (["--episodes", "1000000000"], "perturbation rollouts"),
-     (["--measures", "landscape", "--landscape-points", "1000000"], "landscape rollouts")],
+     (["--measures", "landscape", "--landscape-points", "1000000000"], "landscape rollouts")],
 )  # fmt: skip
 def test_probe_refuses_oversize_options(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], cartpole_zip: Path, args: list[str], part: str

@@ -110,7 +110,7 @@ def _pair(root: Path, activation: type[nn.Module], transform: Transform) -> tupl
 
 
 def _measures(block: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in block.items() if k not in NOT_MEASURES and not k.endswith("_se")}
+    return {k: v for k, v in block.items() if family(k) not in NOT_MEASURES and not k.endswith("_se")}
 
 
 def _relative(a: float, b: float) -> float:

@@ -436,3 +436,56 @@ def test_skipped_runs_are_named_and_strict_refuses(tmp_path: Path, capsys: pytes
     R.build_report([study], out, seed=0, **FAST)  # without --strict: reported, the same three named
     assert sum(line.startswith("skipped ") for line in capsys.readouterr().err.splitlines()) == 3
     assert (out / "report.md").exists()
+
+
+def test_sharpness_axes_carry_the_probe_standard_error() -> None:
+    """Each run's point has a horizontal bar of +- its ``<measure>_se`` (the SE over the probe's batches)."""
+    from matplotlib.container import ErrorbarContainer
+
+    runs = pd.DataFrame(
+        {
+            "run_id": [f"r{i}" for i in range(4)],
+            "algo": ["ppo", "ppo", "ppo_sam", "ppo_sam"],
+            "task": "CartPole",
+            "probe.fisher_lambda_max": [10.0, 20.0, 5.0, 8.0],
+            "probe.fisher_lambda_max_se": [1.0, 2.0, 0.5, 0.25],
+            "robustness.auc_mean": [0.2, 0.1, 0.5, 0.4],
+        }
+    )
+    empty = pd.DataFrame(columns=["task", "measure", "metric", "method", "estimate", "ci_low", "ci_high"])
+    fig, axes = F.plot_sharpness_vs_robustness(
+        runs, ["probe.fisher_lambda_max"], "robustness.auc_mean", empty, F.algo_palette(["ppo", "ppo_sam"]), n_boot=20
+    )
+    widths = []
+    for container in axes[0].containers:
+        if isinstance(container, ErrorbarContainer):
+            for segment in container.lines[2][0].get_segments():
+                widths.append(round(float(segment[1][0] - segment[0][0]), 6))
+    assert sorted(widths) == [0.5, 1.0, 2.0, 4.0]  # 2 se per run
+
+
+def test_reliability_section_marks_unfit_measures(tmp_path: Path) -> None:
+    study = make_study(tmp_path / "cartpole_sam", files=False)
+    runs = pd.read_parquet(study / "runs.parquet")
+    runs["probe.hessian.lambda_max_se"] = 0.1 * runs["probe.hessian.lambda_max"]
+    runs.to_parquet(study / "runs.parquet")
+    pd.DataFrame(
+        {
+            "measure": ["hessian.lambda_max", "fisher_lambda_max"],
+            "n": [20, 20],
+            "icc": [0.5, 0.95],
+            "icc_ci95": ["[0.1, 0.8]", "[0.9, 0.98]"],
+            "variance_ratio": [1.2, 40.0],
+        }
+    ).to_csv(study / "probe_reliability.csv", index=False)
+    out = R.build_report([study], tmp_path / "report", seed=0, **FAST)
+    md = (out / "report.md").read_text()
+    assert "## Probe uncertainty and reliability" in md
+    assert "UNFIT by reliability: Hessian λ_max" in md  # the headline measure with ICC 0.5
+    table = pd.read_csv(out / "tables" / "probe_reliability.csv")
+    assert table.set_index("measure")["verdict"].to_dict() == {
+        "hessian.lambda_max": "unfit",
+        "fisher_lambda_max": "headline",
+    }
+    uncertainty = pd.read_csv(out / "tables" / "probe_uncertainty.csv")
+    assert uncertainty["median SE / |value|"].tolist() == pytest.approx([0.1])

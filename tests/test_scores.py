@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from rlflat.errors import RlflatError
-from rlflat.evaluate import collapse_point, robustness_block
+from rlflat.evaluate import SuiteSpec, build_settings, collapse_point, robustness_block, sweep_factors
 from rlflat.evaluate.inert import dynamics_fingerprints, dynamics_groups
 from rlflat.evaluate.metrics import normalization
 from rlflat.tasks import list_tasks, load_spec_file, load_task
@@ -161,3 +161,46 @@ def test_unsolved_runs_are_flagged_from_the_nominal_return() -> None:
         table.loc[0, "return_mean"] = nominal
         assert robustness_block(table, task)["unsolved"] is unsolved
     assert np.isnan(normalization(task, 1.0, "nominal").apply(np.array([1.0]))).sum() == 0
+
+
+def test_default_grids_are_fine_and_always_hold_the_declared_severities() -> None:
+    task = load_task("CartPole")
+    settings = build_settings(task, SuiteSpec(parameters=("length", "masspole"), grids=(("length", "masspole"),)))
+    length = [s.factor for s in settings if s.family == "length"]
+    assert len(length) >= 21 and 0.5 in length and 2.0 in length and 1.0 in length
+    assert length[0] == 0.25 and length[-1] == 4.0
+    masspole = [s.factor for s in settings if s.family == "masspole"]
+    assert len(masspole) >= 21 and {0.5, 2.0} <= set(masspole)  # inserted: not points of the 10^(k/10) grid
+    grid = [s for s in settings if s.family == "length:masspole"]
+    axes = (
+        {f for s in grid for n, f in s.factors if n == "length"},
+        {f for s in grid for n, f in s.factors if n != "length"},
+    )
+    assert all(len(axis) >= 11 for axis in axes) and len(grid) == len(axes[0]) * len(axes[1])
+    # snapped onto the declared factors; 8 is outside the range: not added
+    assert sweep_factors(0.25, 4.0, 5, include=(0.5, 2.0, 8.0)) == [0.25, 0.5, 1.0, 2.0, 4.0]
+    with pytest.raises(RlflatError, match="severities are factors"):
+        build_settings(task, SuiteSpec(severities=(0.0,)))
+
+
+def test_severity_metrics_read_the_declared_factors_and_the_box() -> None:
+    task = load_task("CartPole")
+    table = _table([0.25, 0.5, 1.0, 2.0, 4.0], [0.1, 0.4, 1.0, 0.8, 0.2], [1, 2, 0, 3, 4])
+    table.attrs["severities"] = [0.5, 2.0]
+    block = robustness_block(table, task)
+    curve = block["parameters"]["p"]
+    assert curve["severity_return_x0p5"] == 0.4 and curve["severity_return_x2"] == 0.8
+    assert block["severity_return_x0p5"] == 0.4 and block["severity_return_x2"] == 0.8
+    table.attrs["severities"] = [0.7071067811865476]  # between grid points: interpolated in log-factor
+    assert robustness_block(table, task)["parameters"]["p"]["severity_return_x0p707107"] == pytest.approx(0.7)
+
+
+def test_collapsed_fraction_box_counts_settings_inside_the_severity_box() -> None:
+    task = load_task("CartPole")
+    table = _table([0.25, 0.5, 1.0, 2.0, 4.0], [0.1, 0.4, 1.0, 0.8, 0.2], [1, 2, 0, 3, 4])
+    table = table.rename(columns={"p": "length"}).assign(family=lambda t: t["family"].replace("p", "length"))
+    table["length"] = table["length"] * 0.5  # absolute values (nominal 0.5)
+    table.attrs.update(severities=[0.5, 2.0], quantity_columns=["length"])
+    block = robustness_block(table, task)
+    assert block["n_settings_box"] == 2 and block["collapsed_fraction_box"] == 0.5  # x0.5 collapsed, x2 not
+    assert block["n_settings"] == 4 and block["collapsed_fraction"] == 0.75

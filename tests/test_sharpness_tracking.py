@@ -281,10 +281,12 @@ def test_threshold_slope_is_minus_one_at_the_edge_and_zero_off_it() -> None:
             "lr": lrs,
             "sharpness": 5.0 * noise,  # set by the problem: does not move with eta
             "preconditioned_sharpness": 38 / lrs * noise,  # rides the Adam threshold
+            "surrogate_preconditioned_sharpness": np.nan,  # not measured: no slope, no error
         }
     )
     row = threshold_slopes(levels).iloc[0]
     assert row["_preconditioned_sharpness_slope"] == pytest.approx(-1.0, abs=0.03)
     assert row["_sharpness_slope"] == pytest.approx(0.0, abs=0.03)
+    assert row["slope of log late surrogate λ₁(P⁻¹H) on log η"] == "n/a"
     low, high = (float(x) for x in row["slope of log late λ₁(P⁻¹H) on log η"].split("[")[1].rstrip("]").split(","))
     assert low < -1.0 < high and high - low < 0.2

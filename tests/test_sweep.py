@@ -333,6 +333,19 @@ def test_dry_run_refuses_changed_stage_settings_like_the_real_run(
         assert "would mix settings" in capsys.readouterr().err
 
 
+def test_a_stage_switched_off_before_may_be_switched_on(swept: tuple[Path, Path], tmp_path: Path) -> None:
+    config, _ = swept
+    raw = yaml.safe_load(config.read_text())
+    study = tmp_path / "later"
+    trained_only = _write(tmp_path / "trained.yaml", {**raw, "evaluate": False})
+    assert main([str(trained_only), "--out", str(study), "--dry-run"]) == 0
+    (study).mkdir()
+    (study / "study.yaml").write_text(trained_only.read_text())
+    assert main([str(config), "--out", str(study), "--dry-run"]) == 0  # evaluate added: allowed
+    (study / "study.yaml").write_text(config.read_text())
+    assert run_cli(main, [str(trained_only), "--out", str(study), "--dry-run"]) == 2  # dropping a ran stage is not
+
+
 def test_rerun_skips_everything(swept: tuple[Path, Path], tmp_path: Path) -> None:
     config, study = swept
     copy = _copy(study, tmp_path)

@@ -355,6 +355,7 @@ def effective_hyperparameters(model: FlatOnPolicyAlgorithm, hyperparameters: Map
     effective: dict[str, Any] = {
         k: p.default for k, p in defaults.items() if k in keys and p.default is not inspect.Parameter.empty
     }
+    effective["track_sharpness"] = None  # off unless set (not a resolved default: it would change every run id)
     effective.update(hyperparameters)
     for key in RULE_KEYS[model.update_rule]:
         effective[key] = getattr(model, key)  # the rule's value after its defaults were filled in

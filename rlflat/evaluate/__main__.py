@@ -35,7 +35,14 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--grid", action="append", default=[], help="2-D grid over a:b (repeatable)")
     parser.add_argument("--factors", action="append", default=[], metavar="NAME=F1,F2,...",
                         help="explicit factors for one parameter's sweep (repeatable)")  # fmt: skip
-    parser.add_argument("--points", type=int, default=11, help="factors per axis, log-spaced (default 11)")
+    parser.add_argument("--points", type=int, default=21, help="factors per 1-D sweep, log-spaced (default 21)")
+    parser.add_argument("--grid-points", type=int, default=11, help="factors per 2-D grid axis (default 11)")
+    parser.add_argument(
+        "--severities",
+        default="0.5,2",
+        help="declared severities (factors): reported per parameter, always evaluated, and their [min, max] is the "
+        "box of collapsed_fraction_box (default 0.5,2)",
+    )
     parser.add_argument("--random", type=int, default=0, help="random settings, log-uniform in the box")
     parser.add_argument("--random-seed", type=int, default=0, help="seed drawing the --random settings (default 0)")
     parser.add_argument("--action-noise", help="levels lo:hi | a,b,c (sigma; probability for discrete)")
@@ -75,6 +82,13 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def _severities(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise RlflatError(f"--severities {text!r} must be factors F1,F2,... (e.g. 0.5,2)") from None
+
+
 def _factors(texts: Sequence[str]) -> dict[str, list[float]]:
     factors: dict[str, list[float]] = {}
     for text in texts:
@@ -99,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parameters=parameters,
         grids=parse_grids(task, args.grid),
         points=args.points,
+        grid_points=args.grid_points,
+        severities=_severities(args.severities),
         random=args.random,
         random_seed=args.random_seed,
         factors=factors,

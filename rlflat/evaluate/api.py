@@ -107,6 +107,7 @@ def evaluate(
         )[0, 0]
     table = _table(task, settings, per_row, seed, deterministic, collapse_frac, normalization)
     table.attrs["nominal_episodes"] = len(per_row[0])
+    table.attrs["severities"] = [float(f) for f in (suite or SuiteSpec()).severities]
     if detect_inert:
         _flag_inert(table, task, settings, seed, backend)
     return table

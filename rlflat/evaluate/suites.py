@@ -64,7 +64,14 @@ class SuiteSpec:
 
     parameters: tuple[str, ...] = ()
     grids: tuple[tuple[str, str], ...] = ()
-    points: int = 11
+    points: int = 21
+    """Log-spaced factors per 1-D sweep. 21 over x0.25..x4 is a step of x1.15: a collapse point is located to
+    within that bracket, where 11 (x1.32) or 5 (x2) points put several runs' crossings in one bracket."""
+    grid_points: int = 11
+    """Log-spaced factors per axis of a 2-D grid (11 x 11 = 121 settings)."""
+    severities: tuple[float, ...] = (0.5, 2.0)
+    """Declared severities (factors of nominal): every log-spaced sweep includes them (when inside the range), the
+    metrics report the normalised return there, and [min, max] is the box of ``collapsed_fraction_box``."""
     random: int = 0
     random_seed: int = 0
     random_parameters: tuple[str, ...] = ()
@@ -79,14 +86,17 @@ class SuiteSpec:
         return not (self.parameters or self.grids or self.random or self.action_noise or self.obs_noise)
 
 
-def sweep_factors(low: float, high: float, points: int) -> list[float]:
-    """``points`` log-spaced factors from ``low`` to ``high``, with 1.0 (nominal) inserted when missing."""
+def sweep_factors(low: float, high: float, points: int, include: Sequence[float] = ()) -> list[float]:
+    """``points`` log-spaced factors from ``low`` to ``high``, with 1.0 (nominal) and each of ``include`` inside
+    the range inserted when missing (a grid point within 1e-9 of one is snapped to it)."""
     _check_points(points)
     grid = [float(f) for f in np.geomspace(low, high, points)] if high > low else [float(low)]
     grid[0], grid[-1] = float(low), float(high)  # exact ends despite rounding in geomspace
-    if not any(math.isclose(f, 1.0, rel_tol=1e-9) for f in grid):
-        grid.append(1.0)
-    return sorted({1.0 if math.isclose(f, 1.0, rel_tol=1e-9) else f for f in grid})
+    for anchor in (1.0, *(float(f) for f in include if low <= f <= high)):
+        grid = [anchor if math.isclose(f, anchor, rel_tol=1e-9) else f for f in grid]
+        if anchor not in grid:
+            grid.append(anchor)
+    return sorted(set(grid))
 
 
 def _check_points(points: object) -> None:
@@ -188,17 +198,20 @@ def build_settings(task: TaskSpec, suite: SuiteSpec | None = None) -> list[Setti
     if isinstance(suite.random, bool) or not isinstance(suite.random, int) or suite.random < 0:
         raise RlflatError(f"random must be a non-negative integer, got {suite.random!r}")
 
-    def factors_of(name: str) -> list[float]:
+    _check_severities(suite.severities)
+
+    def factors_of(name: str, points: int) -> list[float]:
         if name in suite.factors:
             given = sorted({task.check_factor(name, f) for f in suite.factors[name]})
             return given if 1.0 in given else sorted([*given, 1.0])
-        return sweep_factors(*task.parameters[name].range, suite.points)
+        return sweep_factors(*task.parameters[name].range, points, include=suite.severities)
 
     settings = [Setting(NOMINAL, factor=1.0)]
     for name in parameters:
-        settings += [Setting(name, ((name, f),), factor=f) for f in factors_of(name)]
+        settings += [Setting(name, ((name, f),), factor=f) for f in factors_of(name, suite.points)]
     for a, b in suite.grids:
-        settings += [Setting(f"{a}:{b}", ((a, fa), (b, fb))) for fa in factors_of(a) for fb in factors_of(b)]
+        pairs = [(fa, fb) for fa in factors_of(a, suite.grid_points) for fb in factors_of(b, suite.grid_points)]
+        settings += [Setting(f"{a}:{b}", ((a, fa), (b, fb))) for fa, fb in pairs]
     if suite.random:
         box = suite.random_parameters or parameters or task.default_suite or tuple(task.parameters)
         rng = np.random.default_rng(suite.random_seed)
@@ -215,6 +228,16 @@ def build_settings(task: TaskSpec, suite: SuiteSpec | None = None) -> list[Setti
             noisy = Setting(family, action_noise=level) if family == ACTION_NOISE else Setting(family, obs_noise=level)
             settings.append(noisy)
     return settings
+
+
+def _check_severities(severities: Sequence[float]) -> None:
+    for factor in severities:
+        if (
+            isinstance(factor, bool)
+            or not isinstance(factor, int | float)
+            or not (factor > 0 and math.isfinite(factor))
+        ):
+            raise RlflatError(f"severities are factors of nominal (finite, > 0), got {list(severities)!r}")
 
 
 def _check_noise_families(task: TaskSpec, suite: SuiteSpec) -> None:

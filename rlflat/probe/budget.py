@@ -1,10 +1,10 @@
 """How much memory a probe needs, from its options and the policy's size (see :mod:`rlflat.memory`).
 
-The large allocations of a probe are: the probe batch and the autograd graph through it (Hessian-vector products
-keep a double-backward graph), the dense Hessian when ``n_params <= exact_threshold`` (n^2 float64, plus
-``eigvalsh``'s copy and workspace), Lanczos vectors, and the stacked parameter sets and rollout rows of the
-perturbation, landscape and interpolation stages (one stage at a time). The probe refuses, in one line, before it
-collects anything when their sum would not fit.
+The large allocations of a probe are: the probe batches (all ``batches`` replicates are kept) and the autograd
+graph through one (Hessian-vector products keep a double-backward graph), the dense Hessian when ``n_params <=
+exact_threshold`` (n^2 float64, plus ``eigvalsh``'s copy and workspace), Lanczos vectors, and the stacked parameter
+sets and rollout rows of the perturbation, return-sharpness, cliff, landscape and interpolation stages (one stage
+at a time). The probe refuses, in one line, before it collects anything when their sum would not fit.
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ def probe_bytes(opts: ProbeOptions, policy: FunctionalPolicy, n: int, task: Task
     widths = activation_widths(policy)
     obs_dim = math.prod(policy.observation_space.shape or (1,))
     measures = set(opts.measures)
-    parts: dict[str, float] = {
-        "batch": float(opts.batch) * (4 * obs_dim + 64 + 4 * GRAPH_COPIES * (obs_dim + sum(widths))),
-    }
+    stored = float(opts.batch) * (4 * obs_dim + 64) * opts.batches  # every replicate's batch is kept for the npz
+    parts: dict[str, float] = {"batch": stored + float(opts.batch) * 4 * GRAPH_COPIES * (obs_dim + sum(widths))}
     if measures & {"hessian", "trace", "density", "landscape", "worst_case"}:
         if measures & {"hessian", "density", "landscape"} and n <= opts.exact_threshold:
             parts["dense Hessian"] = 3 * 8 * float(n) ** 2
@@ -44,6 +43,13 @@ def probe_bytes(opts: ProbeOptions, policy: FunctionalPolicy, n: int, task: Task
     if "landscape" in measures:
         sets = max(float(opts.landscape_points), float(opts.landscape_points_2d) ** 2)
         stages["landscape"] = (sets, sets * opts.landscape_episodes)
+    if "return_sharpness" in measures:
+        sets = 1 + 2 * float(opts.return_directions) * len(opts.return_sigmas)  # filter and adaptive directions
+        stages["return sharpness"] = (sets, sets * opts.return_episodes)
+    if "cliff" in measures:
+        stages["cliff"] = (float(opts.cliff_points), float(opts.cliff_points) * opts.return_episodes)
+    if "magnitude_aware" in measures:
+        stages["magnitude-aware"] = (float(opts.magnitude_aware_samples), 0.0)  # fixed draws, no rollouts
     if opts.interpolate is not None:
         sets = float(opts.interpolation_steps) * 2 + 1
         stages["interpolation"] = (sets, sets * opts.episodes)

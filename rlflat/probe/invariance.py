@@ -69,6 +69,10 @@ _RETURN_DROP = (
     "expected return drop at sigma = s (0.05, 0.1, 0.2) along random {} directions, paired per episode with the "
     "unperturbed policy, divided by the task's R_ref - R_low; SE over directions x episodes"
 )
+_FISHER = "the Fisher of a reparametrised net is T^-T F T^-1, which changes its spectrum and trace"
+_FISHER_ADAPTIVE = (
+    "under a diagonal reparametrisation T that keeps pi (per-neuron rescaling), D F D maps to itself exactly"
+)
 _ASAM = "ASAM's ball ||eps / |theta| || <= rho maps onto itself (Kwon et al., 2021)"
 _CLIFF = (
     "Sullivan et al. (2022) cliff test along the filter-normalised policy gradient: return at the 10th grid point "
@@ -89,6 +93,41 @@ INVARIANCE: dict[str, Invariance] = {
     "lambda_max_over_trace": Invariance("lambda_max / trace (null unless trace > 0)", False, "exact", _HESSIAN),
     "lambda_max_over_abs_sum": Invariance("lambda_max / sum |lambda| (whole spectrum)", False, "exact", _HESSIAN),
     "negative_mass_fraction": Invariance("share of sum |lambda| on negative eigenvalues", False, "exact", _HESSIAN),
+    "negative_count_fraction": Invariance(
+        f"spectral mass below -1e-3 max|lambda| {_SPECTRUM} (eigenvalues or SLQ weights, one definition)",
+        False,
+        "exact",
+        _HESSIAN,
+    ),
+    "fisher_lambda_max": Invariance(
+        "largest eigenvalue of the policy's Fisher information (= Hessian of the mean KL at theta0 = Gauss-Newton "
+        "of the action distribution; Amari, 1998)",
+        False,
+        "exact",
+        _FISHER,
+    ),
+    "fisher_trace": Invariance("trace of the Fisher (Hutchinson)", False, "monte_carlo", _FISHER),
+    "fisher_rao_norm": Invariance(
+        "Fisher-Rao norm theta^T F theta (Liang et al., 2019)",
+        True,
+        "exact",
+        "F maps to T^-T F T^-1 under any linear reparametrisation theta -> T theta that keeps pi, so theta^T F theta "
+        "is unchanged",
+    ),
+    "fisher_adaptive_lambda_max": Invariance(
+        "largest eigenvalue of D F D, D = diag(|theta|): the Fisher in ASAM's scale-normalised coordinates",
+        True,
+        "exact",
+        _FISHER_ADAPTIVE,
+    ),
+    "fisher_adaptive_trace": Invariance(
+        "trace of D F D = sum_i theta_i^2 F_ii (Hutchinson)", True, "monte_carlo", _FISHER_ADAPTIVE
+    ),
+    "entropy": Invariance("confound: mean policy entropy on the probe batches", True, "exact", "a function of pi only"),
+    "max_action_prob": Invariance(
+        "confound: mean probability of the most likely action (Discrete)", True, "exact", "a function of pi only"
+    ),
+    "log_std": Invariance("confound: mean log-std of the actions (Box)", True, "exact", "a function of pi only"),
     "kl_sigma<s>": Invariance(f"mean KL(pi || perturbed pi) {_AVERAGE}", False, "monte_carlo", _FILTER),
     "action_change_sigma<s>": Invariance(f"share of changed greedy actions {_AVERAGE}", False, "monte_carlo", _FILTER),
     "loss_increase_sigma<s>": Invariance(f"loss increase {_AVERAGE}", False, "monte_carlo", _FILTER),
@@ -159,13 +198,27 @@ INVARIANCE: dict[str, Invariance] = {
 """The claims, by metrics key family (see the module docstring)."""
 
 NOT_MEASURES: frozenset[str] = frozenset(
-    {"file", "loss", "seed", "directions", "hessian_method", "density_method", "wall_seconds", "trace_stderr"}
+    {
+        "file",
+        "loss",
+        "seed",
+        "batches",
+        "batch_size",
+        "directions",
+        "hessian_method",
+        "density_method",
+        "wall_seconds",
+        "param_norm.<name>",
+    }
 )
-"""Keys of the metrics block that are labels, settings or costs, not measures."""
+"""Families (:func:`family`) of metrics keys that are labels, settings, costs or parameter descriptors (the
+per-tensor norms, recorded as confounds), not measures."""
 
 
 def family(key: str) -> str:
-    """The table key of a metrics key: sigmas become ``<s>`` (``kl_sigma0p1`` -> ``kl_sigma<s>``)."""
+    """The table key of a metrics key: sigmas become ``<s>`` (``kl_sigma0p1`` -> ``kl_sigma<s>``), parameter names
+    ``<name>`` (``param_norm.action_net.weight`` -> ``param_norm.<name>``)."""
+    key = re.sub(r"^param_norm\..+$", "param_norm.<name>", key)
     return re.sub(r"_sigma[0-9pm]+(?=_|$)", "_sigma<s>", key)
 
 

@@ -27,6 +27,7 @@ from rlflat.report import select
 from rlflat.report.censoring import MIN_COLLAPSE, censor_runs
 from rlflat.report.context import Context, label
 from rlflat.report.document import Document, to_html, to_markdown
+from rlflat.report.reliability import section_reliability
 from rlflat.report.sections_figures import section_robustness, section_sharpness, section_training
 from rlflat.report.sections_stability import section_stability
 from rlflat.report.sections_stats import section_comparisons, section_correlations
@@ -207,7 +208,7 @@ def build_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     _clean_outputs(out_dir)
     ctx = _context(study, out_dir, settings, figure_n_boot)
-    sections = (_section_overview, section_correlations, section_comparisons, section_robustness,
+    sections = (_section_overview, section_reliability, section_correlations, section_comparisons, section_robustness,
                 section_sharpness, section_training, section_stability)  # fmt: skip
     with tqdm(sections, desc="report", unit="section", disable=None if progress else True, file=sys.stderr,
               leave=False) as bar:  # fmt: skip

@@ -39,6 +39,14 @@ def path_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+SLOPE_COLUMNS = (
+    ("sharpness", "λ₁(H)"),
+    ("preconditioned_sharpness", "λ₁(P⁻¹H)"),
+    ("surrogate_preconditioned_sharpness", "surrogate λ₁(P⁻¹H)"),
+)
+"""(late level column, its name in the slope table): the loss's two sharpnesses and the policy surrogate's."""
+
+
 def late_levels(paths: pd.DataFrame) -> pd.DataFrame:
     """Per run: its constant learning rate and the median of each sharpness over the second half of its
     measurements (runs whose learning rate is not one number, i.e. a schedule, are left out)."""
@@ -49,15 +57,8 @@ def late_levels(paths: pd.DataFrame) -> pd.DataFrame:
         except ValueError:
             continue
         late = run.sort_values("timesteps").iloc[len(run) // 2 :]
-        rows.append(
-            {
-                "algo": algo,
-                "run_id": run_id,
-                "lr": lr,
-                "sharpness": float(late["sharpness"].median()),
-                "preconditioned_sharpness": float(late["preconditioned_sharpness"].median()),
-            }
-        )
+        levels = {c: float(late[c].median()) if c in late else float("nan") for c, _ in SLOPE_COLUMNS}
+        rows.append({"algo": algo, "run_id": run_id, "lr": lr, **levels})
     return pd.DataFrame(rows)
 
 
@@ -69,7 +70,7 @@ def threshold_slopes(levels: pd.DataFrame, confidence: float = 0.95) -> pd.DataF
     rows = []
     for algo, group in levels.groupby("algo", sort=True):
         row: dict[str, object] = {"algo": algo, "runs": len(group), "learning rates": group["lr"].nunique()}
-        for column, name in (("sharpness", "λ₁(H)"), ("preconditioned_sharpness", "λ₁(P⁻¹H)")):
+        for column, name in SLOPE_COLUMNS:
             ok = group[(group[column] > 0) & (group["lr"] > 0)]
             if ok["lr"].nunique() < 2 or len(ok) < 3:
                 row[f"slope of log late {name} on log η"] = "n/a"

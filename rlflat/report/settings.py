@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rlflat.errors import RlflatError
 
 DEFAULT_MEASURES = [
+    "probe.fisher_lambda_max",
+    "probe.fisher_trace",
     "probe.lambda_max",
     "probe.trace",
     "probe.return_halving_sigma",

@@ -182,7 +182,8 @@ def _check_compatible(study: LoadedStudy, study_dir: Path) -> None:
 
     The run id covers training only, so changed probe/evaluate settings would mix results in one table; a
     changed grid, seed list or name would silently turn the directory into another study. Only the report
-    settings, which change no result, may differ (``study.yaml`` is then rewritten with them).
+    settings, which change no result, may differ (``study.yaml`` is then rewritten with them). A stage switched
+    off before (``probe: false``) may be switched on: no run has its block yet.
     """
     path = study_dir / STUDY_FILE
     if not path.exists():
@@ -193,12 +194,15 @@ def _check_compatible(study: LoadedStudy, study_dir: Path) -> None:
         raise RlflatError(f"{exc}; the study there cannot be compared: use another --out") from None
     for stage in ("probe", "evaluate"):
         before, now = getattr(previous, stage), getattr(study.config, stage)
+        if before is None:  # the stage never ran: enabling it later (train first, probe later) mixes nothing
+            continue
         if before != now:
             raise RlflatError(
                 f"{study_dir} was run with {stage}: {before}, {study.source} asks {stage}: {now}; finished runs "
                 f"would mix settings: use another --out (or restore the setting)"
             )
-    before_dump, now_dump = previous.model_dump(exclude={"report"}), study.config.model_dump(exclude={"report"})
+    checked = {"report", "probe", "evaluate"}  # the stages were compared above
+    before_dump, now_dump = previous.model_dump(exclude=checked), study.config.model_dump(exclude=checked)
     for key, value in before_dump.items():
         if now_dump[key] != value:
             raise RlflatError(

@@ -46,9 +46,14 @@ _RULE_MARKER = {"": "o", "sam": "s", "asam": "^"}
 RULES = ("sam", "asam")
 
 _LABELS: dict[str, str] = {
-    "probe.lambda_max": "Hessian λ_max",
+    "probe.lambda_max": "surrogate Hessian λ_max",
+    "probe.fisher_lambda_max": "Fisher λ_max",
+    "probe.fisher_trace": "Fisher trace",
+    "probe.fisher_rao_norm": "Fisher-Rao norm",
+    "probe.fisher_adaptive_lambda_max": "adaptive Fisher λ_max",
+    "probe.fisher_adaptive_trace": "adaptive Fisher trace",
     "probe.lambda_min": "Hessian λ_min",
-    "probe.trace": "Hessian trace",
+    "probe.trace": "surrogate Hessian trace",
     "probe.lambda_max_over_trace": "λ_max / trace",
     "probe.return_halving_sigma": "return-halving σ",
     "probe.return_drop_adaptive_sigma0p1": "return drop at σ = 0.1 (adaptive)",
