@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="study dirs whose run dirs hold model.zip (N >= 20 for the README)")  # fmt: skip
     ap.add_argument("--batches", type=int, help="replicate batches per probe (default: the probe's)")
     ap.add_argument("--quick", action="store_true", help="the probe's --quick sizes (smoke runs)")
+    ap.add_argument("--measures", help="probe measures, comma-separated (default: the probe's)")
     ap.add_argument("--limit", type=int, help="only the first N runs (smoke runs)")
     ap.add_argument("--work", type=Path, help="scratch dir for the probes (default <study>/.reliability)")
     ap.add_argument("--out", type=Path, help="CSV table (default <study>/probe_reliability.csv)")
@@ -120,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     options: dict[str, Any] = {"quick": args.quick}
     if args.batches is not None:
         options["batches"] = args.batches
+    if args.measures is not None:
+        options["measures"] = args.measures
     work = args.work or args.study[0] / ".reliability"
     blocks: dict[str, list[dict[str, Any]]] = {}
     c0 = time.process_time()

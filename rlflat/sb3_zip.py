@@ -30,6 +30,7 @@ from stable_baselines3.common.torch_layers import FlattenExtractor
 from torch import nn
 
 from rlflat.errors import RlflatError
+from rlflat.memory import require_memory
 
 __all__ = ["ACTIVATIONS", "POLICY_CLASSES", "TRUST_HINT", "rebuild_policy", "zip_member_sizes"]
 
@@ -99,8 +100,6 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
             raise RlflatError(f"{path}: no {member!r} member, so not an SB3 model zip (members: {sorted(sizes)})")
     if sizes["data"] > _MAX_DATA_BYTES:
         raise RlflatError(f"{path}: its 'data' member is {sizes['data']} bytes, too large for SB3 model metadata")
-    from rlflat.memory import require_memory
-
     require_memory(2 * sizes["policy.pth"], f"reading {path}'s policy.pth ({sizes['policy.pth']} bytes)")
     try:
         with zipfile.ZipFile(path) as archive:

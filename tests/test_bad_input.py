@@ -5,7 +5,8 @@ inside a scratch workspace that is hashed (paths, modes, bytes) before and after
 careless user or a hostile file gives: corrupt, truncated and foreign zips, a zip without ``policy.pth`` or
 with a corrupt one, a malicious ``vecnormalize.pkl`` (in a run dir, or named without ``--trust``: the marker
 file it would create must not appear), corrupt ``config.json`` / ``metrics.json``, an ``--out`` that is a file or cannot be
-written, results that exist already (no ``--force``), impossible sizes, and a Ray head that is not there.
+written, results that exist already (no ``--force``), sizes that cannot fit in memory (refused from an estimate
+before anything is allocated), and a Ray head that is not there.
 """
 
 from __future__ import annotations
@@ -169,6 +170,15 @@ CASES: list[tuple[str, Main, list[str], str]] = [
      ["{good}", "--task", "CartPole", "--vecnormalize", "{evil_pkl}", *PROBE_FAST], "--trust"),
     ("evaluate-named-pickle-untrusted", evaluate_main,
      ["{good}", "--task", "CartPole", "--vecnormalize", "{evil_pkl}", *EVAL_FAST], "--trust"),
+    ("evaluate-points-huge", evaluate_main, ["{run}", "--out", "{missing}", "--points", "100000000", "--no-progress"],
+     "memory"),
+    ("evaluate-episodes-huge", evaluate_main, ["{run}", "--out", "{missing}", "--episodes", "1000000000",
+     "--no-progress"], "memory"),
+    ("probe-batch-huge", probe_main, ["{run}", "--out", "{missing}", "--batch", "1000000000000", "--no-progress"],
+     "memory"),
+    ("probe-directions-huge", probe_main, ["{run}", "--out", "{missing}", "--measures", "perturbation",
+     "--n-directions", "1000000000", "--no-progress"], "memory"),
+    ("train-steps-huge", train_main, ["ppo", "CartPole", "--steps", str(10**23), "--no-progress"], "maximum"),
     ("train-unknown-algo", train_main, ["ppo_typo", "CartPole", "--no-progress"], "ppo_typo"),
     ("train-unknown-task", train_main, ["ppo", "NoSuchTask", "--no-progress"], "NoSuchTask"),
     ("train-steps-zero", train_main, ["ppo", "CartPole", "--steps", "0", "--no-progress"], "--steps"),

@@ -15,7 +15,7 @@ from rlflat.probe.directions import layer_normalize, random_direction
 from rlflat.probe.hvp import HessianOperator, Params
 from rlflat.probe.landscape import barrier, interpolate, plane, slice_1d, slice_2d
 from rlflat.probe.losses import make_loss, scope_params
-from rlflat.probe.perturbation import perturbed_returns, stack_params, worst_case
+from rlflat.probe.perturbation import average_case, perturbed_returns, stack_params, worst_case
 from rlflat.probe.spectrum import eigenpairs, extreme_eigenpairs
 from rlflat.probe.worst_case import sam_sharpness
 from rlflat.tasks import load_task, make_env
@@ -202,3 +202,19 @@ def test_random_direction_defaults_to_filter_and_names_bad_kinds() -> None:
         random_direction(known.params, "bogus", seed=3)  # type: ignore[arg-type]
     with pytest.raises(RlflatError, match="^no parameter sets to stack$"):
         stack_params([])
+
+
+def test_average_case_keeps_the_nominal_returns_it_measured_against(
+    two_policies: tuple[FunctionalPolicy, FunctionalPolicy],
+) -> None:
+    """theta0's own returns (same evaluation episodes) are stored beside the curves, and are the nominal return."""
+    policy, _ = two_policies
+    batch = collect_batch(policy, CARTPOLE, 64, seed=0, n_envs=2)
+    params = scope_params(policy, "actor")
+    obs = policy.preprocess(batch.observations)
+    loss = make_loss(policy, batch, "nll")
+    scalars, arrays = average_case(policy, CARTPOLE, loss, params, obs, [0.5], n_directions=1, episodes=3,
+                                   eval_seed=7)  # fmt: skip
+    own = perturbed_returns(policy, CARTPOLE, [params], 3, seed=7)[0]
+    np.testing.assert_array_equal(arrays["perturbation_nominal_returns"], own)
+    assert scalars["nominal_return"] == pytest.approx(float(own.mean()), rel=1e-12) and scalars["return_floor"] == 0.0

@@ -9,6 +9,10 @@ its own compiled models) and steps them with :class:`~rlflat.evaluate.rollout.Gy
 finished episode (no Gymnasium autoreset). Rows are dealt round-robin, so the settings whose episodes end
 early do not leave one worker idle. Because the actions and seeds each env sees are exactly those of the
 in-process loop, returns are bit-identical to it for any number of workers.
+
+Workers start from a forkserver (no inherited torch threads): like every ``multiprocessing`` program that does
+not fork, a script calling the evaluator on a Gymnasium-fallback task needs the ``if __name__ == "__main__":``
+guard (the worker re-imports the script), or ``workers=1``.
 """
 
 from __future__ import annotations
@@ -79,7 +83,7 @@ class ProcessRows:
             for share in self._shares:
                 parent, child = context.Pipe()
                 proc = context.Process(
-                    target=_serve, args=(child, task, [dict(dynamics[i]) for i in share]), daemon=True
+                    target=_serve, args=(child, task, [dict(dynamics[int(i)]) for i in share]), daemon=True
                 )
                 proc.start()
                 child.close()

@@ -157,29 +157,27 @@ def _print_summary(result: Mapping[str, Any], seconds: Mapping[str, float], out_
     print(out_dir / PROBE_JSON)
 
 
+def _print_return_and_published(result: Mapping[str, Any]) -> None:
+    ret = result.get("return_sharpness") or {}
+    for kind in ("filter", "adaptive"):
+        entry = ret.get(kind) or {}
+        for i, sigma in enumerate(ret.get("sigmas") or ()):
+            value = {"drop": entry["drop"][i], "drop_se": (entry.get("drop_se") or [None] * (i + 1))[i]}
+            print(f"return drop {kind} sigma {sigma:g}: {_pm(value, 'drop')} (of R_ref - R_low)")
+    if cliff := result.get("cliff"):
+        print(
+            f"cliff (Sullivan et al. 2022): share of lines {_pm(cliff, 'indicator')}  drop / range {_pm(cliff, 'drop_over_range')}"
+        )
+    if keskar := result.get("keskar"):
+        print(f"Keskar eps-sharpness (eps {keskar['eps']:g}): {_pm(keskar, 'sharpness')} %")
+    if mag := result.get("magnitude_aware"):
+        print(f"Jiang magnitude-aware sigma' {_pm(mag, 'sigma')}  1/sigma'^2 {_pm(mag, 'flatness')}")
+
+
 def _pm(entry: Mapping[str, Any], key: str) -> str:
     """``x +- se`` (just ``x`` without a standard error)."""
     value, se = entry.get(key), entry.get(f"{key}_se")
     return _fmt(value) if se is None or value is None else f"{_fmt(value)} +- {_fmt(se)}"
-
-
-def _print_return_and_published(result: Mapping[str, Any]) -> None:
-    ret = result.get("return_sharpness") or {}
-    for kind in ("filter", "adaptive"):
-        for entry in ret.get(kind) or []:
-            print(
-                f"return drop {kind} sigma {entry['sigma']:g}: {_fmt(entry['drop'])} +- {_fmt(entry['drop_se'])} "
-                f"(normalised by {ret['scale']['value']:g})"
-            )
-    if cliff := result.get("cliff"):
-        print(f"cliff (Sullivan et al. 2022): {cliff['cliff']}  drop / range {_fmt(cliff['drop_over_range'])}")
-    if keskar := result.get("keskar"):
-        print(f"Keskar eps-sharpness (eps {keskar['eps']:g}): {_fmt(keskar['sharpness'])} %")
-    if mag := result.get("magnitude_aware"):
-        print(
-            f"Jiang magnitude-aware sigma' {_fmt(mag['sigma'])} +- {_fmt(mag['sigma_se'])}  "
-            f"1/sigma'^2 {_fmt(mag['flatness'])}" + ("  (censored at the upper bound)" if mag["censored"] else "")
-        )
 
 
 def _fmt(x: Any) -> str:

@@ -45,7 +45,8 @@ CLIFF_RANGE_FRACTION = 0.25
 
 @dataclass(frozen=True)
 class CliffTest:
-    """``cliff`` is Sullivan et al.'s boolean; ``drop_over_range`` its magnitude ((R_0 - R_9) / range)."""
+    """``cliff`` is Sullivan et al.'s boolean; ``drop_over_range`` its magnitude ((R_0 - R_9) / range). The probe
+    also records ``indicator`` (1.0 / 0.0), whose mean over replicates is the share of lines with a cliff."""
 
     cliff: bool
     drop_over_range: float
@@ -103,9 +104,10 @@ def gradient_cliff(
     stderr = returns.std(1, ddof=1) / math.sqrt(episodes) if episodes > 1 else np.full(points, math.nan)
     scalars: dict[str, Any] = {
         **asdict(test),
+        "indicator": float(test.cliff),
         "alphas": alphas.tolist(),
         "mean_returns": means.tolist(),
-        "mean_returns_se": stderr.tolist(),
+        "mean_returns_stderr": stderr.tolist(),
         "floor": floor,
         "definition": "Sullivan et al. (2022): R_9 <= 0.5 R_0 and (R_0 - R_9) > 0.25 (max - min), returns above "
         "the task floor, along the filter-normalised policy gradient",

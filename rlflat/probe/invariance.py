@@ -11,7 +11,8 @@ Two function-preserving reparametrisations of an MLP policy are tested:
 * **Hidden-unit sign flips of a tanh layer** (tanh is odd): incoming weights and bias and outgoing weights of unit
   i negated. Deterministic measures must be unchanged (to float32 rounding); Monte-Carlo measures (random
   directions or noise draws, same seeds) change their draw relative to the network, so they must agree within
-  their reported standard error (``|a - b| <= 3 sqrt(se_a^2 + se_b^2)``).
+  their reported standard errors (``|a - b| <= t sqrt(se_a^2 + se_b^2)``, t a Student-t quantile with the
+  replicates' degrees of freedom, Bonferroni-corrected over the Monte-Carlo measures at 1%).
 
 Keys are those of the ``probe`` block of ``metrics.json`` (:func:`rlflat.probe.output.metrics_block`), with
 ``<s>`` standing for a sigma (``kl_sigma<s>`` covers ``kl_sigma0p1``, ...); ``<key>_se`` keys are the standard
@@ -167,7 +168,16 @@ INVARIANCE: dict[str, Invariance] = {
     "return_drop_adaptive_sigma<s>": Invariance(
         _RETURN_DROP.format("per-weight (d_i = |w_i| z_i)"), True, "monte_carlo", _ADAPTIVE
     ),
-    "cliff": Invariance(_CLIFF, False, "exact", _GRADIENT, witness="cliff_return_ratio"),
+    "cliff": Invariance(
+        _CLIFF + " (null unless every replicate agrees)", False, "exact", _GRADIENT, witness="cliff_return_ratio"
+    ),
+    "cliff_fraction": Invariance(
+        "share of the probe's replicate lines on which the cliff test fires",
+        False,
+        "exact",
+        _GRADIENT,
+        witness="cliff_return_ratio",
+    ),
     "cliff_drop_over_range": Invariance(
         "(R_0 - R_9) / (max - min) on the cliff line", False, "exact", _GRADIENT, witness="cliff_return_ratio"
     ),
@@ -242,3 +252,7 @@ def invariance_markdown() -> str:
         what = inv.what.replace("|", "\\|")
         lines.append(f"| `{key}` | {what} | {rescaling_words(inv)} | {sign_flip_words(inv)} |")
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m rlflat.probe.invariance > table.md: the README's table
+    print(invariance_markdown(), end="")

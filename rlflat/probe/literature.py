@@ -123,14 +123,15 @@ def keskar_sharpness(
 @dataclass(frozen=True)
 class MagnitudeAwareSigma:
     """sigma' and Jiang et al.'s 1 / sigma'^2 (``flatness``), the deviation reached, and whether the search hit
-    its upper bound without reaching the target (``censored``: sigma' >= upper, flatness <= 1 / upper^2)."""
+    its upper bound without reaching the target (``censored``: sigma' >= upper, flatness <= 1 / upper^2). The
+    ``*_stderr`` are this draw's Monte-Carlo SEs; the probe's SE over replicates supersedes them."""
 
     sigma: float
-    sigma_se: float
+    sigma_stderr: float
     """Monte-Carlo SE of sigma' by the delta method: SE of the mean deviation over the draws at sigma', divided
     by the slope of the mean deviation there (central difference at sigma' (1 +- 0.1)); NaN when flat."""
     flatness: float
-    flatness_se: float
+    flatness_stderr: float
     deviation: float
     target: float
     eps: float

@@ -109,9 +109,11 @@ class ProbeOptions:
     ascent_steps: int = 10
     # return-based sharpness (rlflat.probe.return_sharpness) and the cliff test (rlflat.probe.cliff)
     return_sigmas: tuple[float, ...] = (0.05, 0.1, 0.2)
-    return_directions: int = 8
-    return_episodes: int = 8
-    """Episodes per perturbed policy (return sharpness and the cliff line); directions x episodes give the CI."""
+    return_directions: int = 4
+    return_episodes: int = 4
+    """Episodes per perturbed policy (return sharpness and the cliff line). Per replicate 4 directions x 4 episodes
+    (1 + 2 x 3 x 4 policies = 100 rollouts), over the default 4 replicates 16 directions and 16 episodes: the SE
+    comes from the replicates."""
     return_scale: str = "task"
     """Divisor of return drops: 'task' = R_ref - R_low of the spec (as the evaluator normalises); 'solved_threshold'
     = the spec's solved threshold minus the task's worst return."""

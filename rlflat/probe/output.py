@@ -153,11 +153,13 @@ def metrics_block(
     (0.1 -> ``0p1``) along the configured kind: ``kl_sigma<s>`` (mean KL of perturbed vs original policy),
     ``action_change_sigma<s>`` (action disagreement rate; mean normalised |delta a| for Box actions),
     ``loss_increase_sigma<s>``; ``worst_case_raw``, ``worst_case_adaptive`` (multi-step),
-    ``worst_case_raw_one_step``, ``worst_case_adaptive_one_step``;
-    per return sigma s and kind filter/adaptive ``return_drop_<kind>_sigma<s>`` (expected normalised return drop,
-    :mod:`rlflat.probe.return_sharpness`); ``cliff`` (bool), ``cliff_drop_over_range`` and ``cliff_return_ratio``
+    ``worst_case_raw_one_step``, ``worst_case_adaptive_one_step``; per return sigma s and kind
+    filter/adaptive ``return_drop_<kind>_sigma<s>`` (expected normalised return drop,
+    :mod:`rlflat.probe.return_sharpness`); ``cliff`` (True/False when every replicate agrees, else None),
+    ``cliff_fraction`` (share of replicates with a cliff), ``cliff_drop_over_range``, ``cliff_return_ratio``
     (Sullivan et al., 2022); ``keskar_sharpness`` (Keskar et al., 2017, percent); ``magnitude_aware_sigma``,
-    ``magnitude_aware_flatness`` (1 / sigma'^2), ``magnitude_aware_censored`` (Jiang et al., 2020); ``wall_seconds``.
+    ``magnitude_aware_flatness`` (1 / sigma'^2), ``magnitude_aware_censored`` (on any replicate)
+    (Jiang et al., 2020); ``wall_seconds``.
     """
     hess = result.get("hessian") or {}
     perturbation = result.get("perturbation") or {}
@@ -216,21 +218,24 @@ def _worst_case_block(wc: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def return_and_published_block(result: Mapping[str, Any]) -> dict[str, Any]:
-    """Flat keys of the return-based and published-definition measures (None where not run)."""
+    """Flat keys (each with its replicate SE) of the return-based and published-definition measures (None where
+    not run)."""
     block: dict[str, Any] = {}
     ret = result.get("return_sharpness") or {}
-    for sigma in result["config"].get("return_sigmas") or ():
+    for i, sigma in enumerate(ret.get("sigmas") or ()):
         for kind in ("filter", "adaptive"):
-            entry: Mapping[str, Any] = next((e for e in ret.get(kind) or [] if e["sigma"] == sigma), {})
-            key = f"return_drop_{kind}_sigma{sigma_key(sigma)}"
-            block[key], block[f"{key}_se"] = entry.get("drop"), entry.get("drop_se")
+            _with_se(block, f"return_drop_{kind}_sigma{sigma_key(sigma)}", ret.get(kind), "drop", i)
     cliff = result.get("cliff") or {}
-    block["cliff"], block["cliff_drop_over_range"] = cliff.get("cliff"), cliff.get("drop_over_range")
-    block["cliff_return_ratio"] = cliff.get("return_ratio")
-    block["keskar_sharpness"] = (result.get("keskar") or {}).get("sharpness")
+    block["cliff"] = cliff.get("cliff") if isinstance(cliff.get("cliff"), bool) else None
+    _with_se(block, "cliff_fraction", cliff, "indicator")
+    _with_se(block, "cliff_drop_over_range", cliff, "drop_over_range")
+    _with_se(block, "cliff_return_ratio", cliff, "return_ratio")
+    _with_se(block, "keskar_sharpness", result.get("keskar"), "sharpness")
     mag = result.get("magnitude_aware") or {}
-    for key in ("sigma", "sigma_se", "flatness", "flatness_se", "censored"):
-        block[f"magnitude_aware_{key}"] = mag.get(key)
+    _with_se(block, "magnitude_aware_sigma", mag, "sigma")
+    _with_se(block, "magnitude_aware_flatness", mag, "flatness")
+    censored = mag.get("censored")
+    block["magnitude_aware_censored"] = any(censored) if isinstance(censored, list) else censored
     return block
 
 

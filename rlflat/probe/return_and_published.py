@@ -24,19 +24,26 @@ from rlflat.probe.return_sharpness import return_sharpness
 from rlflat.probe.seeding import subseed
 from rlflat.tasks import TaskSpec
 
-__all__ = ["cliff_measures", "keskar_measures", "magnitude_aware_measures", "return_sharpness_measures"]
+__all__ = [
+    "RETURN_AND_PUBLISHED",
+    "cliff_measures",
+    "keskar_measures",
+    "magnitude_aware_measures",
+    "return_sharpness_measures",
+]
 
-EVAL_SEED = 0
-"""Episode e of every evaluation starts from seed e (as :data:`rlflat.probe.measures.EVAL_SEED`)."""
+RETURN_AND_PUBLISHED: tuple[str, ...] = ("return_sharpness", "cliff", "keskar", "magnitude_aware")
+"""The stages of this module, in the order the probe runs them."""
 
 Scalars = dict[str, Any]
 Arrays = dict[str, np.ndarray]
 
 
 def return_sharpness_measures(
-    policy: FunctionalPolicy, spec: TaskSpec, params: Params, opts: ProbeOptions
+    policy: FunctionalPolicy, spec: TaskSpec, params: Params, opts: ProbeOptions, eval_seed: int
 ) -> tuple[Scalars, Arrays]:
-    """Expected normalised return drop at ``opts.return_sigmas`` along filter and adaptive directions."""
+    """Expected normalised return drop at ``opts.return_sigmas`` along filter and adaptive directions; episode e
+    starts from ``eval_seed + e`` (each replicate its own episodes)."""
     return return_sharpness(
         policy,
         spec,
@@ -45,7 +52,7 @@ def return_sharpness_measures(
         n_directions=opts.return_directions,
         episodes=opts.return_episodes,
         seed=subseed(opts.seed, "return-sharpness"),
-        eval_seed=EVAL_SEED,
+        eval_seed=eval_seed,
         scale=opts.return_scale,
     )
 
@@ -57,6 +64,7 @@ def cliff_measures(
     loss_fn: LossFn,
     params: Params,
     opts: ProbeOptions,
+    eval_seed: int,
 ) -> tuple[Scalars, Arrays]:
     """Sullivan et al.'s cliff test along the policy gradient of the probe batch (the surrogate's, whatever
     ``opts.loss`` is)."""
@@ -69,7 +77,7 @@ def cliff_measures(
         points=opts.cliff_points,
         span=opts.cliff_span,
         episodes=opts.return_episodes,
-        eval_seed=EVAL_SEED,
+        eval_seed=eval_seed,
     )
 
 

@@ -19,10 +19,12 @@ Direction kinds (both give E ||sigma d||^2 = sigma^2 ||theta||^2 restricted to w
   invariant under per-neuron rescaling of a ReLU net (Dinh et al., 2017), filter normalisation is not
   (:data:`rlflat.probe.invariance.INVARIANCE`).
 
-Uncertainty. Directions and episodes are crossed (every direction is run on the same E episodes), so the standard
-error of the grand mean is that of a two-way random-effects design, Var = s_d^2/K + s_e^2/E + s_r^2/(KE),
-estimated from the ANOVA mean squares as (MS_dir + MS_ep - MS_res) / (KE) (floored at MS_res / (KE));
-the 95% CI is mean +- 1.96 se (normal approximation).
+Uncertainty. Within one probe replicate, directions and episodes are crossed (every direction is run on the same E
+episodes), so the standard error of the grand mean is that of a two-way random-effects design,
+Var = s_d^2/K + s_e^2/E + s_r^2/(KE), estimated from the ANOVA mean squares as (MS_dir + MS_ep - MS_res) / (KE)
+(floored at MS_res / (KE)): ``drop_stderr``. The probe repeats the stage on B replicates with their own directions
+and episodes, and reports the mean over replicates with its SE (:mod:`rlflat.probe.pooling`), which contains both
+sources; a 95% CI is drop +- 1.96 se.
 """
 
 from __future__ import annotations
@@ -56,8 +58,6 @@ __all__ = [
 
 RETURN_SIGMAS: tuple[float, ...] = (0.05, 0.1, 0.2)
 RETURN_DIRECTION_KINDS: tuple[str, ...] = ("filter", "adaptive")
-
-_Z95 = 1.959963984540054
 
 
 def adaptive_direction(params: Mapping[str, torch.Tensor], seed: Seed) -> Params:
@@ -148,12 +148,13 @@ def return_sharpness(
     eval_seed: int = 0,
     scale: str = "task",
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Expected normalised return drop at each sigma and direction kind, with its crossed SE and 95% CI.
+    """Expected normalised return drop at each sigma and direction kind, with its crossed SE.
 
     Each kind draws K directions from its own stream ``subseed(seed, 'return-' + kind)``; the same directions
-    serve every sigma. Returns ``(scalars, arrays)``: per kind a list over sigmas of ``{sigma, drop, drop_se,
-    ci_low, ci_high}``, plus the nominal return and the scale; arrays ``return_sharpness_<kind>_returns``
-    (K, S, E) and ``return_sharpness_nominal_returns`` (E,).
+    serve every sigma. Returns ``(scalars, arrays)``: per kind ``drop`` and ``drop_stderr`` (lists over sigmas;
+    ``drop_stderr`` is the crossed SE of this one set of directions and episodes, superseded in ``probe.json`` by
+    the SE over the probe's replicates, each of which draws its own directions and episodes), the nominal return
+    and the scale; arrays ``return_sharpness_<kind>_returns`` (K, S, E) and ``return_sharpness_nominal_returns``.
     """
     sig = _check(sigmas, kinds, n_directions, episodes)
     norm = return_scale(task, scale)
@@ -170,18 +171,13 @@ def return_sharpness(
         "episodes": episodes,
         "nominal_return": float(nominal.mean()),
         "scale": {"value": norm.value, "source": norm.source, "reference": norm.reference, "floor": norm.floor},
-        "se_method": "crossed directions x episodes (two-way random effects); CI = mean +- 1.96 se",
+        "se_method": "drop_stderr: crossed directions x episodes of one replicate (two-way random effects)",
     }
     arrays: dict[str, np.ndarray] = {"return_sharpness_nominal_returns": nominal}
     size = n_directions * sig.size
     for i, kind in enumerate(kinds):
         block = returns[1 + i * size : 1 + (i + 1) * size].reshape(n_directions, sig.size, episodes)
         arrays[f"return_sharpness_{kind}_returns"] = block
-        scalars[kind] = [_drop(float(s), (nominal[None, :] - block[:, j, :]) / norm.value) for j, s in enumerate(sig)]
+        estimates = [crossed_mean_se((nominal[None, :] - block[:, j, :]) / norm.value) for j in range(sig.size)]
+        scalars[kind] = {"drop": [m for m, _ in estimates], "drop_stderr": [se for _, se in estimates]}
     return scalars, arrays
-
-
-def _drop(sigma: float, drops: np.ndarray) -> dict[str, Any]:
-    mean, se = crossed_mean_se(drops)
-    half = _Z95 * se
-    return {"sigma": sigma, "drop": mean, "drop_se": se, "ci_low": mean - half, "ci_high": mean + half}

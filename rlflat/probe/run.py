@@ -1,5 +1,7 @@
 """``probe_run``: sharpness measures of one trained policy, written beside it (``python -m rlflat.probe``).
 
+Every stage runs on ``batches`` independent probe batches (replicates with their own seeds) and every scalar is
+reported as the mean over them with its standard error, ``x`` beside ``x_se`` (:mod:`rlflat.probe.pooling`).
 Writes ``probe.json`` (scalars plus the full config needed to reproduce them) and ``probe.npz`` (eigenvalues,
 spectral density, perturbation curves, landscape grids, and the probe batch under ``observations``, ``actions``,
 ...; see :data:`rlflat.probe.output.ARRAY_KEYS`) into the run directory or ``out``; for a run directory also a
@@ -49,6 +51,7 @@ from rlflat.probe.options import (
 from rlflat.probe.output import METRICS_JSON, PROBE_JSON, metrics_block, probe_config, write_probe
 from rlflat.probe.pooling import pool, replicate_seed
 from rlflat.probe.return_and_published import (
+    RETURN_AND_PUBLISHED,
     cliff_measures,
     keskar_measures,
     magnitude_aware_measures,
@@ -204,8 +207,7 @@ def _stages(opts: ProbeOptions, other: FunctionalPolicy | None) -> list[str]:
     measures = set(opts.measures)
     names = ["batch", "gradient"]
     names += ["hessian"] if measures & {"hessian", "trace", "density"} else []
-    names += [m for m in ("fisher", "perturbation", "worst_case") if m in measures]
-    names += [m for m in ("return_sharpness", "cliff", "keskar", "magnitude_aware", "landscape") if m in measures]
+    names += [m for m in ("fisher", "perturbation", "worst_case", *RETURN_AND_PUBLISHED, "landscape") if m in measures]
     return names + (["interpolation"] if other is not None else [])
 
 
@@ -315,7 +317,7 @@ def _replicate(
         )
         arrays.update(warr)
     result["perturbation"] = perturbation
-    _return_and_published(policy, spec, batch, loss_fn, params, obs, opts, run, result, arrays)
+    _return_and_published(policy, spec, batch, loss_fn, params, obs, opts, run, eval_seed, result, arrays)
     if "landscape" in measures:
         result["landscape"], larr = run(
             "landscape", lambda: landscape_measures(policy, spec, loss_fn, params, op, vectors, opts)
@@ -352,13 +354,14 @@ def _return_and_published(
     obs: Tensor,
     opts: ProbeOptions,
     run: Callable[[str, Callable[[], Any]], Any],
+    eval_seed: int,
     result: dict[str, Any],
     arrays: dict[str, np.ndarray],
 ) -> None:
     """The return-based stages and the published-definition stages (None where not selected)."""
     stages: dict[str, Callable[[], tuple[dict[str, Any], dict[str, np.ndarray]]]] = {
-        "return_sharpness": lambda: return_sharpness_measures(policy, spec, params, opts),
-        "cliff": lambda: cliff_measures(policy, spec, batch, loss_fn, params, opts),
+        "return_sharpness": lambda: return_sharpness_measures(policy, spec, params, opts, eval_seed),
+        "cliff": lambda: cliff_measures(policy, spec, batch, loss_fn, params, opts, eval_seed),
         "keskar": lambda: keskar_measures(loss_fn, params, opts),
         "magnitude_aware": lambda: magnitude_aware_measures(policy, params, obs, opts),
     }

@@ -28,6 +28,7 @@ from rlflat.report.brackets import tie_within_brackets
 from rlflat.report.censoring import MIN_COLLAPSE, censor_runs
 from rlflat.report.context import Context, label
 from rlflat.report.document import Document, to_html, to_markdown
+from rlflat.report.published import section_published
 from rlflat.report.reliability import section_reliability
 from rlflat.report.sections_figures import section_robustness, section_sharpness, section_training
 from rlflat.report.sections_flatness import section_flatness_vs_algorithm
@@ -243,7 +244,7 @@ def build_report(
     _clean_outputs(out_dir)
     ctx = _context(study, out_dir, settings, figure_n_boot)
     sections = (_section_overview, section_reliability, section_flatness_vs_algorithm, section_correlations,
-                section_comparisons, section_robustness,
+                section_comparisons, section_published, section_robustness,
                 section_sharpness, section_training, section_stability)  # fmt: skip
     with tqdm(sections, desc="report", unit="section", disable=None if progress else True, file=sys.stderr,
               leave=False) as bar:  # fmt: skip

@@ -7,12 +7,13 @@ study config's ``report:`` block with :class:`ReportSettings`; the report reads 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rlflat.errors import RlflatError
 
@@ -40,6 +41,45 @@ DEFAULT_CONFOUNDS = ["probe.entropy"]
 """Per-run confounds partialled out of the flatness-vs-robustness correlation, when the runs table has them."""
 
 
+def parse_setting(text: str) -> tuple[str, float]:
+    """``nominal`` -> (``nominal``, 1.0); ``action_noise=0.2`` / ``torso_mass=1.5`` -> (family, level)."""
+    if text.strip() == "nominal":
+        return "nominal", 1.0
+    family, sep, level = text.partition("=")
+    try:
+        value = float(level)
+    except ValueError:
+        value = math.nan
+    if not sep or not family.strip() or not math.isfinite(value):
+        raise ValueError(f"setting {text!r} must be nominal, action_noise=<sigma> or <parameter>=<factor>")
+    return family.strip(), value
+
+
+class PublishedRow(BaseModel):
+    """One published setting: ``nominal``, ``action_noise=0.2`` or ``<parameter>=<factor>``, and values by algo."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    setting: str
+    values: dict[str, float]
+
+    @field_validator("setting")
+    @classmethod
+    def _setting(cls, value: str) -> str:
+        parse_setting(value)
+        return value
+
+
+class Published(BaseModel):
+    """Someone else's numbers to set beside ours, per setting of the robustness suite (same protocol)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str
+    """Who measured them and how (seeds, episodes, version), printed above the table."""
+    rows: list[PublishedRow] = Field(min_length=1)
+
+
 class ReportSettings(BaseModel):
     """Settings of one report; every field has a default, so ``report: {}`` is valid."""
 
@@ -63,6 +103,8 @@ class ReportSettings(BaseModel):
     """Seed of every resampling and permutation."""
     collapse_frac: float | None = Field(default=None, gt=0.0, lt=1.0)
     """Collapse threshold drawn on the curves; None: the evaluator's ``robustness.collapse_frac`` from the data."""
+    published: Published | None = None
+    """Published returns at settings of the suite; the report sets ours (mean over seeds, t interval) beside them."""
 
 
 def _describe(exc: ValidationError) -> str:

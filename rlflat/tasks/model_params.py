@@ -117,7 +117,7 @@ def set_model_parameters(env: Any, spec: TaskSpec, values: Mapping[str, float]) 
         if columns is None:
             scaled[attr][rows] *= factor
         else:
-            scaled[attr][np.ix_(rows, columns)] *= factor
+            scaled[attr][np.ix_(rows, np.array(columns))] *= factor
         if factor != 1.0:
             for column, fixed in parameter.set_columns.items():
                 scaled[attr][rows, column] = fixed
