@@ -19,6 +19,7 @@ from rlflat.cli import run_cli
 from rlflat.errors import RlflatError
 from rlflat.evaluate.__main__ import main as evaluate_main
 from rlflat.evaluate.budget import rollout_bytes
+from rlflat.evaluate.suites import SuiteSpec, count_settings
 from rlflat.memory import available_memory, format_bytes, require_memory
 from rlflat.probe.__main__ import main as probe_main
 from rlflat.sweep.__main__ import main as sweep_main
@@ -70,12 +71,13 @@ def test_evaluate_estimate_is_wired_for_ordinary_sizes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], cartpole_zip: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     task = load_task("CartPole")
-    need = rollout_bytes(task, 20 * 4, settings=4, episodes=20)  # nominal + 3 factors of length
-    assert 80 * 500 < need < 80 * 5000  # measured ~1.5 KiB per row for a 64x64 policy; a few hundred B + widths
+    settings = count_settings(task, SuiteSpec(parameters=("length",), points=2))  # nominal + length's factors
+    need = rollout_bytes(task, 20 * settings, settings=settings, episodes=20)
+    assert 20 * settings * 500 < need < 20 * settings * 5000  # measured ~1.5 KiB/row for 64x64; 16 units: less
     monkeypatch.setattr(memory, "available_memory", lambda: int(need) // 2)
     out = tmp_path / "out"
     argv = [str(cartpole_zip), "--task", "CartPole", "--suite", "length", "--points", "2", "--out", str(out)]
-    _refused(capsys, evaluate_main, argv, out, "4 settings x 20 episodes")
+    _refused(capsys, evaluate_main, argv, out, f"{settings} settings x 20 episodes")
 
 
 @pytest.mark.parametrize(
