@@ -35,20 +35,10 @@ import pandas as pd
 import torch
 
 from rlflat.io import write_atomic
+from rlflat.probe.invariance import NOT_MEASURES, family
 from rlflat.probe.output import metrics_block
 from rlflat.probe.run import last_timing, make_options, probe_run
 
-SKIP = (
-    "file",
-    "loss",
-    "seed",
-    "batches",
-    "batch_size",
-    "directions",
-    "hessian_method",
-    "density_method",
-    "wall_seconds",
-)
 HEADLINE, UNFIT = 0.9, 0.8
 
 
@@ -107,7 +97,7 @@ def _long(blocks: dict[str, list[dict[str, Any]]]) -> pd.DataFrame:
     for run, pair in blocks.items():
         for probe, block in enumerate(pair):
             for key, value in block.items():
-                if key in SKIP or key.endswith("_se") or key.startswith("param_norm."):
+                if family(key) in NOT_MEASURES or key.endswith("_se"):
                     continue
                 if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
                     rows.append({"run": run, "probe": probe, "measure": key, "value": float(value)})
