@@ -367,7 +367,7 @@ probe:
 evaluate:
   suite: {parameters: [length, masspole], grids: ["length:masscart"], points: 3}
   episodes: 2
-report: {n_boot: 50, n_perm: 99}
+report: {n_boot: 50, n_perm: 99, include_unsolved: true}  # a few thousand steps never solve CartPole
 """
 
 
@@ -389,7 +389,7 @@ def _supported_figures(study: Path) -> set[str]:
         with np.load(npz) as data:
             keys |= set(data.files)
     robust = pd.concat([pd.read_parquet(p) for p in study.glob("*/robustness.parquet")])
-    wanted = {"correlation_heatmap", "sharpness_vs_robustness", "robustness_curves"}
+    wanted = {"correlation_heatmap", "sharpness_vs_robustness", "robustness_curves", "within_algorithm"}
     wanted |= {f"dynamics_grid_CartPole_{f.replace(':', '-')}" for f in robust["family"].unique() if ":" in f}
     if {"density_grid", "density"} <= keys:
         wanted.add("hessian_density")

@@ -110,8 +110,8 @@ def _sentence(r: pd.Series) -> str:
 def section_flatness_vs_algorithm(ctx: Context) -> None:
     doc, runs = ctx.doc, ctx.correlated
     doc.heading("Flatness or algorithm?")
-    if not ctx.measures or not ctx.metrics or runs["algo"].nunique() < 2:
-        doc.note("Needs headline measures and metrics and at least two algorithms.")
+    if not ctx.measures or not ctx.metrics or len(runs) < S.MIN_N or runs["algo"].nunique() < 2:
+        doc.note(f"Needs headline measures and metrics and runs ({len(runs)} entered) of at least two algorithms.")
         return
     confounds = [c for c in ctx.settings.confounds if c in runs.columns and SEL.varying(runs, [c])]
     absent = [c for c in ctx.settings.confounds if c not in confounds]

@@ -63,6 +63,11 @@ def section_correlations(ctx: Context) -> None:
     if not ctx.measures or not ctx.metrics:
         doc.note("No varying headline sharpness measure or robustness metric in the runs table.")
         return
+    if len(runs) < S.MIN_N:
+        doc.note(
+            f"{len(runs)} solved run(s): nothing to correlate (report: {{include_unsolved: true}} keeps the rest)."
+        )
+        return
     corr = S.correlation_table(
         runs, ctx.measures, ctx.metrics, seed=ctx.seed, pooled=len(ctx.study.tasks) > 1, n_perm=ctx.settings.n_perm
     )
