@@ -35,10 +35,10 @@ import pandas as pd
 import torch
 
 from rlflat.io import write_atomic
+from rlflat.probe.invariance import NOT_MEASURES, family
 from rlflat.probe.output import metrics_block
 from rlflat.probe.run import last_timing, make_options, probe_run
 
-SKIP = ("file", "loss", "seed", "batches", "directions", "hessian_method", "density_method", "wall_seconds")
 HEADLINE, UNFIT = 0.9, 0.8
 
 
@@ -58,8 +58,10 @@ def probe_twice(run: Path, work: Path, options: dict[str, Any]) -> list[dict[str
         wanted = asdict(make_options(seed=seed, update_metrics=False, **options))
         cached = out / "probe.json"
         result = json.loads(cached.read_text()) if cached.exists() else None
-        if result is None or any(result["config"].get(k) != json.loads(json.dumps(v)) for k, v in wanted.items()):
-            result = probe_run(run, out=out, seed=seed, update_metrics=False, progress=False, **options)
+        config = {} if result is None else result["config"]
+        stale = any(k in config and config[k] != json.loads(json.dumps(v)) for k, v in wanted.items())
+        if result is None or stale:  # (options added since the cached probe are taken at their defaults)
+            result = probe_run(run, out=out, seed=seed, update_metrics=False, progress=False, force=True, **options)
         blocks.append(metrics_block(result, out, run, last_timing()))
     return blocks
 
@@ -95,7 +97,7 @@ def _long(blocks: dict[str, list[dict[str, Any]]]) -> pd.DataFrame:
     for run, pair in blocks.items():
         for probe, block in enumerate(pair):
             for key, value in block.items():
-                if key in SKIP or key.endswith("_se") or key.startswith("param_norm."):
+                if family(key) in NOT_MEASURES or key.endswith("_se"):
                     continue
                 if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
                     rows.append({"run": run, "probe": probe, "measure": key, "value": float(value)})
