@@ -9,7 +9,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= results/demo
 
-.PHONY: demo test lint venv
+.PHONY: demo test lint venv mutation
 
 venv: $(VENV)/.installed
 
@@ -43,3 +43,9 @@ lint: $(VENV)/.installed-test
 
 test: lint
 	OMP_NUM_THREADS=1 $(VENV)/bin/pytest
+
+# Mutation score of the numeric core per module (benchmarks/mutation.py; not part of `make test`: it takes
+# hours for every mutant, so MUTATION_ARGS defaults to a seeded sample of 30 mutants per module).
+MUTATION_ARGS ?= --sample 30
+mutation: $(VENV)/.installed-test
+	OMP_NUM_THREADS=1 $(PY) benchmarks/mutation.py $(MUTATION_ARGS)

@@ -7,7 +7,11 @@ Prints, in one run:
   2. the exact spectrum of a real CartPole 64x64 PPO actor on the probe's surrogate loss and batch (seconds, peak RSS);
   3. returns of 20 perturbed copies x 10 episodes: one batched ``rollout_returns`` call (K stacked parameter sets)
      vs a loop over perturbed SB3 policy copies stepping a Gymnasium env with ``predict`` (target >= 50x), with the
-     returns checked identical.
+     returns checked identical;
+  4. the default probe of a CartPole PPO run against that run's training (the task spec's 100k steps, trained
+     here): probe / training CPU-seconds ratio (target <= 1.0) and seconds per probe stage (``--probe-only``
+     runs just this part; ``--train-steps`` shortens the training for a smoke run, which makes the ratio
+     meaningless).
 
 Usage: OMP_NUM_THREADS=1 python benchmarks/probe_speed.py [--run RUN_DIR_OR_ZIP] [--quick] [--batch 4096]
 Times are CPU seconds of this process (robust to other jobs on shared cores); peak memory is VmHWM, reset per stage.
@@ -36,7 +40,9 @@ from rlflat.probe.batch import collect_batch
 from rlflat.probe.hvp import HessianOperator
 from rlflat.probe.losses import make_loss, scope_params
 from rlflat.probe.perturbation import draw_directions, perturbed_returns
+from rlflat.probe.run import last_timing, probe_run
 from rlflat.tasks import load_task, make_env
+from rlflat.train import resolve_run_config, train_run
 
 CARTPOLE = load_task("CartPole")
 
@@ -188,6 +194,26 @@ def batched_vs_loop(model_zip: Path, k: int, episodes: int, sigma: float) -> dic
     }
 
 
+def probe_vs_training(tmp: Path, steps: int | None, seed: int = 0) -> dict[str, Any]:
+    """Train a CartPole PPO run, then probe it with the default options; CPU seconds of each (this process)."""
+    config = resolve_run_config("ppo", "CartPole", seed=seed, steps=steps)
+    c0 = time.process_time()
+    run_dir = train_run(config, tmp / "run", progress=False)
+    train_cpu = time.process_time() - c0
+    c0 = time.process_time()
+    result = probe_run(run_dir, out=tmp / "probe", update_metrics=False, progress=False)
+    probe_cpu = time.process_time() - c0
+    hess = result["hessian"] or {}
+    return {
+        "train_cpu_s": train_cpu,
+        "probe_cpu_s": probe_cpu,
+        "ratio": probe_cpu / train_cpu,
+        "stages_wall_s": last_timing(),
+        "batches": result["config"]["batches"],
+        "lambda_max": (hess.get("lambda_max"), hess.get("lambda_max_se")),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--run", help="run dir or SB3 zip of a CartPole policy (default: an untrained 64x64 PPO)")
@@ -195,8 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sigma", type=float, default=0.1, help="filter-normalised perturbation scale")
     ap.add_argument("--quick", action="store_true", help="smoke sizes (numerics --quick, batch 512, 5 x 2)")
     ap.add_argument("--skip-numerics", action="store_true", help="skip part 1 (the numerics helper's benchmark)")
+    ap.add_argument("--probe-only", action="store_true", help="run only part 4 (probe vs training)")
+    ap.add_argument("--train-steps", type=int, help="part 4 training steps (default: the task spec's)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.probe_only:
+        _print_probe_vs_training(args.train_steps)
+        return 0
     if not args.skip_numerics:
         print("== 1. numerics (benchmarks/probe_numerics_speed.py) ==")
         num = _numerics(args.quick)
@@ -230,7 +261,21 @@ def main(argv: list[str] | None = None) -> int:
             f"batched {res['batched_s']:.2f} s cpu vs loop {res['loop_s']:.2f} s cpu: {res['speedup']:.0f}x (>= 50x); "
             f"returns identical: {res['identical']} (mean {res['mean_return']:.1f}, {res['steps']:.0f} env steps)"
         )
+    _print_probe_vs_training(args.train_steps)
     return 0
+
+
+def _print_probe_vs_training(steps: int | None) -> None:
+    print("== 4. default probe vs training of a CartPole PPO run (CPU seconds, this process) ==")
+    with tempfile.TemporaryDirectory() as tmp:
+        res = probe_vs_training(Path(tmp), steps)
+    lam, se = res["lambda_max"]
+    print(
+        f"training {res['train_cpu_s']:.1f} s cpu, probe ({res['batches']} batches) {res['probe_cpu_s']:.1f} s cpu: "
+        f"probe/training {res['ratio']:.2f} (target <= 1.0); surrogate lambda_max {lam:.4g} +- {se:.2g}"
+    )
+    stages = res["stages_wall_s"]
+    print("probe seconds per stage (wall, all batches): " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
 
 
 if __name__ == "__main__":

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from rlflat.errors import RlflatError
 
@@ -32,7 +33,8 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
     try:
         return main(argv)
     except RlflatError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        lines = (line.strip() for line in str(exc).splitlines())  # a library's multi-line text inside a message
+        print(f"error: {' '.join(line for line in lines if line)}", file=sys.stderr)
         return 2
     except Terminated:
         print("terminated", file=sys.stderr)
@@ -71,7 +73,21 @@ def add_loading_flags(parser: argparse.ArgumentParser) -> None:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a usage error is an :class:`RlflatError`: one line, exit 2, like every other bad input."""
+    """argparse, but a usage error is an :class:`RlflatError`: one line, exit 2, like every other bad input.
+
+    Descriptions may be a module docstring's first line: its reST markup (````code````, ``:mod:`name```) is
+    shown as plain text in ``--help``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("description"):
+            kwargs["description"] = plain_text(kwargs["description"])
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise RlflatError(f"{self.prog}: {message}")
+
+
+def plain_text(text: str) -> str:
+    """reST inline markup as plain text: ``:role:`x``` -> ``x``, double backquotes dropped."""
+    return re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text).replace("``", "")

@@ -111,8 +111,13 @@ def check_output_dir(out: str | Path, flag: str = "--out", *, published: bool = 
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise RlflatError(f"{flag} {out}: {ancestor} is a file, not a directory; choose another {flag}")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise RlflatError(f"{flag} {out}: {ancestor} is not writable; choose another {flag}")
+    try:  # really try (an unnamed temporary file): permission bits say nothing for root or read-only mounts
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as exc:
+        raise RlflatError(
+            f"{flag} {out}: cannot write in {ancestor} ({exc.strerror or exc}); choose another {flag}"
+        ) from None
     return out
 
 
@@ -239,3 +244,20 @@ def update_json_block(path: str | Path, key: str, block: Any) -> Path:
         data = read_json_object(path)
         data[key] = block
         return write_json(path, data)
+
+
+def check_no_results(result: Path, metrics: Path | None, block: str, force: bool) -> None:
+    """Refuse to replace an earlier result unless ``force``: the ``result`` file, or ``block`` in ``metrics``.
+
+    Reads ``metrics`` first, so a corrupt ``metrics.json`` is a one-line error before any work (and any write)
+    whether or not ``force`` is given. Shared by the probe and the evaluator.
+    """
+    from rlflat.errors import RlflatError
+
+    recorded = read_json_object(metrics) if metrics is not None else {}
+    if force:
+        return
+    if result.exists():
+        raise RlflatError(f"{result} exists: add --force to replace it, or choose another --out")
+    if block in recorded:
+        raise RlflatError(f"{metrics} already has a {block} block: add --force to replace it")

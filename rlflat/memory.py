@@ -4,8 +4,8 @@ A batch of rollouts, a probe's stacked parameter sets or a dense Hessian grows w
 arguments; one typo (``--points 100000000``) would otherwise end in a ``MemoryError`` traceback or a kernel OOM
 kill minutes later. Every command adds up its largest allocations from its arguments alone and compares the sum
 with the memory available now (``MemAvailable`` of ``/proc/meminfo``, capped by a cgroup v2 limit when the process
-runs in one). The estimates are deliberately simple products; the tests hold them within a small factor of the
-measured peak.
+runs in one). The estimates are deliberately simple products whose constants were measured (see each budget
+module); they aim at the right order of magnitude, which is what separates a typo from a large job.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import io
 import json
 import math
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +30,7 @@ from stable_baselines3.common.torch_layers import FlattenExtractor
 from torch import nn
 
 from rlflat.errors import RlflatError
+from rlflat.memory import require_memory
 
 __all__ = ["ACTIVATIONS", "POLICY_CLASSES", "TRUST_HINT", "rebuild_policy", "zip_member_sizes"]
 
@@ -98,8 +100,6 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
             raise RlflatError(f"{path}: no {member!r} member, so not an SB3 model zip (members: {sorted(sizes)})")
     if sizes["data"] > _MAX_DATA_BYTES:
         raise RlflatError(f"{path}: its 'data' member is {sizes['data']} bytes, too large for SB3 model metadata")
-    from rlflat.memory import require_memory
-
     require_memory(2 * sizes["policy.pth"], f"reading {path}'s policy.pth ({sizes['policy.pth']} bytes)")
     try:
         with zipfile.ZipFile(path) as archive:
@@ -110,9 +110,11 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     if not isinstance(data, dict):
         raise RlflatError(f"{path}: 'data' is not a JSON object")
     try:
-        state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol before failing: one line only
+            warnings.simplefilter("ignore")
+            state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
     except Exception as exc:  # a corrupt or non-tensor policy.pth: one line, not torch's advice
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else ""
         raise RlflatError(f"{path}: policy.pth is not a readable tensor file ({type(exc).__name__}: {first})") from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise RlflatError(f"{path}: policy.pth does not hold a state dict of tensors")
@@ -135,8 +137,8 @@ def _policy_class(path: Path, field: Any) -> type[ActorCriticPolicy]:
         raise RlflatError(f"{path}: policy_class cannot be identified from its readable fields; {TRUST_HINT}")
     if name not in POLICY_CLASSES:
         raise RlflatError(
-            f"{path}: policy_class {name} is not one rlflat rebuilds safely (allowed: {', '.join(POLICY_CLASSES)}); "
-            f"{TRUST_HINT}"
+            f"{path}: policy_class {name} is not an on-policy actor-critic policy rlflat rebuilds safely "
+            f"(allowed: {', '.join(POLICY_CLASSES)}); {TRUST_HINT}"
         )
     return POLICY_CLASSES[name]
 
@@ -264,16 +266,16 @@ def _check_agrees(where: str, readable: dict[str, Any], rebuilt: spaces.Space | 
     """The zip's readable space must describe the task's: kind, shape, n, and bounds where readable."""
     if isinstance(task, spaces.Discrete):
         if not isinstance(rebuilt, spaces.Discrete) or (rebuilt.n, rebuilt.start) != (task.n, task.start):
-            raise RlflatError(f"{where} {rebuilt} does not match the task's {task}")
+            raise RlflatError(f"{where} {rebuilt} and the task's {task} do not match")
         return
     shape = tuple(readable.get("_shape", ()))
     if not isinstance(task, spaces.Box) or shape != task.shape or readable.get("dtype") != str(task.dtype):
-        raise RlflatError(f"{where} (shape {shape}, dtype {readable.get('dtype')}) does not match the task's {task}")
+        raise RlflatError(f"{where} (shape {shape}, dtype {readable.get('dtype')}) and the task's {task} do not match")
     if isinstance(rebuilt, spaces.Box):
         for bound in ("low", "high"):
             zipped, expected = getattr(rebuilt, bound), getattr(task, bound)
             if not np.allclose(zipped, expected, rtol=1e-6, atol=0.0):
-                raise RlflatError(f"{where}.{bound} {zipped} does not match the task's {expected}")
+                raise RlflatError(f"{where}.{bound} {zipped} and the task's {expected} do not match")
 
 
 def _check_state(path: Path, policy: nn.Module, state: Mapping[str, torch.Tensor]) -> None:

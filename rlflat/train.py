@@ -28,6 +28,9 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from tqdm.auto import tqdm
 
 from rlflat import algos
+from rlflat.algos.sharpness_tracking import COLUMNS as SHARPNESS_COLUMNS
+from rlflat.algos.sharpness_tracking import DEFAULT_EVERY as SHARPNESS_EVERY
+from rlflat.algos.sharpness_tracking import SharpnessTracker, path_summary
 from rlflat.cli import ArgumentParser, run_cli, set_torch_threads
 from rlflat.errors import RlflatError
 from rlflat.io import check_output_dir, package_versions, read_json, remove_stale_staging, staging_dir, write_json
@@ -36,6 +39,13 @@ from rlflat.policy import MODEL_FILE, NORMALIZER_FILE, FunctionalPolicy, Observa
 from rlflat.tasks import TaskSpec, list_tasks, load_task, make_env
 
 RUNS_DIR = Path("results/runs")
+MAX_TOTAL_TIMESTEPS = 10**8
+"""The most environment steps one run may take: 100x the largest budget in any shipped task spec (1e6 for
+MuJoCo, Box2D, Acrobot, MountainCar), and 1.4-9 hours at the 3-20k steps/s the reference study measured on one
+core. A larger value is a typo (``--steps 1e23`` would train for ever and grow the learning curve without end),
+not a study; the limit is in steps, so it holds for ``--steps``, ``--set total_timesteps`` and sweep configs."""
+CURVE_ROW_BYTES = 16
+"""Learning-curve memory per environment step: a 4-field row (~160 B) per episode, episodes >= 10 steps."""
 EVAL_EPISODES = 20
 VERSIONED_PACKAGES = ("rlflat", "torch", "gymnasium", "stable-baselines3", "numpy")
 
@@ -55,7 +65,39 @@ def resolve_run_config(
     if steps is not None:
         overrides["total_timesteps"] = steps
     hyperparameters = algos.resolve_hyperparameters(algo, spec, overrides)
+    check_training_size(spec, hyperparameters)
     return {"algo": algo, "task": spec.alias, "task_id": spec.id, "seed": int(seed), "hyperparameters": hyperparameters}
+
+
+def check_training_size(spec: TaskSpec, hyperparameters: Mapping[str, Any]) -> None:
+    """Refuse, in one line, more than :data:`MAX_TOTAL_TIMESTEPS` steps or a run whose rollout buffer, loss graph,
+    envs and learning curve would not fit in the memory available now (:mod:`rlflat.memory`)."""
+    from rlflat.evaluate.budget import GRAPH_COPIES, gym_row_bytes
+    from rlflat.memory import require_memory
+
+    total = int(hyperparameters["total_timesteps"])
+    if total > MAX_TOTAL_TIMESTEPS:
+        raise RlflatError(
+            f"total_timesteps (--steps) {total:.3g} is over the maximum {MAX_TOTAL_TIMESTEPS:.0e} (100x the largest shipped "
+            "task budget; hours of training at measured speeds)"
+        )
+    env = make_env(spec)
+    try:
+        obs_dim = math.prod(env.observation_space.shape or (1,))
+        act_dim = math.prod(env.action_space.shape or (1,))
+    finally:
+        env.close()
+    n_envs, n_steps = int(hyperparameters.get("n_envs", 1)), int(hyperparameters.get("n_steps", 2048))
+    net_arch = (hyperparameters.get("policy_kwargs") or {}).get("net_arch", [64, 64]) or []
+    widths = sum(sum(v) for v in net_arch.values()) if isinstance(net_arch, dict) else 2 * sum(net_arch)
+    rows = float(n_envs) * n_steps
+    need = (
+        rows * 4 * (obs_dim + act_dim + 8)  # SB3's float32 rollout buffer
+        + rows * 4 * GRAPH_COPIES * (obs_dim + widths)  # a full-batch loss graph (pg; ppo's minibatches are smaller)
+        + float(n_envs) * gym_row_bytes(spec)
+        + float(total) * CURVE_ROW_BYTES
+    )
+    require_memory(need, f"training with n_envs {n_envs} x n_steps {n_steps} and {total} steps")
 
 
 def run_id(config: Mapping[str, Any]) -> str:
@@ -122,6 +164,8 @@ def train_run(
         "versions": _versions(),
         "command": list(command) if command is not None else None,
         "device": device,
+        "torch_threads": torch.get_num_threads(),
+        "reproducibility": REPRODUCIBILITY,
     }
     diverged: algos.TrainingDiverged | None = None
     with staging_dir(out) as staging:  # a diverged run is published too, with its status: failed
@@ -145,6 +189,10 @@ def _train_into(
     total = int(hyperparameters["total_timesteps"])
     env = training_env(spec, hyperparameters, seed)
     model = algos.build_model(config["algo"], env, hyperparameters, seed=seed, device=device)
+    tracker = None
+    if hyperparameters.get("track_sharpness"):
+        tracker = SharpnessTracker(int(hyperparameters["track_sharpness"]), seed=seed)
+        model.update_observer = tracker
     effective = algos.effective_hyperparameters(model, hyperparameters)
     write_json(directory / "config.json", {**config, "effective_hyperparameters": effective})
     curve = _LearningCurve(total, progress=progress, label=f"{config['algo']} {spec.alias} s{seed}")
@@ -162,10 +210,12 @@ def _train_into(
         stats = NormalizationStats.from_vec_normalize(env)
         write_json(directory / NORMALIZATION_FILE, stats.to_json())  # what rlflat reads: data, not code
         normalizer = ObservationNormalizer.from_stats(stats)
-    curve.write_csv(directory / "train.csv")
+    curve.write_csv(directory / "train.csv", tracker.rows if tracker is not None else None)
     policy = FunctionalPolicy(model.policy, normalizer)
     returns = evaluate_nominal(policy, spec, EVAL_EPISODES)
+    tracked = {"sharpness_path": path_summary(tracker.rows)} if tracker is not None else {}
     return {
+        **tracked,
         "return_mean": float(np.mean(returns)),
         "return_std": float(np.std(returns)),
         "episodes": len(returns),
@@ -189,6 +239,15 @@ def evaluate_nominal(policy: FunctionalPolicy, spec: TaskSpec, episodes: int) ->
     from rlflat.evaluate import rollout_returns
 
     return rollout_returns(policy, spec, [{}], episodes=episodes, seed=0)[0, 0]
+
+
+REPRODUCIBILITY = (
+    "bit-identical when retrained from this config and seed on the same machine, torch build and thread count "
+    "(torch_threads); on another machine or build the same distribution, not the same numbers: the same run id "
+    "retrained elsewhere followed the same learning curve for 3,248 steps, then diverged (lambda_max 4.60 vs 24.33)"
+)
+"""What ``config.json`` promises about retraining a run (issue 10: floating-point results depend on the CPU's
+vector units and torch's kernels, so "reproducible on CPU" in general overstated it)."""
 
 
 def _versions() -> dict[str, str]:
@@ -223,23 +282,45 @@ class _LearningCurve(BaseCallback):
     def close(self) -> None:
         self._bar.close()
 
-    def write_csv(self, path: Path) -> None:
+    def write_csv(self, path: Path, tracked: Sequence[Mapping[str, float]] | None = None) -> None:
+        """Episode rows; with ``tracked`` (sharpness measurements) their rows too, merged in timestep order, each
+        kind of row leaving the other kind's columns empty."""
+        header = ["timesteps", "episode_return", "episode_length", "wall_seconds"]
+        rows: list[list[Any]] = [list(r) for r in self.rows]
+        if tracked is not None:
+            extra = list(SHARPNESS_COLUMNS)
+            rows = [r + [""] * len(extra) for r in rows]
+            rows += [[int(t["timesteps"]), "", "", ""] + [_cell(t[c]) for c in extra] for t in tracked]
+            rows.sort(key=lambda r: r[0])  # stable: a tracking row follows the episodes that ended before it
+            header += extra
         with open(path, "w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["timesteps", "episode_return", "episode_length", "wall_seconds"])
-            writer.writerows(self.rows)
+            writer.writerow(header)
+            writer.writerows(rows)
+
+
+def _cell(value: float) -> str | float:
+    return "" if not math.isfinite(value) else value
 
 
 def _parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m rlflat.train", description=__doc__.splitlines()[0])
     parser.add_argument("algo", nargs="?", help="algorithm, e.g. ppo, ppo_sam, pg_asam (see --list)")
     parser.add_argument("task", nargs="?", help="task alias or Gymnasium id, e.g. CartPole or CartPole-v1")
-    parser.add_argument("--steps", type=int, help="total environment steps (default: the task spec's)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help="total environment steps (default: the task spec's; at most 1e8, 100x the largest shipped task budget)",
+    )
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the network initialisation, the environments and SB3 (default 0)")  # fmt: skip
     parser.add_argument("--rho", type=float, help="SAM/ASAM neighbourhood radius")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a hyperparameter (repeatable; mapping values such as policy_kwargs merge)")  # fmt: skip
+    parser.add_argument("--track-sharpness", type=int, metavar="N", nargs="?", const=SHARPNESS_EVERY,
+                        help="every N updates (default N: %(const)s), log the top Hessian and Adam-preconditioned "
+                             "Hessian eigenvalues of the training loss to train.csv (the hyperparameter "
+                             "track_sharpness; off unless given)")  # fmt: skip
     parser.add_argument("--out", type=Path, help="run directory (default results/runs/<algo>-<task>-s<seed>-<id>)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or mps")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for small policies)")
@@ -265,6 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = algos.parse_overrides(args.overrides)
     if args.rho is not None:
         overrides["rho"] = args.rho
+    if args.track_sharpness is not None:
+        overrides["track_sharpness"] = args.track_sharpness
     set_torch_threads(args.threads)
     check_device(args.device)
     config = resolve_run_config(args.algo, args.task, seed=args.seed, steps=args.steps, overrides=overrides)

@@ -539,7 +539,7 @@ def test_only_checked_keys_are_settable() -> None:
     assert set(valid_keys("pg")) == {
         *("ent_coef", "gae_lambda", "gamma", "learning_rate", "max_grad_norm", "n_steps", "normalize_advantage"),
         *("policy_kwargs", "sde_sample_freq", "use_sde", "vf_coef", "weight_decay", "swa_start"),
-        *("n_envs", "normalize", "total_timesteps"),
+        *("n_envs", "normalize", "total_timesteps", "track_sharpness"),
     }
     extra = {"batch_size", "n_epochs", "clip_range", "clip_range_vf", "target_kl"}
     assert set(valid_keys("ppo_asam")) == set(valid_keys("pg")) | extra | {"rho", "sam_scope", "asam_eta"}

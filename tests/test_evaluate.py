@@ -217,7 +217,15 @@ def test_evaluate_table_and_metrics(models: dict[str, Path], tmp_path: Path) -> 
     out = tmp_path / "eval"
     out.mkdir()
     (out / "metrics.json").write_text(json.dumps({"train": {"final_return": 1.0}}))
-    suite = SuiteSpec(parameters=("length",), grids=(("length", "masscart"),), points=3, random=2, action_noise=(0.5,))
+    suite = SuiteSpec(
+        parameters=("length",),
+        grids=(("length", "masscart"),),
+        points=3,
+        grid_points=3,
+        severities=(),
+        random=2,
+        action_noise=(0.5,),
+    )
     table, block = evaluate_run(run, out=out, suite=suite, episodes=3)
     assert len(table) == 1 + 3 + 9 + 2 + 2
     written = pd.read_parquet(out / "robustness.parquet")
@@ -384,3 +392,27 @@ def test_gym_fallback_at_nominal_matches_plain_gymnasium(name: str, extra: str, 
     perturbed = rollout_returns(policy, task, [{parameter: low}], episodes=2, seed=3)[0, 0]
     np.testing.assert_allclose(perturbed, plain_returns(policy, task, {parameter: low}, range(3, 5)), rtol=1e-6)
     assert not np.array_equal(perturbed, got)
+
+
+def test_bare_zip_gets_its_own_folder_and_a_rerun_needs_force(
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rlflat.cli import run_cli
+
+    zip_path = tmp_path / "cart.zip"
+    zip_path.write_bytes((models["CartPole"] / "model.zip").read_bytes())
+    argv = [str(zip_path), "--task", "CartPole", "--suite", "length", "--points", "2", "--episodes", "1"]
+    argv.append("--no-progress")
+    assert run_cli(main, argv) == 0
+    out = tmp_path / "cart-evaluate"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cart-evaluate", "cart.zip"]
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "robustness.parquet"]
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert run_cli(main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--force" in err and _snapshot(out) == before
+    assert run_cli(main, [*argv, "--force", "--seed", "5"]) == 0
+    assert json.loads(before["metrics.json"])["robustness"]["seed"] == 0
+    assert json.loads((out / "metrics.json").read_text())["robustness"]["seed"] == 5  # replaced
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "robustness.parquet"]

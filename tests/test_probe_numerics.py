@@ -20,7 +20,7 @@ from rlflat.probe.directions import (
     raw_direction,
 )
 from rlflat.probe.hvp import HessianOperator, Params
-from rlflat.probe.perturbation import critical_sigma
+from rlflat.probe.perturbation import return_halving_sigma
 from rlflat.probe.seeding import subseed
 from rlflat.probe.spectrum import (
     density_from_eigenvalues,
@@ -499,16 +499,16 @@ def test_one_step_after_a_vanishing_gradient_follows_curvature(quad: Quadratic) 
     assert sam_sharpness(quad.loss, quad.params, rho, direction=top).start == "gradient"
 
 
-def test_critical_sigma_with_zero_sigma_and_negative_returns() -> None:
+def test_return_halving_sigma_with_zero_sigma_and_negative_returns() -> None:
     sigmas = [0.0, 0.1, 1.0]
     # a grid that starts at sigma = 0 (allowed by average_case): linear interpolation on the first segment
-    assert critical_sigma(sigmas, [500.0, 100.0, 10.0], 500.0) == pytest.approx(0.0625)
-    assert critical_sigma(sigmas, [500.0, 400.0, 100.0], 500.0) == pytest.approx(10**-0.5)  # log-midpoint
+    assert return_halving_sigma(sigmas, [500.0, 100.0, 10.0], 500.0) == pytest.approx(0.0625)
+    assert return_halving_sigma(sigmas, [500.0, 400.0, 100.0], 500.0) == pytest.approx(10**-0.5)  # log-midpoint
     # Pendulum-like: nominal -200, floor -1600; half way is -900, not 0.5 * -200 = -100 (better than nominal)
-    assert critical_sigma(sigmas, [-200.0, -150.0, -1000.0], -200.0, floor=-1600.0) == pytest.approx(
+    assert return_halving_sigma(sigmas, [-200.0, -150.0, -1000.0], -200.0, floor=-1600.0) == pytest.approx(
         10 ** (-1 + 750 / 850)  # -150 -> -1000 crosses -900 at 750 / 850 of the way, in log sigma
     )
-    assert critical_sigma(sigmas, [-200.0, -300.0, -800.0], -200.0, floor=-1600.0) is None
-    assert critical_sigma(sigmas, [-200.0, -300.0, -800.0], -200.0, floor=None) is None  # cannot normalise
+    assert return_halving_sigma(sigmas, [-200.0, -300.0, -800.0], -200.0, floor=-1600.0) is None
+    assert return_halving_sigma(sigmas, [-200.0, -300.0, -800.0], -200.0, floor=None) is None  # cannot normalise
     with pytest.raises(RlflatError):
-        critical_sigma([0.1, 0.1], [1.0, 1.0], 1.0)
+        return_halving_sigma([0.1, 0.1], [1.0, 1.0], 1.0)

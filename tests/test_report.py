@@ -176,6 +176,7 @@ def test_report_writes_every_figure_and_references_it(report_dir: Path) -> None:
         "landscape_2d",
         "landscape_2d_return",
         "learning_curves",
+        "within_algorithm",
     }
     written = {p.stem for p in (report_dir / "figures").glob("*.png")}
     assert written == expected
@@ -197,7 +198,9 @@ def test_html_is_self_contained(report_dir: Path) -> None:
 def test_report_states_findings_and_spanning_zero(report_dir: Path) -> None:
     md = (report_dir / "report.md").read_text()
     assert "1 failed run(s) excluded" in md
-    assert "Hessian λ_max vs robust AUC on CartPole: Spearman ρ = -" in md
+    assert "Hessian λ_max vs robust AUC on CartPole, across runs (between + within algorithms): Spearman ρ = -" in md
+    assert "runs entered; this n detects |ρ| ≥" in md  # every correlation sentence states n and its power
+    assert "## Flatness or algorithm?" in md and "The design's power for a within-algorithm |ρ| of 0.3" in md
     assert "the CI excludes zero: sharper runs were less robust" in md
     assert "the CI spans zero: no evidence" in md  # the trace is noise
     assert re.search(
@@ -346,6 +349,7 @@ steps: 3000
 grid: {n_epochs: [4]}
 probe:
   quick: true
+  batches: 2
   batch: 256
   batch_envs: 4
   measures: [hessian, trace, density, perturbation, landscape]
@@ -417,3 +421,74 @@ def test_report_renders_every_supported_figure_from_a_real_study(real_study: Pat
     corr = pd.read_csv(out / "tables" / "correlations.csv")
     assert set(corr["scope"]) == {S.ACROSS, S.WITHIN_ALGO}
     assert corr["ci_low"].isna().all()  # four runs: too few for any interval
+
+
+def test_skipped_runs_are_named_and_strict_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    study = make_study(tmp_path / "study")
+    runs = sorted(p for p in study.iterdir() if p.is_dir())
+    (runs[0] / "train.csv").write_text("\x00\x01garbage")
+    (runs[1] / "probe.npz").unlink()
+    (runs[2] / "robustness.parquet").write_bytes(b"PAR1 truncated")
+    out = tmp_path / "report"
+    assert run_cli(main, [str(study), "--out", str(out), "--strict", "--no-progress"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert not out.exists() and err[-1].startswith("error: 3 run(s) or run file(s) skipped")
+    assert f"skipped study/{runs[1].name}: probe.npz missing" in err
+    assert any(line.startswith(f"skipped study/{runs[0].name}: train.csv corrupt") for line in err)
+    assert any(line.startswith(f"skipped study/{runs[2].name}: robustness.parquet corrupt") for line in err)
+    R.build_report([study], out, seed=0, **FAST)  # without --strict: reported, the same three named
+    assert sum(line.startswith("skipped ") for line in capsys.readouterr().err.splitlines()) == 3
+    assert (out / "report.md").exists()
+
+
+def test_sharpness_axes_carry_the_probe_standard_error() -> None:
+    """Each run's point has a horizontal bar of +- its ``<measure>_se`` (the SE over the probe's batches)."""
+    from matplotlib.container import ErrorbarContainer
+
+    runs = pd.DataFrame(
+        {
+            "run_id": [f"r{i}" for i in range(4)],
+            "algo": ["ppo", "ppo", "ppo_sam", "ppo_sam"],
+            "task": "CartPole",
+            "probe.fisher_lambda_max": [10.0, 20.0, 5.0, 8.0],
+            "probe.fisher_lambda_max_se": [1.0, 2.0, 0.5, 0.25],
+            "robustness.auc_mean": [0.2, 0.1, 0.5, 0.4],
+        }
+    )
+    empty = pd.DataFrame(columns=["task", "measure", "metric", "method", "estimate", "ci_low", "ci_high"])
+    _fig, axes = F.plot_sharpness_vs_robustness(
+        runs, ["probe.fisher_lambda_max"], "robustness.auc_mean", empty, F.algo_palette(["ppo", "ppo_sam"]), n_boot=20
+    )
+    widths = []
+    for container in axes[0].containers:
+        if isinstance(container, ErrorbarContainer):
+            for segment in container.lines[2][0].get_segments():
+                widths.append(round(float(segment[1][0] - segment[0][0]), 6))
+    assert sorted(widths) == [0.5, 1.0, 2.0, 4.0]  # 2 se per run
+
+
+def test_reliability_section_marks_unfit_measures(tmp_path: Path) -> None:
+    study = make_study(tmp_path / "cartpole_sam", files=False)
+    runs = pd.read_parquet(study / "runs.parquet")
+    runs["probe.hessian.lambda_max_se"] = 0.1 * runs["probe.hessian.lambda_max"]
+    runs.to_parquet(study / "runs.parquet")
+    pd.DataFrame(
+        {
+            "measure": ["hessian.lambda_max", "fisher_lambda_max"],
+            "n": [20, 20],
+            "icc": [0.5, 0.95],
+            "icc_ci95": ["[0.1, 0.8]", "[0.9, 0.98]"],
+            "variance_ratio": [1.2, 40.0],
+        }
+    ).to_csv(study / "probe_reliability.csv", index=False)
+    out = R.build_report([study], tmp_path / "report", seed=0, **FAST)
+    md = (out / "report.md").read_text()
+    assert "## Probe uncertainty and reliability" in md
+    assert "UNFIT by reliability: Hessian λ_max" in md  # the headline measure with ICC 0.5
+    table = pd.read_csv(out / "tables" / "probe_reliability.csv")
+    assert table.set_index("measure")["verdict"].to_dict() == {
+        "hessian.lambda_max": "unfit",
+        "fisher_lambda_max": "headline",
+    }
+    uncertainty = pd.read_csv(out / "tables" / "probe_uncertainty.csv")
+    assert uncertainty["median SE / |value|"].tolist() == pytest.approx([0.1])

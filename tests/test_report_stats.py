@@ -179,7 +179,12 @@ def test_bad_choices_and_seeds_raise_rlflat_error() -> None:
     ("measure", "metric", "rho", "expected"),
     [
         ("probe.lambda_max", "robustness.auc_mean", -0.6, "sharper runs were less robust"),
-        ("probe.critical_sigma", "robustness.auc_mean", 0.6, "sharper runs were less robust"),  # higher sigma = flatter
+        (
+            "probe.return_halving_sigma",
+            "robustness.auc_mean",
+            0.6,
+            "sharper runs were less robust",
+        ),  # higher sigma = flatter
         ("probe.lambda_max", "robustness.collapsed_fraction", 0.6, "sharper runs were less robust"),
         ("probe.lambda_min", "robustness.auc_mean", -0.6, "sharper runs were more robust"),
         ("probe.trace", "robustness.collapse_log_factor_min", 0.6, "sharper runs were more robust"),
@@ -193,7 +198,7 @@ def test_orientation_reads_the_sign_through_both_axes(measure: str, metric: str,
 
 
 def test_orientation_signs() -> None:
-    assert O.sharpness_sign("probe.critical_sigma") == -1 and O.sharpness_sign("probe.hessian.lambda_max") == 1
+    assert O.sharpness_sign("probe.return_halving_sigma") == -1 and O.sharpness_sign("probe.hessian.lambda_max") == 1
     assert O.robustness_sign("robustness.collapsed_fraction") == -1
     assert O.robustness_sign("robustness.parameters.length.collapse_log_factor") == 1
     assert O.robustness_sign("robustness.parameters.length.collapse_factor") == 0

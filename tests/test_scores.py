@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from rlflat.errors import RlflatError
-from rlflat.evaluate import collapse_point, robustness_block
+from rlflat.evaluate import SuiteSpec, build_settings, collapse_point, robustness_block, sweep_factors
 from rlflat.evaluate.inert import dynamics_fingerprints, dynamics_groups
 from rlflat.evaluate.metrics import normalization
 from rlflat.tasks import list_tasks, load_spec_file, load_task
@@ -161,3 +161,89 @@ def test_unsolved_runs_are_flagged_from_the_nominal_return() -> None:
         table.loc[0, "return_mean"] = nominal
         assert robustness_block(table, task)["unsolved"] is unsolved
     assert np.isnan(normalization(task, 1.0, "nominal").apply(np.array([1.0]))).sum() == 0
+
+
+def test_default_grids_are_fine_and_always_hold_the_declared_severities() -> None:
+    task = load_task("CartPole")
+    settings = build_settings(task, SuiteSpec(parameters=("length", "masspole"), grids=(("length", "masspole"),)))
+    length = [s.factor for s in settings if s.family == "length"]
+    assert len(length) >= 21 and 0.5 in length and 2.0 in length and 1.0 in length
+    assert length[0] == 0.25 and length[-1] == 4.0
+    masspole = [s.factor for s in settings if s.family == "masspole"]
+    assert len(masspole) >= 21 and {0.5, 2.0} <= set(masspole)  # inserted: not points of the 10^(k/10) grid
+    grid = [s for s in settings if s.family == "length:masspole"]
+    axes = (
+        {f for s in grid for n, f in s.factors if n == "length"},
+        {f for s in grid for n, f in s.factors if n != "length"},
+    )
+    assert all(len(axis) >= 11 for axis in axes) and len(grid) == len(axes[0]) * len(axes[1])
+    # snapped onto the declared factors; 8 is outside the range: not added
+    assert sweep_factors(0.25, 4.0, 5, include=(0.5, 2.0, 8.0)) == [0.25, 0.5, 1.0, 2.0, 4.0]
+    with pytest.raises(RlflatError, match="severities are factors"):
+        build_settings(task, SuiteSpec(severities=(0.0,)))
+
+
+def test_severity_metrics_read_the_declared_factors_and_the_box() -> None:
+    task = load_task("CartPole")
+    table = _table([0.25, 0.5, 1.0, 2.0, 4.0], [0.1, 0.4, 1.0, 0.8, 0.2], [1, 2, 0, 3, 4])
+    table.attrs["severities"] = [0.5, 2.0]
+    block = robustness_block(table, task)
+    curve = block["parameters"]["p"]
+    assert curve["severity_return_x0p5"] == 0.4 and curve["severity_return_x2"] == 0.8
+    assert block["severity_return_x0p5"] == 0.4 and block["severity_return_x2"] == 0.8
+    table.attrs["severities"] = [0.7071067811865476]  # between grid points: interpolated in log-factor
+    assert robustness_block(table, task)["parameters"]["p"]["severity_return_x0p707107"] == pytest.approx(0.7)
+
+
+def test_collapsed_fraction_box_counts_settings_inside_the_severity_box() -> None:
+    task = load_task("CartPole")
+    table = _table([0.25, 0.5, 1.0, 2.0, 4.0], [0.1, 0.4, 1.0, 0.8, 0.2], [1, 2, 0, 3, 4])
+    table = table.rename(columns={"p": "length"}).assign(family=lambda t: t["family"].replace("p", "length"))
+    table["length"] = table["length"] * 0.5  # absolute values (nominal 0.5)
+    table.attrs.update(severities=[0.5, 2.0], quantity_columns=["length"])
+    block = robustness_block(table, task)
+    assert block["n_settings_box"] == 2 and block["collapsed_fraction_box"] == 0.5  # x0.5 collapsed, x2 not
+    assert block["n_settings"] == 4 and block["collapsed_fraction"] == 0.75
+
+
+def test_rescore_renormalises_saved_returns_without_rollouts(tmp_path: Path) -> None:
+    import shutil
+
+    from rlflat.evaluate.rescore import main as rescore_main
+    from rlflat.io import read_json
+
+    source = next((REPO / "results" / "cartpole_sam").glob("pg_sam-CartPole-s3-*"))
+    run = tmp_path / source.name
+    shutil.copytree(source, run, ignore=shutil.ignore_patterns("*.npz", "model.zip"))
+    assert rescore_main([str(tmp_path), "--normalization", "nominal"]) == 0
+    table = pd.read_parquet(run / "robustness.parquet")
+    nominal = float(table.loc[table["family"] == "nominal", "return_mean"].iloc[0])
+    assert table.loc[table["family"] == "nominal", "normalized_return"].iloc[0] == pytest.approx(1.0)
+    assert rescore_main([str(run)]) == 0
+    table = pd.read_parquet(run / "robustness.parquet")
+    ref = load_task("CartPole").reference_returns
+    assert ref is not None
+    expected = (table["return_mean"] - ref.low) / (ref.ref - ref.low)
+    assert np.allclose(table["normalized_return"], expected)
+    block = read_json(run / "metrics.json")["robustness"]
+    assert block["unsolved"] is (nominal < 475.0) and block["normalization"]["mode"] == "task"
+    assert rescore_main([str(tmp_path / "missing")]) == 2
+
+
+def test_collapse_values_in_one_bracket_are_ties() -> None:
+    from rlflat.report.brackets import tie_within_brackets
+
+    column = "robustness.collapse_log_factor_min"
+    runs = pd.DataFrame(
+        {
+            "task": ["T"] * 4,
+            column: [1.030, 1.034, 0.5, None],
+            f"{column}_bracket_low": [0.9, 0.9, 0.4, None],
+            f"{column}_bracket_high": [1.2, 1.2, 0.6, None],
+        }
+    )
+    tied, shared = tie_within_brackets(runs)
+    assert tied[column].iloc[0] == tied[column].iloc[1] == pytest.approx(1.05)  # same bracket: a tie
+    assert tied[column].iloc[2] == pytest.approx(0.5) and math.isnan(tied[column].iloc[3])  # censored left as is
+    assert shared == {column: 2}
+    assert runs[column].iloc[0] == 1.030  # the input is not modified

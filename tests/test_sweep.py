@@ -45,7 +45,7 @@ TINY_STUDY: dict[str, Any] = {
     "seeds": [0],
     "steps": 256,
     "grid": {**TINY_HP, "rho": [0.01, 0.1]},
-    "probe": {"batch": 64, "batch_envs": 2, "measures": ["trace"], "trace_probes": 2},
+    "probe": {"batches": 2, "batch": 64, "batch_envs": 2, "measures": ["trace"], "trace_probes": 2},
     "evaluate": {"suite": {"parameters": ["length"], "points": 3}, "episodes": 2},
 }
 
@@ -153,27 +153,43 @@ def _fake_train(run_dir: Path, job: RunJob) -> None:
         write_json(staging / "metrics.json", {"status": "ok", "train": {"return_mean": 1.0}})
 
 
-def test_rejected_run_is_a_failed_row_and_the_sweep_goes_on(
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        ({"rho": [0.1, -1.0]}, "n_steps=64 rho=-1.0: rho must be >= 0, got -1.0"),
+        ({"learning_rate": ["abc"]}, "learning_rate 'abc' is not a schedule"),
+        ({"n_steps": [64, "x", -3]}, "n_steps must be a number, got 'x' (and 1 more rejected runs)"),
+    ],
+)
+def test_a_rejected_run_stops_the_sweep_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], grid: dict[str, list[Any]], message: str
+) -> None:
+    path = _study(tmp_path, algos=["ppo_sam"], grid={**TINY_HP, **grid}, probe=False, evaluate=False)
+    out = tmp_path / "out"
+    for extra in (["--dry-run"], ["--backend", "serial"]):
+        assert run_cli(main, [str(path), "--out", str(out), "--no-progress", *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err and "nothing was run or written" in err
+        assert not out.exists()
+
+
+def test_an_existing_study_yaml_is_never_replaced_by_another_study(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setitem(pipeline.STAGE_RUNNERS, "train", _fake_train)
-    path = _study(tmp_path, algos=["ppo_sam"], grid={**TINY_HP, "rho": [0.1, -1.0]}, probe=False, evaluate=False)
+    path = _study(tmp_path, algos=["ppo"], grid=TINY_HP, probe=False, evaluate=False)
     out = tmp_path / "out"
-    assert main([str(path), "--out", str(out), "--dry-run"]) == 0
-    listing = capsys.readouterr().out
-    assert "invalid " in listing and "(config: rho must be >= 0, got -1.0)" in listing and "1 invalid" in listing
-    for _ in range(2):  # a rerun records it again (and again exits 1); the good run is not redone
-        assert main([str(path), "--out", str(out), "--backend", "serial", "--no-progress"]) == 1
-        printed = capsys.readouterr().out
-        assert "1 failed" in printed and "config: rho must be >= 0, got -1.0" in printed
-        table = pd.read_parquet(out / "runs.parquet").set_index("hp.rho")
-        assert len(table) == 2 and table["in_study"].all()
-        assert table.loc[0.1, "status"] == "ok"
-        bad = table.loc[-1.0]
-        assert bad["status"] == "failed" and bad["failed_stage"] == "config"
-        assert bad["error"] == "rho must be >= 0, got -1.0" and bad["algo"] == "ppo_sam" and bad["seed"] == 0
-        assert "config rejected" in (out / bad["log"]).read_text()
-    assert len(list(out.glob("ppo_sam-*"))) == 2
+    argv = ["--out", str(out), "--backend", "serial", "--no-progress"]
+    assert run_cli(main, [str(path), *argv]) == 0
+    kept = (out / "study.yaml").read_text()
+    other = _write(tmp_path / "other.yaml", {**yaml.safe_load(kept), "seeds": [0, 1]})
+    capsys.readouterr()
+    assert run_cli(main, [str(other), *argv]) == 2
+    assert "holds a different study (seeds: [0], " in capsys.readouterr().err
+    assert (out / "study.yaml").read_text() == kept and len(list(out.glob("ppo-*"))) == 1
+    reported = _write(tmp_path / "report.yaml", {**yaml.safe_load(kept), "report": {"n_boot": 500}})
+    assert run_cli(main, [str(reported), *argv]) == 0  # report settings change no result: accepted
+    assert (out / "study.yaml").read_text() == reported.read_text()
 
 
 def test_bad_flags_write_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -315,6 +331,19 @@ def test_dry_run_refuses_changed_stage_settings_like_the_real_run(
     for extra in (["--dry-run"], []):
         assert run_cli(main, [str(other), "--out", str(copy), *extra]) == 2
         assert "would mix settings" in capsys.readouterr().err
+
+
+def test_a_stage_switched_off_before_may_be_switched_on(swept: tuple[Path, Path], tmp_path: Path) -> None:
+    config, _ = swept
+    raw = yaml.safe_load(config.read_text())
+    study = tmp_path / "later"
+    trained_only = _write(tmp_path / "trained.yaml", {**raw, "evaluate": False})
+    assert main([str(trained_only), "--out", str(study), "--dry-run"]) == 0
+    (study).mkdir()
+    (study / "study.yaml").write_text(trained_only.read_text())
+    assert main([str(config), "--out", str(study), "--dry-run"]) == 0  # evaluate added: allowed
+    (study / "study.yaml").write_text(config.read_text())
+    assert run_cli(main, [str(trained_only), "--out", str(study), "--dry-run"]) == 2  # dropping a ran stage is not
 
 
 def test_rerun_skips_everything(swept: tuple[Path, Path], tmp_path: Path) -> None:
@@ -496,3 +525,26 @@ def test_config_does_not_import_the_pipeline() -> None:
     tree = ast.parse(Path(config_module.__file__).read_text())
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert "rlflat.sweep.stage_options" in imported and "rlflat.sweep.pipeline" not in imported
+
+
+def test_collect_names_every_skipped_run_and_strict_refuses(
+    swept: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, study = swept
+    copy = _copy(study, tmp_path)
+    runs = sorted(p for p in copy.iterdir() if p.is_dir() and p.name != "logs")
+    (runs[0] / "metrics.json").write_text("{ truncated")
+    (runs[1] / "config.json").unlink()
+    before = (copy / "runs.parquet").read_bytes()
+    capsys.readouterr()
+    assert run_cli(main, ["--collect", str(copy), "--strict"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"skipped {runs[0].name}: metrics.json corrupt (not valid JSON)",
+        f"skipped {runs[1].name}: config.json missing",
+        "error: 2 run folder(s) skipped (listed above); --strict: runs.parquet not written",
+    ]
+    assert (copy / "runs.parquet").read_bytes() == before
+    assert run_cli(main, ["--collect", str(copy)]) == 0
+    captured = capsys.readouterr()
+    assert "1 runs (0 failed, 2 skipped)" in captured.out and len(captured.err.splitlines()) == 2

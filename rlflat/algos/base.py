@@ -68,6 +68,9 @@ class FlatOnPolicyAlgorithm(OnPolicyAlgorithm):
     _perturbed: list[th.nn.Parameter]
     _all_params: list[th.nn.Parameter]
     _swa_model: AveragedModel | None
+    update_observer: Callable[[FlatOnPolicyAlgorithm], None] | None = None
+    """Called at the end of every ``train()`` (after the parameter check), e.g. to track sharpness along
+    training; it must not change the parameters, the optimizer, the buffer or any RNG. Not saved."""
 
     def _init_flatness(
         self,
@@ -120,7 +123,13 @@ class FlatOnPolicyAlgorithm(OnPolicyAlgorithm):
         self._swa_model = None
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_rule", "_perturbed", "_all_params", "_swa_model"]
+        excluded = ["_rule", "_perturbed", "_all_params", "_swa_model", "update_observer"]
+        return [*super()._excluded_save_params(), *excluded]
+
+    def objective_terms(self, batch: RolloutBufferSamples) -> dict[str, th.Tensor]:
+        """``{"loss": ..., "surrogate": ...}``: the loss ``train()`` minimises on ``batch`` at the current
+        parameters and schedules, and the policy surrogate alone (no value or entropy terms)."""
+        raise NotImplementedError
 
     # -- one update -------------------------------------------------------------------------------------
 
@@ -164,6 +173,8 @@ class FlatOnPolicyAlgorithm(OnPolicyAlgorithm):
         """End of one ``train()``: parameters must be finite; SWA averages them once past ``swa_start``."""
         self._iteration += 1
         self.check_parameters(f"at iteration {self._iteration} (timestep {self.num_timesteps})")
+        if self.update_observer is not None:
+            self.update_observer(self)
         if self.swa_start is not None and 1.0 - self._current_progress_remaining >= self.swa_start:
             # average a container of the parameters: deep-copying the policy fails on its cached distribution
             current = th.nn.ParameterList(self._all_params)

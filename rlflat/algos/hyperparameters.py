@@ -24,8 +24,9 @@ from rlflat.algos.schedules import normalize_schedule, parse_schedule
 from rlflat.errors import RlflatError, bad_choice
 from rlflat.tasks import TaskSpec
 
-RUN_KEYS = ("total_timesteps", "n_envs", "normalize")
-"""Keys train.py consumes (vec env and learn()); build_model ignores them."""
+RUN_KEYS = ("total_timesteps", "n_envs", "normalize", "track_sharpness")
+"""Keys train.py consumes (vec env, learn() and its observers); build_model ignores them. ``track_sharpness``
+(measure sharpness every N updates) changes no parameter, but it changes what the run directory holds."""
 FLATNESS_KEYS = ("weight_decay", "swa_start")
 """Flatness knobs valid with every rule."""
 _NOT_USER_KEYS = {
@@ -52,7 +53,7 @@ _ACTIVATIONS: dict[str, type[th.nn.Module]] = {
     "leaky_relu": th.nn.LeakyReLU,
 }
 _SCHEDULE_KEYS = ("learning_rate", "clip_range", "clip_range_vf")
-_POSITIVE_INTS = {"n_steps", "batch_size", "n_epochs", "total_timesteps", "n_envs"}
+_POSITIVE_INTS = {"n_steps", "batch_size", "n_epochs", "total_timesteps", "n_envs", "track_sharpness"}
 _INTS = {"sde_sample_freq"}
 _BOOLS = {"use_sde", "normalize_advantage", "normalize"}
 _UNIT_FLOATS = {"gamma", "gae_lambda"}
@@ -354,6 +355,7 @@ def effective_hyperparameters(model: FlatOnPolicyAlgorithm, hyperparameters: Map
     effective: dict[str, Any] = {
         k: p.default for k, p in defaults.items() if k in keys and p.default is not inspect.Parameter.empty
     }
+    effective["track_sharpness"] = None  # off unless set (not a resolved default: it would change every run id)
     effective.update(hyperparameters)
     for key in RULE_KEYS[model.update_rule]:
         effective[key] = getattr(model, key)  # the rule's value after its defaults were filled in

@@ -105,11 +105,7 @@ class PG(FlatOnPolicyAlgorithm):
         self, batch: RolloutBufferSamples, with_stats: bool = True
     ) -> tuple[th.Tensor, dict[str, float]]:
         """REINFORCE-with-baseline loss of the whole rollout, and (at theta only) its parts for logging."""
-        values, log_prob, entropy, advantages = self._evaluate(batch, self.normalize_advantage)
-        policy_loss = -(advantages * log_prob).mean()
-        value_loss = F.mse_loss(batch.returns, values)
-        entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
-        loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+        loss, policy_loss, value_loss, entropy_loss = self._loss_terms(batch)
         if not with_stats:
             return loss, {}
         stats = {
@@ -118,6 +114,20 @@ class PG(FlatOnPolicyAlgorithm):
             "entropy_loss": entropy_loss.item(),
         }
         return loss, stats
+
+    def _loss_terms(self, batch: RolloutBufferSamples) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor]:
+        """Loss, policy-gradient surrogate, value loss and entropy loss of a batch."""
+        values, log_prob, entropy, advantages = self._evaluate(batch, self.normalize_advantage)
+        policy_loss = -(advantages * log_prob).mean()
+        value_loss = F.mse_loss(batch.returns, values)
+        entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
+        loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+        return loss, policy_loss, value_loss, entropy_loss
+
+    def objective_terms(self, batch: RolloutBufferSamples) -> dict[str, th.Tensor]:
+        """The loss ``train()`` minimises on ``batch`` and the policy-gradient surrogate alone."""
+        loss, policy_loss = self._loss_terms(batch)[:2]
+        return {"loss": loss, "surrogate": policy_loss}
 
     def train(self) -> None:
         """One update on the full rollout (batch_size=None yields it as a single batch)."""

@@ -63,6 +63,28 @@ class RlflatPPO(FlatOnPolicyAlgorithm, PPO):
         with_stats: bool = True,
     ) -> tuple[th.Tensor, dict[str, float]]:
         """Clipped-surrogate PPO loss of one minibatch, and (at theta only) the statistics SB3 logs."""
+        terms = self._loss_terms(batch, clip_range, clip_range_vf)
+        loss, policy_loss, value_loss, entropy_loss = terms[:4]
+        if not with_stats:
+            return loss, {}
+        log_prob, ratio = terms[4:]
+        with th.no_grad():
+            log_ratio = log_prob - batch.old_log_prob
+            approx_kl = th.mean((th.exp(log_ratio) - 1) - log_ratio).item()  # Schulman's k3 estimator
+            clip_fraction = th.mean((th.abs(ratio - 1) > clip_range).float()).item()
+        stats = {
+            "policy_gradient_loss": policy_loss.item(),
+            "value_loss": value_loss.item(),
+            "entropy_loss": entropy_loss.item(),
+            "clip_fraction": clip_fraction,
+            "approx_kl": approx_kl,
+        }
+        return loss, stats
+
+    def _loss_terms(
+        self, batch: RolloutBufferSamples, clip_range: float, clip_range_vf: float | None
+    ) -> tuple[th.Tensor, ...]:
+        """Loss, clipped policy surrogate, value loss, entropy loss, log-probs and ratios of one minibatch."""
         values, log_prob, entropy, advantages = self._evaluate(batch, self.normalize_advantage)
         ratio = th.exp(log_prob - batch.old_log_prob)
         surrogate = advantages * ratio
@@ -76,20 +98,16 @@ class RlflatPPO(FlatOnPolicyAlgorithm, PPO):
         # without an analytic entropy (e.g. squashed Gaussians), -E[log p] estimates it
         entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
         loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
-        if not with_stats:
-            return loss, {}
-        with th.no_grad():
-            log_ratio = log_prob - batch.old_log_prob
-            approx_kl = th.mean((th.exp(log_ratio) - 1) - log_ratio).item()  # Schulman's k3 estimator
-            clip_fraction = th.mean((th.abs(ratio - 1) > clip_range).float()).item()
-        stats = {
-            "policy_gradient_loss": policy_loss.item(),
-            "value_loss": value_loss.item(),
-            "entropy_loss": entropy_loss.item(),
-            "clip_fraction": clip_fraction,
-            "approx_kl": approx_kl,
-        }
-        return loss, stats
+        return loss, policy_loss, value_loss, entropy_loss, log_prob, ratio
+
+    def objective_terms(self, batch: RolloutBufferSamples) -> dict[str, th.Tensor]:
+        """The loss ``train()`` minimises on ``batch`` now (clip ranges at the current progress), and the policy
+        surrogate alone; see :meth:`FlatOnPolicyAlgorithm.objective_terms`."""
+        progress = self._current_progress_remaining
+        clip_range = self.clip_range(progress)  # type: ignore[operator]
+        clip_range_vf = None if self.clip_range_vf is None else self.clip_range_vf(progress)  # type: ignore[operator]
+        loss, policy_loss = self._loss_terms(batch, clip_range, clip_range_vf)[:2]
+        return {"loss": loss, "surrogate": policy_loss}
 
     def train(self) -> None:
         """n_epochs passes of minibatch updates over the rollout, stopping early past 1.5 * target_kl."""

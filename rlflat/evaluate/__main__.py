@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from rlflat.cli import ArgumentParser, add_loading_flags, run_cli, set_torch_threads
 from rlflat.errors import RlflatError
-from rlflat.evaluate.api import METRICS_FILE, NOMINAL_EPISODES, TABLE_FILE, evaluate_run, resolve_task
+from rlflat.evaluate.api import METRICS_FILE, NOMINAL_EPISODES, TABLE_FILE, default_out, evaluate_run, resolve_task
+from rlflat.evaluate.budget import check_rollout_memory
 from rlflat.evaluate.metrics import NORMALIZATIONS
 from rlflat.evaluate.rollout import BACKENDS
-from rlflat.evaluate.suites import SuiteSpec, parse_grids, parse_levels, parse_suite
+from rlflat.evaluate.suites import SuiteSpec, count_settings, level_count, parse_grids, parse_levels, parse_suite
 
 
 def build_parser() -> ArgumentParser:
@@ -27,14 +29,22 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument("path", help="run directory (model.zip + config.json) or any SB3 on-policy .zip")
     parser.add_argument("--task", help="task name (required for a bare .zip; a run dir records its own)")
-    parser.add_argument("--out", help="output folder (default: the run dir, or the zip's folder)")
+    parser.add_argument("--out", help="output folder (default: the run dir; <stem>-evaluate/ beside a zip)")
+    parser.add_argument("--force", action="store_true", help="replace an earlier evaluation at the output")
     parser.add_argument("--suite", help="parameters to sweep one at a time: a,b,c | default | all")
     parser.add_argument("--grid", action="append", default=[], help="2-D grid over a:b (repeatable)")
     parser.add_argument("--factors", action="append", default=[], metavar="NAME=F1,F2,...",
                         help="explicit factors for one parameter's sweep (repeatable)")  # fmt: skip
-    parser.add_argument("--points", type=int, default=11, help="factors per axis, log-spaced (default 11)")
+    parser.add_argument("--points", type=int, default=21, help="factors per 1-D sweep, log-spaced (default 21)")
+    parser.add_argument("--grid-points", type=int, default=11, help="factors per 2-D grid axis (default 11)")
+    parser.add_argument(
+        "--severities",
+        default="0.5,2",
+        help="declared severities (factors): reported per parameter, always evaluated, and their [min, max] is the "
+        "box of collapsed_fraction_box (default 0.5,2)",
+    )
     parser.add_argument("--random", type=int, default=0, help="random settings, log-uniform in the box")
-    parser.add_argument("--random-seed", type=int, default=0)
+    parser.add_argument("--random-seed", type=int, default=0, help="seed drawing the --random settings (default 0)")
     parser.add_argument("--action-noise", help="levels lo:hi | a,b,c (sigma; probability for discrete)")
     parser.add_argument("--obs-noise", help="levels lo:hi | a,b,c (Gaussian sigma on the raw observation)")
     parser.add_argument("--episodes", type=int, default=20, help="episodes per setting (default 20)")
@@ -58,7 +68,8 @@ def build_parser() -> ArgumentParser:
         "--nominal-episodes", type=int, default=NOMINAL_EPISODES, help="episodes of the nominal row (default 100)"
     )
     parser.add_argument("--no-inert", action="store_true", help="skip the inert/saturated settings check")
-    parser.add_argument("--backend", choices=BACKENDS, default="auto")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="simulator: batched (rlflat's vectorised sims), gym (Gymnasium's env), auto (batched where available)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument(
         "--workers",
@@ -69,6 +80,13 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_loading_flags(parser)
     return parser
+
+
+def _severities(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise RlflatError(f"--severities {text!r} must be factors F1,F2,... (e.g. 0.5,2)") from None
 
 
 def _factors(texts: Sequence[str]) -> dict[str, list[float]]:
@@ -91,15 +109,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     factors = _factors(args.factors)
     parameters = parse_suite(task, args.suite) if args.suite else ()
     parameters += tuple(name for name in factors if name not in parameters)
-    suite = SuiteSpec(
+    dynamics = SuiteSpec(
         parameters=parameters,
         grids=parse_grids(task, args.grid),
         points=args.points,
+        grid_points=args.grid_points,
+        severities=_severities(args.severities),
         random=args.random,
         random_seed=args.random_seed,
+        factors=factors,
+    )
+    if args.episodes > 0:  # refuse an oversize suite before any of it is made (the evaluator checks again)
+        noise = sum(level_count(text, args.points) + 1 for text in (args.action_noise, args.obs_noise) if text)
+        check_rollout_memory(task, count_settings(task, dynamics, extra_levels=noise), args.episodes)
+        check_rollout_memory(task, 1, args.nominal_episodes, what="evaluate (nominal row)")
+    suite = replace(
+        dynamics,
         action_noise=parse_levels(args.action_noise, args.points, "--action-noise") if args.action_noise else (),
         obs_noise=parse_levels(args.obs_noise, args.points, "--obs-noise") if args.obs_noise else (),
-        factors=factors,
     )
     table, block = evaluate_run(
         args.path,
@@ -116,12 +143,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         detect_inert=not args.no_inert,
         backend=args.backend,
         progress=False if args.no_progress else None,
+        force=args.force,
         workers=args.workers,
         trust=args.trust,
         vecnormalize=args.vecnormalize,
     )
-    path = Path(args.path)
-    out = Path(args.out) if args.out else (path if path.is_dir() else path.parent)
+    out = Path(args.out) if args.out else default_out(args.path)
     print(_summary(block, len(table), out))
     return 0
 

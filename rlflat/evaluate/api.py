@@ -9,16 +9,17 @@ import numpy as np
 import pandas as pd
 
 from rlflat.errors import RlflatError
+from rlflat.evaluate.budget import activation_widths, check_rollout_memory
 from rlflat.evaluate.inert import PROBE_SEQUENCES, PROBE_STEPS, dynamics_fingerprints, dynamics_groups
 from rlflat.evaluate.metrics import normalization as make_normalization
 from rlflat.evaluate.metrics import robustness_block
 from rlflat.evaluate.rollout import Backend, _rollout, episodes_ci
-from rlflat.evaluate.suites import ACTION_NOISE, NOMINAL, OBS_NOISE, Setting, SuiteSpec, build_settings
-from rlflat.io import read_json, read_json_object, update_json_block, write_atomic
+from rlflat.evaluate.suites import ACTION_NOISE, NOMINAL, OBS_NOISE, Setting, SuiteSpec, build_settings, count_settings
+from rlflat.io import check_no_results, check_output_dir, read_json, read_json_object, update_json_block, write_atomic
 from rlflat.policy import FunctionalPolicy, load_policy
 from rlflat.tasks import TaskSpec, load_task
 
-__all__ = ["METRICS_FILE", "TABLE_FILE", "evaluate", "evaluate_run", "resolve_task"]
+__all__ = ["METRICS_FILE", "TABLE_FILE", "default_out", "evaluate", "evaluate_run", "resolve_task"]
 
 TABLE_FILE = "robustness.parquet"
 METRICS_FILE = "metrics.json"
@@ -63,6 +64,10 @@ def evaluate(
     """
     _check_collapse_frac(collapse_frac)
     _check_nominal_episodes(nominal_episodes)
+    if isinstance(episodes, int) and not isinstance(episodes, bool) and episodes > 0:  # else _rollout says why
+        widths = activation_widths(policy)
+        check_rollout_memory(task, count_settings(task, suite), episodes, widths, backend=backend)
+        check_rollout_memory(task, 1, nominal_episodes, widths, backend=backend, what="evaluate (nominal row)")
     settings = build_settings(task, suite)
     by_key: dict[tuple[object, ...], Setting] = {}  # equal physics and noise -> identical returns: run once
     for setting in settings:
@@ -102,6 +107,7 @@ def evaluate(
         )[0, 0]
     table = _table(task, settings, per_row, seed, deterministic, collapse_frac, normalization)
     table.attrs["nominal_episodes"] = len(per_row[0])
+    table.attrs["severities"] = [float(f) for f in (suite or SuiteSpec()).severities]
     if detect_inert:
         _flag_inert(table, task, settings, seed, backend)
     return table
@@ -213,34 +219,48 @@ def resolve_task(path: str | Path, task: str | TaskSpec | None = None) -> TaskSp
     return spec
 
 
+def default_out(path: str | Path) -> Path:
+    """Where an evaluation of ``path`` writes by default: the run dir, or ``<zip stem>-evaluate/`` beside a zip.
+
+    A bare zip gets a folder of its own (as the probe's ``<stem>-probe/``): two zips in one folder must not
+    share, and replace, one ``robustness.parquet``.
+    """
+    path = Path(path)
+    return path if path.is_dir() else path.with_name(f"{path.stem}-evaluate")
+
+
 def evaluate_run(
     path: str | Path,
     task: str | TaskSpec | None = None,
     out: str | Path | None = None,
     *,
     write: bool = True,
+    force: bool = False,
     trust: bool = False,
     vecnormalize: str | Path | None = None,
     **options: Any,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Evaluate a run dir or SB3 zip; write ``robustness.parquet`` and ``metrics.json``'s ``robustness`` block.
 
-    ``options`` are :func:`evaluate`'s (``suite``, ``episodes``, ...). ``out`` defaults to the run dir (or the
-    zip's folder). Everything is validated and computed before anything is written, so a failure leaves the
-    output folder as it was. ``trust`` and ``vecnormalize`` are :func:`rlflat.policy.load_policy`'s (by default
-    nothing is unpickled). Returns the table and the robustness block.
+    ``options`` are :func:`evaluate`'s (``suite``, ``episodes``, ...). ``out`` defaults to :func:`default_out`.
+    Everything is validated and computed before anything is written, so a failure leaves the output folder as
+    it was; an earlier evaluation there is refused unless ``force`` (then each file is replaced by an atomic
+    rename). ``trust`` and ``vecnormalize`` are :func:`rlflat.policy.load_policy`'s (by default nothing is
+    unpickled). Returns the table and the robustness block.
     """
     path = Path(path)
     spec = resolve_task(path, task)
+    out_dir = check_output_dir(Path(out) if out is not None else default_out(path)) if write else None
+    if out_dir is not None:
+        check_no_results(out_dir / TABLE_FILE, out_dir / METRICS_FILE, "robustness", force)
     policy = load_policy(path, spec, trust=trust, vecnormalize=vecnormalize)
     table = evaluate(policy, spec, **options)
     block = robustness_block(table, spec, table.attrs["collapse_frac"])
     block["table"] = TABLE_FILE
     block["policy"] = str(path)
-    if write:
-        out_dir = Path(out) if out is not None else (path if path.is_dir() else path.parent)
+    if out_dir is not None:
         metrics_path = out_dir / METRICS_FILE
-        read_json_object(metrics_path)  # a corrupt metrics.json fails here, before the table is written
+        read_json_object(metrics_path)  # changed meanwhile? still fail before the table is written
         write_atomic(out_dir / TABLE_FILE, lambda tmp: table.to_parquet(tmp, index=False))
         update_json_block(metrics_path, "robustness", block)
     return table, block

@@ -17,6 +17,11 @@ point at or above the threshold and the first below it. ``collapse_factor`` is t
 (smallest |log-factor|), and both sides are reported; ``None`` (JSON null) with ``collapsed_within_range:
 false`` when the curve never falls below the threshold inside the range.
 
+Brackets. The interpolated crossing is a guess between two evaluated factors; each curve carries that bracket
+(``collapse_bracket`` as factors, ``collapse_log_factor_bracket_low``/``_high`` as |log factor|), and so does the
+run's minimum (``collapse_log_factor_min_bracket_low``/``_high``). The report ranks collapse points by bracket:
+two runs whose crossings share a bracket are tied.
+
 Censoring. A curve that never collapses is right-censored at the edge of what was evaluated. Each parameter's
 block carries ``collapse_log_factor`` (nearest side, or null), ``collapsed_within_range`` and the bound
 ``max_log_factor`` (the largest |log factor| evaluated); the block's ``collapse_log_factor_min`` is the smallest
@@ -56,6 +61,7 @@ __all__ = [
     "return_floor",
     "robust_auc",
     "robustness_block",
+    "severity_tag",
 ]
 
 _PENDULUM_WORST_STEP = math.pi**2 + 0.1 * 8.0**2 + 0.001 * 2.0**2
@@ -273,7 +279,9 @@ def _curve(rows: pd.DataFrame, axis: str, collapse_frac: float, log: bool) -> di
         block["collapse_log_factor"] = collapse.log_distance
         bracket = collapse.bracket
         block["collapse_bracket"] = None if bracket is None else list(bracket)
-        block["collapse_log_factor_bracket"] = None if bracket is None else sorted(abs(math.log(f)) for f in bracket)
+        logs = None if bracket is None else sorted(abs(math.log(f)) for f in bracket)
+        block["collapse_log_factor_bracket_low"] = None if logs is None else logs[0]
+        block["collapse_log_factor_bracket_high"] = None if logs is None else logs[1]
         block["max_log_factor"] = max((abs(math.log(f)) for f in factors), default=0.0)
         block["inert_factors"] = inert
         block["saturated_factors"] = merged
@@ -284,6 +292,24 @@ def _curve(rows: pd.DataFrame, axis: str, collapse_frac: float, log: bool) -> di
     block["collapsed_within_range"] = collapse.low is not None or collapse.high is not None
     block["auc"] = robust_auc(factors, normalized, log=log)
     return block
+
+
+def severity_tag(factor: float) -> str:
+    """``0.5 -> "x0p5"``, ``2 -> "x2"``: a column-safe name for a declared severity."""
+    return "x" + f"{factor:g}".replace(".", "p").replace("-", "m")
+
+
+def _at_severities(rows: pd.DataFrame, severities: Sequence[float]) -> dict[str, float | None]:
+    """Normalised return of a sweep at each declared severity: the row at that factor (the evaluator always includes
+    them), else interpolated in log-factor between its neighbours; None outside the evaluated range."""
+    points = rows[["factor", "normalized_return"]].dropna().sort_values("factor")
+    x = np.log(points["factor"].to_numpy(dtype=np.float64))
+    y = points["normalized_return"].to_numpy(dtype=np.float64)
+    out: dict[str, float | None] = {}
+    for factor in severities:
+        inside = x.size > 0 and x[0] - 1e-12 <= math.log(factor) <= x[-1] + 1e-12
+        out[f"severity_return_{severity_tag(factor)}"] = float(np.interp(math.log(factor), x, y)) if inside else None
+    return out
 
 
 def _family_blocks(table: pd.DataFrame, collapse_frac: float) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -303,6 +329,7 @@ def _family_blocks(table: pd.DataFrame, collapse_frac: float) -> tuple[dict[str,
             grids[family] = _summary(rows)
         else:
             parameters[family] = _curve(rows, "factor", collapse_frac, log=True)
+            parameters[family].update(_at_severities(rows, table.attrs.get("severities") or ()))
     return parameters, grids, noise
 
 
@@ -331,7 +358,8 @@ def censored_minimum(parameters: dict[str, Any]) -> dict[str, Any]:
         return {
             "collapse_log_factor_min": None,
             "collapse_log_factor_min_parameter": None,
-            "collapse_log_factor_min_bracket": None,
+            "collapse_log_factor_min_bracket_low": None,
+            "collapse_log_factor_min_bracket_high": None,
             "censored": None,
         }
     value = min(c[0] for c in candidates)
@@ -341,7 +369,12 @@ def censored_minimum(parameters: dict[str, Any]) -> dict[str, Any]:
     return {
         "collapse_log_factor_min": value,
         "collapse_log_factor_min_parameter": chosen,
-        "collapse_log_factor_min_bracket": parameters[chosen].get("collapse_log_factor_bracket") if observed else None,
+        **{
+            f"collapse_log_factor_min_bracket_{end}": parameters[chosen].get(f"collapse_log_factor_bracket_{end}")
+            if observed
+            else None
+            for end in ("low", "high")
+        },
         "censored": not observed,
     }
 
@@ -415,6 +448,7 @@ def robustness_block(table: pd.DataFrame, task: TaskSpec, collapse_frac: float =
         "settings_counted": "distinct perturbed settings, each once: the nominal point and its copies in every "
         "sweep, grid and noise family are excluded, a grid point equal to a sweep point counts once, an inert "
         "setting is the nominal point and a saturated run of factors is one setting",
+        **_severity_summary(table, parameters, task),
         "inert_settings": int(table["inert"].sum()) if "inert" in table else None,
         "saturated_settings": int(table["saturated"].sum()) if "saturated" in table else None,
     }
@@ -425,6 +459,33 @@ def robustness_block(table: pd.DataFrame, task: TaskSpec, collapse_frac: float =
     if len(random_rows):
         block["random"] = {"samples": len(random_rows), **_summary(random_rows)}
     return block
+
+
+def _severity_summary(table: pd.DataFrame, parameters: dict[str, Any], task: TaskSpec) -> dict[str, Any]:
+    """Run-level severity metrics: the mean over (acting) parameters of the normalised return at each declared
+    severity, and the collapsed fraction of the distinct dynamics settings inside the severity box."""
+    severities = [float(f) for f in table.attrs.get("severities") or ()]
+    if not severities:
+        return {}
+    out: dict[str, Any] = {}
+    for factor in severities:
+        key = f"severity_return_{severity_tag(factor)}"
+        values = [p[key] for p in parameters.values() if not p.get("inert") and p.get(key) is not None]
+        out[key] = float(np.mean(values)) if values else None
+    low, high = min([*severities, 1.0]), max([*severities, 1.0])
+    from rlflat.evaluate.suites import ACTION_NOISE, NOMINAL, OBS_NOISE
+
+    rows = distinct_settings(table)
+    rows = rows[~rows["family"].isin([NOMINAL, ACTION_NOISE, OBS_NOISE])]
+    inside = np.ones(len(rows), dtype=bool)
+    for name in (c for c in rows.columns if c in task.parameters):
+        factor = rows[name].to_numpy(dtype=np.float64) / task.parameters[name].nominal
+        inside &= (factor >= low * (1 - 1e-9)) & (factor <= high * (1 + 1e-9))
+    boxed = rows[inside]
+    out["severity_box"] = [low, high]
+    out["n_settings_box"] = len(boxed)
+    out["collapsed_fraction_box"] = float(boxed["collapsed"].mean()) if len(boxed) else None
+    return out
 
 
 def _standard_error(returns: Sequence[float] | None) -> float | None:

@@ -1,4 +1,4 @@
-"""``python -m rlflat.probe RUN``: sharpness measures of one trained policy (see :mod:`rlflat.probe.run`).
+"""``python -m rlflat.probe RUN``: sharpness measures of one trained policy (Hessian, perturbation, worst case).
 
 Bad input (a path that is neither a run dir nor an SB3 zip, a bad flag or option) is one line on stderr and exit
 code 2, with nothing written.
@@ -22,6 +22,9 @@ from rlflat.probe.run import default_out, last_timing, probe_run
 __all__ = ["main"]
 
 
+_DESCRIPTION = "Sharpness measures of one trained policy: Hessian spectrum, perturbation, worst case, landscape."
+
+
 def _floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(x) for x in text.split(",") if x.strip())
@@ -31,7 +34,7 @@ def _floats(text: str) -> tuple[float, ...]:
 
 def _parser() -> ArgumentParser:
     d = ProbeOptions()
-    p = ArgumentParser(prog="python -m rlflat.probe", description=(__doc__ or "").splitlines()[0])
+    p = ArgumentParser(prog="python -m rlflat.probe", description=_DESCRIPTION)
     p.add_argument("path", help="run directory (from rlflat.train) or any SB3 PPO/A2C model .zip")
     p.add_argument("--task", help="task alias or Gymnasium id (default: the run's config.json task)")
     p.add_argument("--out", type=Path, help="output directory (default: the run dir; <stem>-probe/ beside a zip)")
@@ -41,7 +44,7 @@ def _parser() -> ArgumentParser:
     p.add_argument("--batches", type=int, help=f"independent probe batches B, each measure's SE is over them "
                    f"(default {d.batches})")  # fmt: skip
     p.add_argument("--batch", type=int, help=f"transitions per probe batch, whole episodes (default {d.batch})")
-    p.add_argument("--seed", type=int, help=f"probe seed (default {d.seed})")
+    p.add_argument("--seed", type=int, help=f"seed of the probe batches and the random directions (default {d.seed})")
     p.add_argument("--top-k", type=int, help=f"eigenvalues at each end (default {d.top_k})")
     p.add_argument("--exact-threshold", type=int,
                    help=f"dense Hessian + full spectrum when n_params <= this (default {d.exact_threshold})")  # fmt: skip
@@ -56,12 +59,18 @@ def _parser() -> ArgumentParser:
     p.add_argument("--episodes", type=int, help=f"episodes per perturbed policy (default {d.episodes})")
     p.add_argument("--rho", type=float, help=f"raw worst-case radius (default {d.rho})")
     p.add_argument("--adaptive-rho", type=float, help=f"adaptive (ASAM) worst-case radius (default {d.adaptive_rho})")
+    p.add_argument("--return-sigmas", type=_floats,
+                   help=f"sigmas of the return drop (default {','.join(map(str, d.return_sigmas))})")  # fmt: skip
+    p.add_argument("--return-episodes", type=int, help=f"episodes per return-drop policy (default {d.return_episodes})")
+    p.add_argument("--keskar-eps", type=float, help=f"Keskar et al.'s box size epsilon (default {d.keskar_eps})")
     p.add_argument("--landscape-points", type=int, help=f"1-D slice points (default {d.landscape_points})")
     p.add_argument("--landscape-span", type=float, help=f"slice half-width (default {d.landscape_span})")
     p.add_argument("--interpolate", metavar="RUN_B", help="also probe the linear path to this policy")
     p.add_argument("--quick", action="store_true", help="smaller sizes for smoke tests")
     p.add_argument("--no-metrics", action="store_true", help="do not add the probe block to metrics.json")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--force", action="store_true", help="replace an earlier probe at the output")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     add_loading_flags(p)
     return p
 
@@ -82,6 +91,9 @@ _OPTION_FLAGS = (
     "episodes",
     "rho",
     "adaptive_rho",
+    "return_sigmas",
+    "return_episodes",
+    "keskar_eps",
     "landscape_points",
     "landscape_span",
     "interpolate",
@@ -105,7 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out=args.out,
         trust=args.trust,
         vecnormalize=args.vecnormalize,
-        progress=None,
+        force=args.force,
+        progress=False if args.no_progress else None,
         **options,
     )
     _print_summary(result, last_timing(), out_dir)
@@ -138,9 +151,27 @@ def _print_summary(result: Mapping[str, Any], seconds: Mapping[str, float], out_
     avg = (result.get("perturbation") or {}).get("average")
     if avg:
         for kind in (k for k in KINDS if k in avg):
-            print(f"perturbation {kind}: critical sigma {_pm(avg[kind], 'critical_sigma')}")
+            print(f"perturbation {kind}: return-halving sigma {_pm(avg[kind], 'return_halving_sigma')}")
+    _print_return_and_published(result)
     print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
     print(out_dir / PROBE_JSON)
+
+
+def _print_return_and_published(result: Mapping[str, Any]) -> None:
+    ret = result.get("return_sharpness") or {}
+    for kind in ("filter", "adaptive"):
+        entry = ret.get(kind) or {}
+        for i, sigma in enumerate(ret.get("sigmas") or ()):
+            value = {"drop": entry["drop"][i], "drop_se": (entry.get("drop_se") or [None] * (i + 1))[i]}
+            print(f"return drop {kind} sigma {sigma:g}: {_pm(value, 'drop')} (of R_ref - R_low)")
+    if cliff := result.get("cliff"):
+        print(
+            f"cliff (Sullivan et al. 2022): share of lines {_pm(cliff, 'indicator')}  drop / range {_pm(cliff, 'drop_over_range')}"
+        )
+    if keskar := result.get("keskar"):
+        print(f"Keskar eps-sharpness (eps {keskar['eps']:g}): {_pm(keskar, 'sharpness')} %")
+    if mag := result.get("magnitude_aware"):
+        print(f"Jiang magnitude-aware sigma' {_pm(mag, 'sigma')}  1/sigma'^2 {_pm(mag, 'flatness')}")
 
 
 def _pm(entry: Mapping[str, Any], key: str) -> str:

@@ -101,7 +101,7 @@ def random_direction(
     (a zero vector stays zero): an unscaled N(0, I) draw has norm ~sqrt(n), far above ||theta|| for a trained
     policy, so every sigma of a grid shared with filter directions would already destroy the policy. Scaled, sigma
     is relative to the parameter norm for every kind (filter: per neuron; layer: per tensor; raw: as a whole),
-    and the raw critical sigma lands inside the same grid. ``ignore_1d`` defaults to True for 'filter' (Li et al.,
+    and the raw return-halving sigma lands inside the same grid. ``ignore_1d`` defaults to True for 'filter' (Li et al.,
     2018) and False for 'layer'; it has no effect on 'raw'.
     """
     if kind not in KINDS:

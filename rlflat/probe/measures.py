@@ -242,7 +242,6 @@ def perturbation_measures(
         seed=subseed(opts.seed, "directions"),
         eval_seed=eval_seed,
         ignore_1d=opts.ignore_1d,
-        critical_fraction=opts.critical_fraction,
         reference_sigmas=opts.reference_sigmas,
     )
 

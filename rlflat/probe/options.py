@@ -15,10 +15,28 @@ from rlflat.errors import RlflatError, bad_choice
 from rlflat.probe.directions import KINDS
 from rlflat.probe.losses import LOSSES, SCOPES
 
+DEVIATIONS: tuple[str, ...] = ("action_change", "kl")
+"""Deviations the magnitude-aware sigma' can be searched against (:mod:`rlflat.probe.literature`)."""
+RETURN_SCALES: tuple[str, ...] = ("task", "solved_threshold")
+"""Divisors of return drops (:mod:`rlflat.probe.return_sharpness`)."""
+
 __all__ = ["DEFAULT_MEASURES", "MEASURES", "QUICK", "ProbeOptions", "make_options", "validate_probe_options"]
 
-MEASURES: tuple[str, ...] = ("hessian", "trace", "density", "fisher", "perturbation", "worst_case", "landscape")
-DEFAULT_MEASURES: tuple[str, ...] = ("hessian", "trace", "density", "fisher", "perturbation", "worst_case")
+MEASURES: tuple[str, ...] = (
+    "hessian",
+    "trace",
+    "density",
+    "fisher",
+    "perturbation",
+    "worst_case",
+    "return_sharpness",
+    "cliff",
+    "keskar",
+    "magnitude_aware",
+    "landscape",
+)
+DEFAULT_MEASURES: tuple[str, ...] = tuple(m for m in MEASURES if m != "landscape")
+"""Every measure but the landscapes (grids of returns: slow, and figures rather than numbers)."""
 
 _POSITIVE_INTS = (
     "batches",
@@ -34,8 +52,14 @@ _POSITIVE_INTS = (
     "landscape_points_2d",
     "landscape_episodes",
     "interpolation_steps",
+    "return_directions",
+    "return_episodes",
+    "keskar_iterations",
+    "magnitude_aware_samples",
+    "magnitude_aware_depth",
 )
-_NON_NEGATIVE_FLOATS = ("rho", "adaptive_rho", "eta", "landscape_span", "interpolation_margin")
+_NON_NEGATIVE_FLOATS = ("rho", "adaptive_rho", "eta", "landscape_span", "interpolation_margin", "magnitude_aware_eps")
+_POSITIVE_FLOATS = ("cliff_span", "keskar_eps", "magnitude_aware_target", "magnitude_aware_upper")
 
 
 @dataclass(frozen=True)
@@ -78,12 +102,33 @@ class ProbeOptions:
     """Fixed sigmas at which the mean KL, action change and loss increase are also reported as single numbers
     (``metrics.json`` keys ``kl_sigma0p1`` ...), comparable across probes with different grids."""
     episodes: int = 3
-    critical_fraction: float = 0.5
     # worst case
     rho: float = 0.05
     adaptive_rho: float = 0.5
     eta: float = 0.01
     ascent_steps: int = 10
+    # return-based sharpness (rlflat.probe.return_sharpness) and the cliff test (rlflat.probe.cliff)
+    return_sigmas: tuple[float, ...] = (0.05, 0.1, 0.2)
+    return_directions: int = 4
+    return_episodes: int = 4
+    """Episodes per perturbed policy (return sharpness and the cliff line). Per replicate 4 directions x 4 episodes
+    (1 + 2 x 3 x 4 policies = 100 rollouts), over the default 4 replicates 16 directions and 16 episodes: the SE
+    comes from the replicates."""
+    return_scale: str = "task"
+    """Divisor of return drops: 'task' = R_ref - R_low of the spec (as the evaluator normalises); 'solved_threshold'
+    = the spec's solved threshold minus the task's worst return."""
+    cliff_points: int = 20
+    cliff_span: float = 1.0
+    """The cliff line: ``cliff_points`` alphas from 0 to ``cliff_span`` (filter-normalised gradient units)."""
+    # published definitions (rlflat.probe.literature)
+    keskar_eps: float = 1e-3
+    keskar_iterations: int = 10
+    magnitude_aware_deviation: str = "action_change"
+    magnitude_aware_target: float = 0.1
+    magnitude_aware_eps: float = 1e-3
+    magnitude_aware_samples: int = 10
+    magnitude_aware_depth: int = 15
+    magnitude_aware_upper: float = 5.0
     # landscapes
     landscape_points: int = 21
     landscape_points_2d: int = 11
@@ -110,9 +155,15 @@ class ProbeOptions:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise RlflatError(f"{name} must be a finite number >= 0, got {value!r}")
+        for name in _POSITIVE_FLOATS:
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise RlflatError(f"{name} must be a finite number > 0, got {value!r}")
+        if self.cliff_points < 10:
+            raise RlflatError(
+                f"cliff_points must be >= 10 (the cliff test reads the 10th point), got {self.cliff_points}"
+            )
         self._validate_sigmas()
-        if not 0 < self.critical_fraction < 1:
-            raise RlflatError(f"critical_fraction must be in (0, 1), got {self.critical_fraction}")
 
     def _validate_choices(self) -> None:
         if not self.measures:
@@ -126,9 +177,13 @@ class ProbeOptions:
             raise bad_choice("parameter scope", self.scope, SCOPES)
         if self.directions not in KINDS:
             raise bad_choice("direction kind", self.directions, KINDS)
+        if self.return_scale not in RETURN_SCALES:
+            raise bad_choice("return scale", self.return_scale, RETURN_SCALES)
+        if self.magnitude_aware_deviation not in DEVIATIONS:
+            raise bad_choice("magnitude-aware deviation", self.magnitude_aware_deviation, DEVIATIONS)
 
     def _validate_sigmas(self) -> None:
-        for name in ("sigmas", "reference_sigmas"):
+        for name in ("sigmas", "reference_sigmas", "return_sigmas"):
             values = getattr(self, name)
             if any(not (isinstance(s, int | float) and math.isfinite(s) and s > 0) for s in values):
                 raise RlflatError(f"{name} must be positive finite numbers, got {list(values)}")
@@ -169,7 +224,7 @@ def make_options(**options: Any) -> ProbeOptions:
     merged = {**(QUICK if quick else {}), **{k: v for k, v in options.items() if v is not None or k == "interpolate"}}
     if isinstance(merged.get("measures"), str):
         merged["measures"] = tuple(m.strip() for m in merged["measures"].split(",") if m.strip())
-    for key in ("measures", "sigmas", "reference_sigmas"):
+    for key in ("measures", "sigmas", "reference_sigmas", "return_sigmas"):
         if key in merged:
             try:
                 merged[key] = tuple(merged[key])

@@ -28,6 +28,7 @@ __all__ = [
     "load_probe_arrays",
     "metrics_block",
     "probe_config",
+    "return_and_published_block",
     "sigma_key",
     "write_probe",
 ]
@@ -59,6 +60,10 @@ ARRAY_KEYS: dict[str, str] = {
     "perturbation_nominal_returns": "(E,) returns of theta0",
     "worst_case_returns": "(4, E) returns at the raw one-step, raw multi-step, adaptive one-step, adaptive "
     "multi-step maximisers",
+    "return_sharpness_<filter|adaptive>_returns": "(K, S, E) returns per direction, return sigma and episode",
+    "return_sharpness_nominal_returns": "(E,) returns of theta0 on the same episodes",
+    "cliff_alphas": "(P,) step sizes along the filter-normalised policy gradient",
+    "cliff_returns": "(P, E) returns along that line",
     "landscape_alphas": "(P,) 1-D slice coordinates",
     "landscape_alphas_2d": "(Q,) 2-D slice coordinates (both axes)",
     "landscape_1d_<filter|eigen>_<loss|return>": "(P,) 1-D slices",
@@ -144,11 +149,17 @@ def metrics_block(
     of the Fisher (:mod:`rlflat.probe.fisher`): ``fisher_lambda_max``, ``fisher_trace``, ``fisher_rao_norm``,
     ``fisher_adaptive_lambda_max``, ``fisher_adaptive_trace``; confounds: ``entropy`` (mean policy entropy on the
     batch), ``max_action_prob`` (Discrete) or ``log_std`` (Box), ``param_norm.<parameter>`` (no SE: fixed);
-    ``nominal_return``, ``critical_sigma`` (configured kind), ``critical_sigma_raw``; per reference sigma s
+    ``nominal_return``, ``return_halving_sigma`` (configured kind), ``return_halving_sigma_raw``; per reference sigma s
     (0.1 -> ``0p1``) along the configured kind: ``kl_sigma<s>`` (mean KL of perturbed vs original policy),
     ``action_change_sigma<s>`` (action disagreement rate; mean normalised |delta a| for Box actions),
     ``loss_increase_sigma<s>``; ``worst_case_raw``, ``worst_case_adaptive`` (multi-step),
-    ``worst_case_raw_one_step``, ``worst_case_adaptive_one_step``; ``wall_seconds``.
+    ``worst_case_raw_one_step``, ``worst_case_adaptive_one_step``; per return sigma s and kind
+    filter/adaptive ``return_drop_<kind>_sigma<s>`` (expected normalised return drop,
+    :mod:`rlflat.probe.return_sharpness`); ``cliff`` (True/False when every replicate agrees, else None),
+    ``cliff_fraction`` (share of replicates with a cliff), ``cliff_drop_over_range``, ``cliff_return_ratio``
+    (Sullivan et al., 2022); ``keskar_sharpness`` (Keskar et al., 2017, percent); ``magnitude_aware_sigma``,
+    ``magnitude_aware_flatness`` (1 / sigma'^2), ``magnitude_aware_censored`` (on any replicate)
+    (Jiang et al., 2020); ``wall_seconds``.
     """
     hess = result.get("hessian") or {}
     perturbation = result.get("perturbation") or {}
@@ -179,6 +190,7 @@ def metrics_block(
         block[f"param_norm.{name}"] = norm
     block.update(_average_case_block(perturbation.get("average") or {}, result["config"]))
     block.update(_worst_case_block(perturbation.get("worst_case") or {}))
+    block.update(return_and_published_block(result))
     block["wall_seconds"] = float(sum(seconds.values()))
     return block
 
@@ -187,8 +199,8 @@ def _average_case_block(avg: Mapping[str, Any], config: Mapping[str, Any]) -> di
     main = avg.get(config["directions"]) or {}
     block: dict[str, Any] = {}
     _with_se(block, "nominal_return", avg, "nominal_return")
-    _with_se(block, "critical_sigma", main, "critical_sigma")
-    _with_se(block, "critical_sigma_raw", avg.get("raw"), "critical_sigma")
+    _with_se(block, "return_halving_sigma", main, "return_halving_sigma")
+    _with_se(block, "return_halving_sigma_raw", avg.get("raw"), "return_halving_sigma")
     at = main.get("at_reference_sigmas") or {}
     for i, sigma in enumerate(config.get("reference_sigmas") or ()):
         for measure in ("kl", "action_change", "loss_increase"):
@@ -202,6 +214,28 @@ def _worst_case_block(wc: Mapping[str, Any]) -> dict[str, Any]:
         entry = wc.get(ball) or {}
         _with_se(block, f"worst_case_{ball}", entry.get("multi_step"), "sharpness")
         _with_se(block, f"worst_case_{ball}_one_step", entry.get("one_step"), "sharpness")
+    return block
+
+
+def return_and_published_block(result: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat keys (each with its replicate SE) of the return-based and published-definition measures (None where
+    not run)."""
+    block: dict[str, Any] = {}
+    ret = result.get("return_sharpness") or {}
+    for i, sigma in enumerate(ret.get("sigmas") or ()):
+        for kind in ("filter", "adaptive"):
+            _with_se(block, f"return_drop_{kind}_sigma{sigma_key(sigma)}", ret.get(kind), "drop", i)
+    cliff = result.get("cliff") or {}
+    block["cliff"] = cliff.get("cliff") if isinstance(cliff.get("cliff"), bool) else None
+    _with_se(block, "cliff_fraction", cliff, "indicator")
+    _with_se(block, "cliff_drop_over_range", cliff, "drop_over_range")
+    _with_se(block, "cliff_return_ratio", cliff, "return_ratio")
+    _with_se(block, "keskar_sharpness", result.get("keskar"), "sharpness")
+    mag = result.get("magnitude_aware") or {}
+    _with_se(block, "magnitude_aware_sigma", mag, "sigma")
+    _with_se(block, "magnitude_aware_flatness", mag, "flatness")
+    censored = mag.get("censored")
+    block["magnitude_aware_censored"] = any(censored) if isinstance(censored, list) else censored
     return block
 
 

@@ -1,17 +1,22 @@
-"""Perturbation sharpness: how loss, actions and return change when the parameters are perturbed.
+"""Random-perturbation sharpness: how loss, actions and return change when the parameters are perturbed.
 
-Average case (Keskar et al., 2017; Jiang et al., 2020): E_d[L(theta + sigma d)] - L(theta) over K random directions,
-filter-normalised (Li et al., 2018) so sigma is relative to each neuron's weight norm, or raw (isotropic Gaussian
-scaled to the norm of all probed parameters, so sigma is relative to ||theta||). Worst case:
+Average case: the expected loss increase E_d[L(theta + sigma d)] - L(theta) over K random directions (with the mean
+KL and the action change of the perturbed policies on the probe batch), filter-normalised as Li et al. (2018, Sec.
+4: per output row, biases zeroed) so sigma is relative to each neuron's weight norm, or raw (isotropic Gaussian
+scaled to the norm of all probed parameters, so sigma is relative to ||theta||). This is an *average* over random
+directions, not Keskar et al.'s (2017) epsilon-sharpness (a maximum over a box, in
+:mod:`rlflat.probe.literature`) nor Jiang et al.'s (2020) sigma' (also there). Worst case:
 the max of L in the ball ||eps|| <= rho (SAM, Foret et al., 2021) by one ascent step and by projected multi-step
 ascent, and the adaptive ball of ASAM (Kwon et al., 2021), which Andriushchenko et al. (2023) found the more
 meaningful for generalisation. Returns under perturbed parameters always come from the evaluator's batched
 :func:`rlflat.evaluate.rollout_returns` (all perturbed sets stacked, one call), never from a loop here.
 
 The return of a good CartPole policy saturates (exactly 500 under filter-normalised noise up to sigma ~ 1), so
-measures that keep moving are reported beside it: the critical sigma where the expected return first falls below
-half of nominal (normalised from the task's floor, as the evaluator does), the action disagreement and mean KL of perturbed vs original policy on the probe batch, and the
-loss increase.
+measures that keep moving are reported beside it: the return-halving sigma (the first sigma of the grid, log-
+interpolated, where the expected return falls below half of nominal, normalised from the task's floor as the
+evaluator does; None when it never does on the grid), the action disagreement and mean KL of perturbed vs original
+policy on the probe batch, and the loss increase. The expected normalised return drop at fixed sigmas, with a CI,
+is :mod:`rlflat.probe.return_sharpness`.
 """
 
 from __future__ import annotations
@@ -36,9 +41,9 @@ from rlflat.tasks import TaskSpec
 __all__ = [
     "action_change",
     "average_case",
-    "critical_sigma",
     "draw_directions",
     "perturbed_returns",
+    "return_halving_sigma",
     "stack_params",
     "worst_case",
 ]
@@ -96,15 +101,16 @@ def action_change(policy: FunctionalPolicy, obs: Tensor, reference: Tensor, para
     return float(((a - b).abs() / width).mean())
 
 
-def critical_sigma(
+def return_halving_sigma(
     sigmas: np.ndarray | Sequence[float],
     mean_returns: np.ndarray | Sequence[float],
     nominal: float,
-    fraction: float = 0.5,
     *,
     floor: float | None = 0.0,
+    fraction: float = 0.5,
 ) -> float | None:
-    """First sigma where the normalised expected return falls below ``fraction``, or None if never on the grid.
+    """First sigma where the normalised expected return falls below ``fraction`` (a half by default: the
+    return-halving point of a sigma grid), or None if never on the grid.
 
     Returns are normalised as the evaluator does (:func:`rlflat.evaluate.metrics.normalize`):
     (R - floor) / (R_nominal - floor), with ``floor`` the task's worst return
@@ -195,7 +201,6 @@ def average_case(
     seed: int = 0,
     eval_seed: int = 0,
     ignore_1d: bool | None = None,
-    critical_fraction: float = 0.5,
     reference_sigmas: Sequence[float] = (),
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Average-case sharpness curves over ``sigmas`` for each direction kind: (scalars for probe.json, arrays).
@@ -229,7 +234,7 @@ def average_case(
         scalars["nominal_return"] = None
         return scalars, arrays
     returns = perturbed_returns(policy, task, points, episodes, seed=eval_seed)
-    _add_returns(scalars, arrays, returns, task, kinds, (n_directions, sig.size, episodes), critical_fraction)
+    _add_returns(scalars, arrays, returns, task, kinds, (n_directions, sig.size, episodes))
     return scalars, arrays
 
 
@@ -240,9 +245,8 @@ def _add_returns(
     task: TaskSpec,
     kinds: Sequence[str],
     shape: tuple[int, int, int],
-    critical_fraction: float,
 ) -> None:
-    """Return drops and critical sigma per kind from the stacked returns (theta0 first, then kind by kind)."""
+    """Return drops and return-halving sigma per kind from the stacked returns (theta0 first, then kind by kind)."""
     from rlflat.evaluate.metrics import return_floor
 
     nominal = float(returns[0].mean())
@@ -258,7 +262,7 @@ def _add_returns(
         entry = scalars[kind]
         entry["return"] = per_direction.mean(0).tolist()
         entry["return_drop"] = {"mean": mean.tolist(), "stderr": se.tolist()}
-        entry["critical_sigma"] = critical_sigma(sig, per_direction.mean(0), nominal, critical_fraction, floor=floor)
+        entry["return_halving_sigma"] = return_halving_sigma(sig, per_direction.mean(0), nominal, floor=floor)
         arrays[f"perturbation_{kind}_returns"] = block
 
 

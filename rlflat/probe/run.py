@@ -1,5 +1,7 @@
 """``probe_run``: sharpness measures of one trained policy, written beside it (``python -m rlflat.probe``).
 
+Every stage runs on ``batches`` independent probe batches (replicates with their own seeds) and every scalar is
+reported as the mean over them with its standard error, ``x`` beside ``x_se`` (:mod:`rlflat.probe.pooling`).
 Writes ``probe.json`` (scalars plus the full config needed to reproduce them) and ``probe.npz`` (eigenvalues,
 spectral density, perturbation curves, landscape grids, and the probe batch under ``observations``, ``actions``,
 ...; see :data:`rlflat.probe.output.ARRAY_KEYS`) into the run directory or ``out``; for a run directory also a
@@ -18,16 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from rlflat.errors import RlflatError
-from rlflat.io import read_json, to_jsonable, update_json_block
-from rlflat.policy import MODEL_FILE, FunctionalPolicy, check_spaces, load_policy
+from rlflat.io import check_no_results, check_output_dir, read_json_object, to_jsonable, update_json_block
+from rlflat.policy import MODEL_FILE, FunctionalPolicy, Params, check_spaces, load_policy
 from rlflat.probe.batch import DEFAULT_GAE_LAMBDA, DEFAULT_GAMMA, ProbeBatch, collect_batch
+from rlflat.probe.budget import check_probe_memory
 from rlflat.probe.fisher import confounds, fisher_measures, parameter_norms
 from rlflat.probe.hvp import HessianOperator
 from rlflat.probe.landscape import check_same_architecture
-from rlflat.probe.losses import make_loss, scope_params
+from rlflat.probe.losses import LossFn, make_loss, scope_params
 from rlflat.probe.measures import (
     TopVectors,
     hessian_measures,
@@ -44,8 +48,15 @@ from rlflat.probe.options import (
     make_options,
     validate_probe_options,
 )
-from rlflat.probe.output import METRICS_JSON, metrics_block, probe_config, write_probe
+from rlflat.probe.output import METRICS_JSON, PROBE_JSON, metrics_block, probe_config, write_probe
 from rlflat.probe.pooling import pool, replicate_seed
+from rlflat.probe.return_and_published import (
+    RETURN_AND_PUBLISHED,
+    cliff_measures,
+    keskar_measures,
+    magnitude_aware_measures,
+    return_sharpness_measures,
+)
 from rlflat.probe.seeding import subseed
 from rlflat.tasks import TaskSpec, load_task, make_env
 
@@ -76,8 +87,7 @@ def _resolve_source(path: str | Path) -> _Source:
     if path.is_dir():
         if not (path / MODEL_FILE).exists():
             raise RlflatError(f"{path} is a directory without {MODEL_FILE}: not an rlflat run dir")
-        config = read_json(path / CONFIG_JSON) if (path / CONFIG_JSON).exists() else {}
-        return _Source(path, path, config if isinstance(config, dict) else {})
+        return _Source(path, path, read_json_object(path / CONFIG_JSON))
     if path.suffix == ".zip" and path.is_file():
         return _Source(path, None, {})
     raise RlflatError(f"{path} is neither a run directory nor an SB3 model .zip")
@@ -123,6 +133,7 @@ def probe_run(
     task: str | None = None,
     out: str | Path | None = None,
     *,
+    force: bool = False,
     trust: bool = False,
     vecnormalize: str | Path | None = None,
     progress: bool | None = None,
@@ -134,10 +145,14 @@ def probe_run(
     (``<zip stem>-probe/`` beside a bare zip). ``options`` are :class:`ProbeOptions` fields (``quick=True`` for the
     smaller :data:`QUICK` sizes). ``trust`` and ``vecnormalize`` are :func:`rlflat.policy.load_policy`'s: by
     default nothing is unpickled. ``progress``: a progress bar once the probe runs past 5 s (None: on a tty only;
-    it changes no result). Raises :class:`RlflatError` on bad input before writing anything.
+    it changes no result). Raises :class:`RlflatError` on bad input before writing anything, and when
+    ``out`` already holds a probe unless ``force`` (then each file is replaced by an atomic rename).
     """
     opts = make_options(**options)
     source = _resolve_source(path)
+    out_dir = check_output_dir(Path(out) if out is not None else default_out(source.path))
+    metrics_path = source.run_dir / METRICS_JSON if source.run_dir is not None and opts.update_metrics else None
+    check_no_results(out_dir / PROBE_JSON, metrics_path, "probe", force)
     spec = _resolve_task(source, task)
     policy = load_policy(source.path, spec, trust=trust, vecnormalize=vecnormalize)
     env = make_env(spec)
@@ -145,17 +160,17 @@ def probe_run(
         check_spaces(policy, env.observation_space, env.action_space)
     finally:
         env.close()
+    check_probe_memory(opts, policy, sum(p.numel() for p in scope_params(policy, opts.scope).values()), spec)
     other = None
     if opts.interpolate is not None:
         other = load_policy(_resolve_source(opts.interpolate).path, spec, trust=trust)
         check_same_architecture(policy, other)
-    out_dir = Path(out) if out is not None else default_out(source.path)
     timer = _Timer()
     result, arrays = _probe(policy, spec, source, opts, other, timer, progress)
     write_probe(out_dir, result, arrays)
-    if source.run_dir is not None and opts.update_metrics:
+    if metrics_path is not None and source.run_dir is not None:
         block = metrics_block(result, out_dir, source.run_dir, timer.seconds)
-        update_json_block(source.run_dir / METRICS_JSON, "probe", block)
+        update_json_block(metrics_path, "probe", block)
     _LAST_TIMING.clear()
     _LAST_TIMING.update(timer.seconds)
     _LAST_TIMING["total"] = sum(timer.seconds.values())
@@ -192,7 +207,7 @@ def _stages(opts: ProbeOptions, other: FunctionalPolicy | None) -> list[str]:
     measures = set(opts.measures)
     names = ["batch", "gradient"]
     names += ["hessian"] if measures & {"hessian", "trace", "density"} else []
-    names += [m for m in ("fisher", "perturbation", "worst_case", "landscape") if m in measures]
+    names += [m for m in ("fisher", "perturbation", "worst_case", *RETURN_AND_PUBLISHED, "landscape") if m in measures]
     return names + (["interpolation"] if other is not None else [])
 
 
@@ -302,6 +317,7 @@ def _replicate(
         )
         arrays.update(warr)
     result["perturbation"] = perturbation
+    _return_and_published(policy, spec, batch, loss_fn, params, obs, opts, run, eval_seed, result, arrays)
     if "landscape" in measures:
         result["landscape"], larr = run(
             "landscape", lambda: landscape_measures(policy, spec, loss_fn, params, op, vectors, opts)
@@ -327,6 +343,33 @@ HESSIAN_LABELS = {
     "nll": "the negative log-likelihood of the batch's sampled actions",
 }
 """What ``probe.json['hessian']`` is the Hessian of, per loss (its ``of`` field)."""
+
+
+def _return_and_published(
+    policy: FunctionalPolicy,
+    spec: TaskSpec,
+    batch: ProbeBatch,
+    loss_fn: LossFn,
+    params: Params,
+    obs: Tensor,
+    opts: ProbeOptions,
+    run: Callable[[str, Callable[[], Any]], Any],
+    eval_seed: int,
+    result: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+) -> None:
+    """The return-based stages and the published-definition stages (None where not selected)."""
+    stages: dict[str, Callable[[], tuple[dict[str, Any], dict[str, np.ndarray]]]] = {
+        "return_sharpness": lambda: return_sharpness_measures(policy, spec, params, opts, eval_seed),
+        "cliff": lambda: cliff_measures(policy, spec, batch, loss_fn, params, opts, eval_seed),
+        "keskar": lambda: keskar_measures(loss_fn, params, opts),
+        "magnitude_aware": lambda: magnitude_aware_measures(policy, params, obs, opts),
+    }
+    for name, stage in stages.items():
+        result[name] = None
+        if name in opts.measures:
+            result[name], stage_arrays = run(name, stage)
+            arrays.update(stage_arrays)
 
 
 def _header(

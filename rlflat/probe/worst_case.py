@@ -33,7 +33,7 @@ from rlflat.probe.hvp import LossFn, Params, check_params
 from rlflat.probe.seeding import Seed, as_generator
 from rlflat.scope import adaptive_scale
 
-__all__ = ["GRAD_RTOL", "Direction", "WorstCase", "pgd_sharpness", "sam_sharpness"]
+__all__ = ["GRAD_RTOL", "Direction", "WorstCase", "loss_and_grad", "pgd_sharpness", "sam_sharpness"]
 
 Direction = Mapping[str, torch.Tensor] | Callable[[], Mapping[str, torch.Tensor] | None] | None
 """A fallback direction shaped like the parameters, or a function computing one (called only when needed)."""
@@ -64,7 +64,7 @@ class WorstCase:
     start: str = "gradient"
 
 
-def _loss_and_grad(loss_fn: LossFn, point: Mapping[str, torch.Tensor]) -> tuple[float, list[torch.Tensor]]:
+def loss_and_grad(loss_fn: LossFn, point: Mapping[str, torch.Tensor]) -> tuple[float, list[torch.Tensor]]:
     """Loss and gradient at ``point`` on fresh leaves: no .grad is written anywhere."""
     names = list(point)
     leaves = [point[k].detach().requires_grad_(True) for k in names]
@@ -149,7 +149,7 @@ class _Start:
 
 def _one_step(loss_fn: LossFn, ball: _Ball, direction: Direction, seed: Seed, grad_rtol: float) -> _Start:
     """The SAM/ASAM point, or after a vanishing gradient the best of it and +-rho along a fallback direction."""
-    loss, g = _loss_and_grad(loss_fn, ball.point([torch.zeros_like(t) for t in ball.theta]))
+    loss, g = loss_and_grad(loss_fn, ball.point([torch.zeros_like(t) for t in ball.theta]))
     g_delta = ball.delta_grad(g)
     delta = ball.step_to_sphere(g_delta, ball.rho)
     best = _Start(delta, loss, _loss(loss_fn, ball.point(delta)), 1, "gradient")
@@ -175,7 +175,7 @@ def _fallback(loss_fn: LossFn, ball: _Ball, direction: Direction, seed: Seed) ->
         return ball.along(raw, 1.0), "eigenvector", 1
     gen = as_generator(seed)
     noise = [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t) for t in ball.theta]
-    _, g_random = _loss_and_grad(loss_fn, ball.point(ball.step_to_sphere(noise, ball.rho)))
+    _, g_random = loss_and_grad(loss_fn, ball.point(ball.step_to_sphere(noise, ball.rho)))
     return ball.step_to_sphere(ball.delta_grad(g_random), 1.0), "random", 2
 
 
@@ -242,7 +242,7 @@ def pgd_sharpness(
     delta, evals = one.delta, one.evals
     best_delta, best = delta, one.perturbed
     for _ in range(steps):
-        cur, g = _loss_and_grad(loss_fn, ball.point(delta))
+        cur, g = loss_and_grad(loss_fn, ball.point(delta))
         evals += 1
         if cur > best:
             best_delta, best = delta, cur

@@ -39,6 +39,9 @@ def _parser() -> ArgumentParser:
         default=None,
         help="bootstrap resamples of the descriptive intervals (default: report.n_boot, 2000)",
     )
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse (exit 2, nothing written) when any run or per-run file would be skipped")  # fmt: skip
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return parser
 
 
@@ -47,7 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from rlflat.report.render import build_report  # heavy (matplotlib); after argument checks
 
-    out = build_report(args.studies, args.out, seed=args.seed, n_boot=args.n_boot)
+    out = build_report(
+        args.studies, args.out, seed=args.seed, n_boot=args.n_boot, strict=args.strict, progress=not args.no_progress
+    )
     print(out / "report.md")
     print(out / "report.html")
     return 0

@@ -1,7 +1,7 @@
 """Right-censored robustness and sharpness columns: runs that never collapsed inside the evaluated range.
 
 A collapse log-factor is NaN for a run whose return never fell below the threshold inside the evaluated range,
-and a critical sigma is NaN for a run that kept half its return up to the largest probed sigma. Those are
+and a return-halving sigma is NaN for a run that kept half its return up to the largest probed sigma. Those are
 the *most* robust (or flattest) runs; dropping them compares only the runs that did collapse and flatters the
 less robust algorithm. They are right-censored at the range bound: the true value is at least the bound.
 
@@ -27,7 +27,7 @@ from rlflat.report.probe_data import sigma_bound
 
 PARAM_COLLAPSE = re.compile(r"^robustness\.parameters\.(?P<p>[^.]+)\.collapse_log_factor$")
 MIN_COLLAPSE = "robustness.collapse_log_factor_min"
-CRITICAL_SIGMA = "probe.critical_sigma"
+CRITICAL_SIGMA = "probe.return_halving_sigma"
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,9 @@ def _minimum(
     return minimum, (~observed_at_min & minimum.notna()).astype(bool)
 
 
-def _critical_sigma(runs: pd.DataFrame, probes: Mapping[str, Mapping[str, Any]]) -> tuple[pd.Series, pd.Series] | None:
+def _return_halving_sigma(
+    runs: pd.DataFrame, probes: Mapping[str, Mapping[str, Any]]
+) -> tuple[pd.Series, pd.Series] | None:
     if CRITICAL_SIGMA not in runs:
         return None
     value = pd.to_numeric(runs[CRITICAL_SIGMA], errors="coerce")
@@ -117,7 +119,7 @@ def censor_runs(
     found_all = {f"robustness.parameters.{p}.collapse_log_factor": v for p, v in per_param.items()}
     if (minimum := _minimum(runs, per_param)) is not None:
         found_all[MIN_COLLAPSE] = minimum
-    if (sigma := _critical_sigma(runs, probes)) is not None:
+    if (sigma := _return_halving_sigma(runs, probes)) is not None:
         found_all[CRITICAL_SIGMA] = sigma
     tasks = runs["task"].astype(str)
     for column, (value, censored) in found_all.items():

@@ -34,11 +34,22 @@ class Context:
     primary: str | None
     collapse_frac: float
     probe_meta: dict[str, dict[str, Any]]
+    corr_runs: pd.DataFrame | None = None
+    """The runs that enter sharpness-robustness correlations: solved ones unless ``include_unsolved``."""
+    unsolved: pd.DataFrame | None = None
+    """Runs below their task's solved threshold (listed in the report)."""
+    bracket_ties: dict[str, int] = field(default_factory=dict)
+    """Collapse column -> runs whose crossing shares its bracket with another run's (ranked as ties)."""
     written: list[Path] = field(default_factory=list)
 
     @property
     def seed(self) -> int:
         return self.settings.seed
+
+    @property
+    def correlated(self) -> pd.DataFrame:
+        """The runs of the correlation sections (every run when no unsolved flag is known)."""
+        return self.runs if self.corr_runs is None else self.corr_runs
 
     def save_table(self, frame: pd.DataFrame, name: str) -> Path:
         path = self.out / "tables" / f"{name}.csv"

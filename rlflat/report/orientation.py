@@ -1,6 +1,6 @@
 """Which way is sharper, which way is more robust: the one table every sentence, caption and P(improvement) reads.
 
-A rank correlation's sign means nothing until both axes are oriented: a positive rho between the critical
+A rank correlation's sign means nothing until both axes are oriented: a positive rho between the return-halving
 sigma (higher = *flatter*) and the robust AUC (higher = *more robust*) says flatter runs were more robust, the
 opposite of what the same sign says for lambda_max. ``SHARPNESS`` maps a column pattern to +1 (higher =
 sharper) or -1 (higher = flatter); ``ROBUSTNESS`` to +1 (higher = more robust) or -1 (higher = less robust);
@@ -13,7 +13,10 @@ from __future__ import annotations
 import re
 
 SHARPNESS: tuple[tuple[str, int], ...] = (
-    (r"critical_sigma", -1),  # the perturbation size that halves the return: larger = flatter
+    (r"return_halving_sigma", -1),  # the perturbation size that halves the return: larger = flatter
+    (r"magnitude_aware_sigma", -1),  # Jiang's sigma': larger = flatter (its 1 / sigma'^2 is sharper-is-higher)
+    (r"cliff_return_ratio", -1),  # share of the return kept at the cliff test's 10th point
+    (r"return_drop|cliff|keskar_sharpness|magnitude_aware_flatness", 1),
     (r"lambda_max_over_trace", 0),  # a ratio whose sign follows the (possibly negative) trace
     (r"lambda_min", -1),  # the negative end of the spectrum of the surrogate: farther below 0 = sharper
     (r"negative_(mass|count)_fraction", 0),

@@ -98,7 +98,7 @@ def spectrum_methods(probes: Mapping[str, Mapping[str, Any]]) -> tuple[set[str],
 
 
 def sigma_bound(probe: Mapping[str, Any]) -> float | None:
-    """Largest perturbation sigma a run was probed at: the censoring bound of its critical sigma."""
+    """Largest perturbation sigma a run was probed at: the censoring bound of its return-halving sigma."""
     sigmas = _get(probe, "perturbation", "average", "sigmas")
     if isinstance(sigmas, list) and sigmas:
         return float(max(sigmas))

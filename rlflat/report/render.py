@@ -11,25 +11,31 @@ plain sentence whose direction is read through one orientation table (:mod:`rlfl
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from rlflat.errors import RlflatError
-from rlflat.io import write_text
+from rlflat.io import check_output_dir, write_text
 from rlflat.report import figures as F
 from rlflat.report import probe_data as P
 from rlflat.report import robustness_data as RD
 from rlflat.report import select
+from rlflat.report.brackets import tie_within_brackets
 from rlflat.report.censoring import MIN_COLLAPSE, censor_runs
 from rlflat.report.context import Context, label
 from rlflat.report.document import Document, to_html, to_markdown
 from rlflat.report.published import section_published
+from rlflat.report.reliability import section_reliability
 from rlflat.report.sections_figures import section_robustness, section_sharpness, section_training
+from rlflat.report.sections_flatness import section_flatness_vs_algorithm
+from rlflat.report.sections_stability import section_stability
 from rlflat.report.sections_stats import section_comparisons, section_correlations
 from rlflat.report.settings import ReportSettings, load_report_settings
-from rlflat.report.study import Study, load_robustness, load_study
+from rlflat.report.study import Study, load_robustness, load_study, skipped_runs
 
 DEFAULT_COLLAPSE_FRAC = 0.5
 
@@ -84,6 +90,32 @@ def _section_overview(ctx: Context) -> None:
         doc.note("Excluded runs by status: " + ", ".join(f"{k}: {v}" for k, v in reasons.items()) + ".")
     doc.table(counts, "Runs per task and algorithm.")
     ctx.save_table(counts, "runs")
+    unsolved = ctx.unsolved if ctx.unsolved is not None else runs.iloc[0:0]
+    entering = len(ctx.correlated)
+    if len(unsolved):
+        cols = [
+            c
+            for c in ("run_id", "algo", "seed", "robustness.nominal_return", "robustness.solved_threshold")
+            if c in unsolved
+        ]
+        doc.table(unsolved[cols], "Unsolved runs: nominal return below the task's solved threshold.")
+        ctx.save_table(unsolved[cols], "unsolved")
+    doc.para(
+        f"{len(unsolved)} of {len(runs)} runs are unsolved (nominal return below the task's solved threshold); "
+        + (
+            f"they are kept in the sharpness-robustness correlations (include_unsolved), so {entering} runs enter them."
+            if ctx.settings.include_unsolved
+            else f"they are left out of the sharpness-robustness correlations, so {entering} runs enter them "
+            "(algorithm comparisons keep every run)."
+        )
+    )
+    if ctx.bracket_ties:
+        doc.para(
+            "Collapse points are ranked by the grid bracket they fall in (the two evaluated factors around the "
+            "crossing): runs in one bracket are ties. Runs sharing a bracket with another run: "
+            + "; ".join(f"{label(c)}: {n}" for c, n in ctx.bracket_ties.items() if c in ctx.metrics or n)
+            + "."
+        )
     doc.para(
         "Headline sharpness measures (declared before the analysis): "
         + (", ".join(label(m) for m in ctx.measures) or "none")
@@ -91,6 +123,7 @@ def _section_overview(ctx: Context) -> None:
         + (", ".join(label(m) for m in ctx.metrics) or "none")
         + f". {len(ctx.measures) * len(ctx.metrics)} measure × metric pairs are tested per task and method."
     )
+    _measure_glossary(ctx)
     if ctx.censored:
         parts = [
             f"{label(c)}: {int(f.sum())} of {len(f)}"
@@ -103,6 +136,30 @@ def _section_overview(ctx: Context) -> None:
                 + "; ".join(parts)
                 + "."
             )
+
+
+def _measure_glossary(ctx: Context) -> None:
+    """What each headline probe measure is and what it is invariant to, from :data:`rlflat.probe.invariance.INVARIANCE`."""
+    from rlflat.probe.invariance import INVARIANCE, family, rescaling_words, sign_flip_words
+
+    rows = []
+    for column in ctx.measures:
+        key = family(column.removeprefix("probe."))
+        if column.startswith("probe.") and (inv := INVARIANCE.get(key)) is not None:
+            rows.append(
+                {
+                    "measure": label(column),
+                    "what it is": inv.what,
+                    "per-neuron ReLU rescaling": rescaling_words(inv),
+                    "tanh sign flips": sign_flip_words(inv),
+                }
+            )
+    if rows:
+        ctx.doc.table(
+            pd.DataFrame(rows),
+            "What each headline sharpness measure is (definitions and invariances as tested in "
+            "tests/test_probe_invariance.py).",
+        )
 
 
 def _clean_outputs(out: Path) -> None:
@@ -123,7 +180,8 @@ def _context(study: Study, out_dir: Path, settings: ReportSettings, figure_n_boo
     doc = Document(f"rlflat report: {study.name}")
     probe_meta = P.probe_json(study)
     robust = load_robustness(study)
-    runs, censored = censor_runs(study.runs, RD.log_factor_bounds(robust), probe_meta)
+    tied, bracket_ties = tie_within_brackets(study.runs)
+    runs, censored = censor_runs(tied, RD.log_factor_bounds(robust), probe_meta)
     measures = _headline(runs, settings.headline_measures, "measures", doc)
     wanted_metrics = list(settings.headline_metrics)
     metrics = _headline(runs, wanted_metrics, "metrics", doc)
@@ -144,6 +202,11 @@ def _context(study: Study, out_dir: Path, settings: ReportSettings, figure_n_boo
         probe_meta=probe_meta,
     )
     ctx.collapse_frac = _collapse_frac(runs, settings, doc)
+    ctx.bracket_ties = bracket_ties
+    if "unsolved" in runs.columns:
+        flags = runs["unsolved"].map(lambda v: v is True or v == 1 or str(v) == "True")
+        ctx.unsolved = runs[flags]
+        ctx.corr_runs = runs if settings.include_unsolved else runs[~flags]
     return ctx
 
 
@@ -155,11 +218,15 @@ def build_report(
     n_boot: int | None = None,
     figure_n_boot: int = 1000,
     settings: ReportSettings | None = None,
+    strict: bool = False,
+    progress: bool = False,
 ) -> Path:
     """Write ``report.md``, ``report.html``, ``figures/*.png`` and ``tables/*.csv`` under ``out``; return ``out``.
 
     ``settings`` default to the first study's ``study.yaml`` ``report:`` block; ``seed`` and ``n_boot``, when
     given, override it. ``seed`` drives every resampling and permutation, so a report is reproducible.
+    Every run or per-run file left out is named on stderr (:func:`rlflat.report.study.skipped_runs`); with
+    ``strict`` any such skip is an error, before anything is written. ``progress`` shows a bar per section.
     """
     if isinstance(study_dirs, str | Path):
         study_dirs = [study_dirs]
@@ -167,17 +234,23 @@ def build_report(
     base = settings if settings is not None else load_report_settings(study_dirs)
     overrides = {k: v for k, v in (("seed", seed), ("n_boot", n_boot)) if v is not None}
     settings = ReportSettings.model_validate(base.model_dump() | overrides) if overrides else base
-    out_dir = Path(out) if out is not None else default_output(study_dirs)
+    out_dir = check_output_dir(Path(out) if out is not None else default_output(study_dirs))
+    skipped = skipped_runs(study)
+    for name, reason in skipped:
+        print(f"skipped {name}: {reason}", file=sys.stderr)
+    if skipped and strict:
+        raise RlflatError(f"{len(skipped)} run(s) or run file(s) skipped (listed above); --strict: no report written")
     out_dir.mkdir(parents=True, exist_ok=True)
     _clean_outputs(out_dir)
     ctx = _context(study, out_dir, settings, figure_n_boot)
-    _section_overview(ctx)
-    section_correlations(ctx)
-    section_comparisons(ctx)
-    section_published(ctx)
-    section_robustness(ctx)
-    section_sharpness(ctx)
-    section_training(ctx)
+    sections = (_section_overview, section_reliability, section_flatness_vs_algorithm, section_correlations,
+                section_comparisons, section_published, section_robustness,
+                section_sharpness, section_training, section_stability)  # fmt: skip
+    with tqdm(sections, desc="report", unit="section", disable=None if progress else True, file=sys.stderr,
+              leave=False) as bar:  # fmt: skip
+        for section in bar:
+            bar.set_postfix_str(section.__name__.removeprefix("_").removeprefix("section_"))
+            section(ctx)
     write_text(out_dir / "report.md", to_markdown(ctx.doc, out_dir))
     write_text(out_dir / "report.html", to_html(ctx.doc))
     return out_dir

@@ -12,6 +12,7 @@ from rlflat.report.context import Context, add_figure, label
 from rlflat.report.document import cell, estimate_ci
 from rlflat.report.orientation import direction_word
 from rlflat.report.select import comparison_pairs
+from rlflat.report.stats.power import min_detectable_rho
 from rlflat.report.study import factor_columns
 
 NOMINAL_RETURN = "train.return_mean"
@@ -19,7 +20,8 @@ METHODS_TEXT = (
     "Spearman ρ and Kendall τ across runs. Intervals: Fisher's z with the Bonett & Wright (2000) variance "
     "(Spearman) and Fieller et al.'s (1957) 0.437/(n-4) (Kendall), stated only from {min_ci} runs on; p-values: "
     "permutation tests (exact up to 8 runs, else {n_perm} seeded permutations). Pooled rows average "
-    "within-task coefficients; 'within algorithm' rows average the coefficients inside each algorithm, "
+    "within-task coefficients; 'across runs' rows mix the variation between and within algorithms, 'within "
+    "algorithm' rows average the coefficients inside each algorithm, "
     "so an association that is only the algorithm label vanishes there. Each measure and metric carries its "
     "orientation (↑ sharper / ↑ flatter, ↑ more / less robust), and sentences read the sign through it. "
     "Runs that never collapsed inside the evaluated range are right-censored: they tie at the range bound."
@@ -41,12 +43,22 @@ def _sentences(ctx: Context, corr: pd.DataFrame, scope: str, which: str) -> list
     out = []
     for _, r in rows.iterrows():
         n_cens = ctx.n_censored(str(r["metric"])) + ctx.n_censored(str(r["measure"]))
-        out.append(S.describe_correlation(r.to_dict(), label(str(r["measure"])), label(str(r["metric"])), n_cens))
+        sentence = S.describe_correlation(r.to_dict(), label(str(r["measure"])), label(str(r["metric"])), n_cens)
+        out.append(sentence + " " + power_clause(int(r["n"]), int(r.get("n_strata", 1) or 1)))
     return out
 
 
+def power_clause(n: int, n_strata: int = 1) -> str:
+    """How many runs entered and the smallest |rho| they detect with 80% power (strata: their equivalent n)."""
+    n_eq = n - 3 * (max(n_strata, 1) - 1)  # equivalent_n with every stratum above 3 runs
+    smallest = min_detectable_rho(n_eq)
+    within = f" in {n_strata} strata (equivalent n {n_eq})" if n_strata > 1 else ""
+    detect = f"detects |ρ| ≥ {smallest:.2f} with 80% power" if smallest == smallest else "cannot reach 80% power"
+    return f"({n} runs entered{within}; this n {detect}.)"
+
+
 def section_correlations(ctx: Context) -> None:
-    doc, runs = ctx.doc, ctx.runs
+    doc, runs = ctx.doc, ctx.correlated
     doc.heading("Does sharpness predict robustness?")
     if not ctx.measures or not ctx.metrics:
         doc.note("No varying headline sharpness measure or robustness metric in the runs table.")
@@ -96,7 +108,7 @@ def section_correlations(ctx: Context) -> None:
 
 def _all_pairs(ctx: Context) -> None:
     """Every (measure, metric) pair of the runs table, as an exploratory table beside the headline analysis."""
-    runs = ctx.runs
+    runs = ctx.correlated
     measures, _ = SEL.distinct(runs, SEL.varying(runs, SEL.measure_columns(runs)))
     metrics, _ = SEL.distinct(runs, SEL.varying(runs, SEL.metric_columns(runs)))
     if not measures or not metrics:
@@ -114,7 +126,7 @@ def _all_pairs(ctx: Context) -> None:
 
 
 def section_granulated(ctx: Context) -> None:
-    doc, runs = ctx.doc, ctx.runs
+    doc, runs = ctx.doc, ctx.correlated
     factors = factor_columns(runs)
     doc.heading("Granulated Kendall coefficient", level=3)
     if not factors:

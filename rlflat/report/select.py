@@ -31,7 +31,9 @@ ALIASES: dict[str, tuple[str, ...]] = {
 }
 # Bookkeeping numbers under probe./robustness. that are not sharpness measures or robustness metrics.
 _NOT_A_MEASURE = re.compile(
-    r"(stderr|std_err|n_params|n_hvp|hvps|seconds|n_probes|n_samples|episodes|\.seed$|config\.|loss_value|^probe\.loss$)"
+    r"(stderr|std_err|_se$|_batches$|n_params|n_hvp|hvps|seconds|n_probes|n_samples|episodes|\.seed$|config\.|loss_value"
+    r"|^probe\.loss$|^probe\.batches$|^probe\.batch_size$"
+    r"|^probe\.(entropy|max_action_prob|log_std)$|^probe\.param_norm\.)"  # confounds: controls, not sharpness
 )
 _NOT_A_METRIC = re.compile(
     r"(episodes|n_settings|seconds|\.seed$|config\.|ci_low|ci_high|normalization|worst_setting|_std$|within_range"

@@ -18,18 +18,27 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rlflat.errors import RlflatError
 
 DEFAULT_MEASURES = [
+    "probe.fisher_lambda_max",
+    "probe.fisher_trace",
     "probe.lambda_max",
     "probe.trace",
-    "probe.critical_sigma",
+    "probe.return_halving_sigma",
+    "probe.return_drop_adaptive_sigma0p1",
     "probe.worst_case_adaptive",
     "probe.kl_sigma0p1",
 ]
 DEFAULT_METRICS = [
     "robustness.auc_mean",
     "robustness.collapse_log_factor_min",
-    "robustness.worst_dynamics_return",
-    "robustness.collapsed_fraction",
+    "robustness.severity_return_x0p5",
+    "robustness.severity_return_x2",
+    "robustness.collapsed_fraction_box",
 ]
+"""Headline robustness metrics (all on the task-level normalised scale). ``worst_dynamics_return`` is not one: at
+the range's edge it measures the physics (a longer pole falls more slowly) more than the policy; it stays in the
+tables."""
+DEFAULT_CONFOUNDS = ["probe.entropy"]
+"""Per-run confounds partialled out of the flatness-vs-robustness correlation, when the runs table has them."""
 
 
 def parse_setting(text: str) -> tuple[str, float]:
@@ -80,6 +89,10 @@ class ReportSettings(BaseModel):
     """Sharpness columns analysed, in order (an absent or constant one is noted and skipped)."""
     headline_metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))
     """Robustness columns analysed, in order; ``collapse_log_factor_min`` is derived (censored) if absent."""
+    confounds: list[str] = Field(default_factory=lambda: list(DEFAULT_CONFOUNDS))
+    """Columns partialled out (beside the algorithm) in the partial Spearman; absent ones are skipped and named."""
+    include_unsolved: bool = False
+    """Keep runs below the task's solved threshold in the sharpness-robustness correlations (default: left out)."""
     comparisons: list[tuple[str, str]] | None = None
     """``[algo, baseline]`` pairs; None: every flatness variant with its base (ppo_sam vs ppo, ...)."""
     n_boot: int = Field(default=2000, ge=1)

@@ -24,6 +24,11 @@ from rlflat.errors import RlflatError
 
 T = TypeVar("T")
 RUNS_FILE = "runs.parquet"
+LEGACY_COLUMNS: dict[str, str] = {
+    "probe.critical_sigma": "probe.return_halving_sigma",
+    "probe.critical_sigma_raw": "probe.return_halving_sigma_raw",
+}
+"""Columns of tables collected before a measure got its honest name (issue 9), read under the new name."""
 TRAIN_FILE = "train.csv"
 ROBUSTNESS_FILE = "robustness.parquet"
 STUDY_FILE = "study.yaml"
@@ -73,6 +78,7 @@ def _read_runs_table(directory: Path) -> pd.DataFrame:
         table = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for a corrupt or truncated file
         raise RlflatError(f"cannot read {path}: {exc}") from None
+    table = table.rename(columns={old: new for old, new in LEGACY_COLUMNS.items() if new not in table.columns})
     for column in ("algo", "task"):
         if column not in table.columns:
             raise RlflatError(f"{path} has no {column!r} column; columns: {', '.join(map(str, table.columns))}")
@@ -137,6 +143,67 @@ def load_study(study_dirs: Sequence[str | Path]) -> Study:
     return Study(dirs=dirs, runs=good, failed=failed, run_dirs=run_dirs)
 
 
+PROBE_NPZ = "probe.npz"
+_RUN_FILES = ((TRAIN_FILE, "train."), (ROBUSTNESS_FILE, "robustness."), (PROBE_NPZ, "probe."))
+"""Per-run files the report reads, and the runs-table column prefix that says the run should have one."""
+
+
+def skipped_runs(study: Study) -> list[tuple[str, str]]:
+    """``(run, reason)`` for everything the report leaves out: run folders without a table row (missing or
+    corrupt config/metrics, unfinished) and, for each successful run, a missing folder or a per-run file
+    (train.csv, robustness.parquet, probe.npz) that is missing or unreadable. Figures skip these runs; the
+    report names every one (``--strict`` refuses to report at all)."""
+    from rlflat.sweep.table import skipped_runs as unlisted
+
+    skipped: list[tuple[str, str]] = []
+    in_table = {path.resolve() for path in study.run_dirs.values()}
+    for directory in study.dirs:
+        try:
+            found = unlisted(directory)
+            skipped += [(f"{directory.name}/{n}", why) for n, why in found if (directory / n).resolve() not in in_table]
+        except RlflatError as exc:  # a corrupt study.yaml: its stages are unknown
+            skipped.append((directory.name, f"run folders not checked: {exc}"))
+    for row in study.runs.to_dict("records"):
+        run_id = str(row["run_id"])
+        shown = f"{row.get('study', '')}/{row.get('path') or run_id}"
+        run_dir = study.run_dirs.get(run_id)
+        if run_dir is None:
+            skipped.append((shown, "run folder missing"))
+            continue
+        for name, prefix in _RUN_FILES:
+            expected = any(str(c).startswith(prefix) and _present(v) for c, v in row.items())
+            reason = _file_problem(run_dir / name) if expected else None
+            if reason is not None:
+                skipped.append((shown, f"{name} {reason}"))
+    return skipped
+
+
+def _present(value: object) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def _file_problem(path: Path) -> str | None:
+    """``missing`` / ``corrupt (...)`` for a per-run file, None when it reads (cheaply: metadata only)."""
+    if not path.exists():
+        return "missing"
+    try:
+        if path.suffix == ".csv":
+            columns = set(pd.read_csv(path, nrows=1).columns)
+            if not {"timesteps", "episode_return"} <= columns:
+                return "corrupt (no timesteps/episode_return columns)"
+        elif path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            if not {"family", "normalized_return"} <= set(pq.read_schema(path).names):
+                return "corrupt (no family/normalized_return columns)"
+        else:
+            with np.load(path, allow_pickle=False) as data:
+                _ = data.files
+    except Exception as exc:  # pyarrow, zipfile and pandas raise many types for a damaged file
+        return f"corrupt ({type(exc).__name__})"
+    return None
+
+
 def factor_columns(runs: pd.DataFrame) -> list[str]:
     """The study's varied factors: ``algo`` (when several) and every ``hp.*`` column varied within an algo.
 
@@ -183,9 +250,32 @@ def _run_frames(
 
 
 def load_learning_curves(study: Study) -> pd.DataFrame:
-    """Every run's ``train.csv`` stacked, with run identity columns; empty when none exist."""
-    frames = [f for f in _run_frames(study, TRAIN_FILE) if {"timesteps", "episode_return"} <= set(f.columns)]
+    """Every run's ``train.csv`` episode rows stacked, with run identity columns; empty when none exist.
+
+    A run trained with ``track_sharpness`` also has sharpness rows in ``train.csv`` (no episode return); they
+    are left out here (see :func:`load_sharpness_paths`)."""
+    frames = [
+        f.dropna(subset=["episode_return"])
+        for f in _run_frames(study, TRAIN_FILE)
+        if {"timesteps", "episode_return"} <= set(f.columns)
+    ]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def load_sharpness_paths(study: Study) -> pd.DataFrame:
+    """The sharpness rows of every tracked run's ``train.csv`` (``update`` set), with run identity columns and the
+    run's ``learning_rate`` setting as ``lr_setting`` (a constant or a schedule's text); empty without any."""
+    frames = [
+        f.dropna(subset=["update"]) for f in _run_frames(study, TRAIN_FILE) if {"timesteps", "update"} <= set(f.columns)
+    ]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return pd.DataFrame()
+    paths = pd.concat(frames, ignore_index=True)
+    lr = study.runs.get("hp.learning_rate")
+    settings = dict(zip(study.runs["run_id"].astype(str), lr.astype(str), strict=True)) if lr is not None else {}
+    paths["lr_setting"] = paths["run_id"].astype(str).map(settings).fillna("?")
+    return paths
 
 
 def load_robustness(study: Study) -> pd.DataFrame:

@@ -5,7 +5,6 @@
 """
 
 from rlflat.sweep.config import (
-    CONFIG_STAGE,
     STAGES,
     LoadedStudy,
     RunSpec,
@@ -21,7 +20,6 @@ from rlflat.sweep.table import RUNS_FILE, build_table, collect, read_table, timi
 
 __all__ = [
     "BACKENDS",
-    "CONFIG_STAGE",
     "RUNS_FILE",
     "STAGES",
     "LoadedStudy",

@@ -12,10 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rlflat.cli import ArgumentParser, run_cli
+from rlflat.errors import RlflatError
 from rlflat.sweep.config import load_study_config
 from rlflat.sweep.executors import BACKENDS
 from rlflat.sweep.runner import default_study_dir, run_sweep, summary_lines
-from rlflat.sweep.table import RUNS_FILE, collect
+from rlflat.sweep.table import RUNS_FILE, collect, skipped_runs
 
 
 def _parser() -> ArgumentParser:
@@ -30,6 +31,8 @@ def _parser() -> ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="list the runs and which are done; run nothing")
     parser.add_argument("--collect", type=Path, metavar="STUDY_DIR", help="only rebuild STUDY_DIR/runs.parquet")
     parser.add_argument("--no-progress", action="store_true", help="no progress display")
+    parser.add_argument("--strict", action="store_true",
+                        help="with --collect: refuse (exit 2, nothing written) when a run folder is skipped")  # fmt: skip
     return parser
 
 
@@ -39,9 +42,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.collect is not None:
         if args.config is not None:
             parser.error("--collect takes a study directory, not a config")
+        if not args.collect.is_dir():
+            raise RlflatError(f"--collect {args.collect}: not a study directory")
+        skipped = skipped_runs(args.collect)
+        for name, reason in skipped:
+            print(f"skipped {name}: {reason}", file=sys.stderr)
+        if skipped and args.strict:
+            raise RlflatError(f"{len(skipped)} run folder(s) skipped (listed above); --strict: {RUNS_FILE} not written")
         table = collect(args.collect)
         failed = int((table["status"] == "failed").sum()) if len(table) else 0
-        print(f"{args.collect / RUNS_FILE}: {len(table)} runs ({failed} failed)")
+        print(f"{args.collect / RUNS_FILE}: {len(table)} runs ({failed} failed, {len(skipped)} skipped)")
         return 0
     if args.config is None:
         parser.error("CONFIG is required (or --collect STUDY_DIR)")
@@ -62,12 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         study_dir = args.out or default_study_dir(study)
         for planned in result.plan:
             pending = f" (to do: {', '.join(planned.remaining)})" if planned.state == "partial" else ""
-            if planned.state == "invalid":
-                pending = f" (config: {planned.spec.error})"
             print(f"{planned.state:<8} {planned.spec.label}{pending}")
-        states = ("done", "failed", "partial", "todo", "invalid")
+        states = ("done", "failed", "partial", "todo")
         counts = {s: sum(1 for p in result.plan if p.state == s) for s in states}
-        shown = ", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "invalid")
+        shown = ", ".join(f"{n} {s}" for s, n in counts.items())
         print(f"{study_dir}: {len(result.plan)} runs ({shown}); stages: {', '.join(study.config.stages)}")
         return 0
     for line in summary_lines(result):

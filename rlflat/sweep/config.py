@@ -7,10 +7,11 @@ overridden key is not a grid axis for that algorithm). Every expanded run is res
 :func:`rlflat.train.resolve_run_config` before anything starts, and runs whose resolved configs are identical
 are merged by their content hash (the run id).
 
-Two kinds of error, two treatments. A schema error (unknown key, wrong type, unknown algorithm or task, a grid or
-override key no algorithm takes) is a mistake in the file: it stops the sweep up front with one line naming the
-file and key. A run that resolve_run_config rejects (``rho: -1``, a bad combination) is a point of the study that
-cannot be trained: it becomes a failed run (stage ``config``) in the table, and the sweep goes on with the rest.
+Every error stops the sweep up front, before anything is written, with one line naming the file: a schema
+error (unknown key, wrong type, unknown algorithm or task, a grid or override key no algorithm takes) and a
+run that resolve_run_config rejects (``rho: -1``, ``learning_rate: abc``, a bad combination), named by its
+algorithm, task, seed and settings. A study that cannot be trained as written is a mistake in the file, not
+a result: recording such runs as failed rows would write a study directory for a config that was never valid.
 """
 
 from __future__ import annotations
@@ -35,14 +36,12 @@ STAGE_BLOCKS = {"probe": "probe", "evaluate": "robustness"}
 """The metrics.json block whose presence marks a stage as finished (the stage functions write them)."""
 
 _RESERVED_STAGE_KEYS = {
-    "probe": ("path", "task", "out", "update_metrics"),
-    "evaluate": ("path", "task", "out", "write"),
+    "probe": ("path", "task", "out", "update_metrics", "force"),
+    "evaluate": ("path", "task", "out", "write", "force"),
 }
-"""Stage arguments the sweep sets itself: the run directory, its task, the output location, and writing the
-stage's block into ``metrics.json`` (which is how the sweep knows the stage finished)."""
-
-CONFIG_STAGE = "config"
-"""The ``failed_stage`` of a run whose hyperparameters resolve_run_config rejected (it never started)."""
+"""Stage arguments the sweep sets itself: the run directory, its task, the output location, writing the
+stage's block into ``metrics.json`` (which is how the sweep knows the stage finished), and redoing a stage
+that a killed sweep left half done."""
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -179,9 +178,6 @@ class RunSpec:
     """Directory name: ``<algo>-<task>-s<seed>-<run_id>``."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """What the study set for this run (grid point + per-algorithm overrides), for listings."""
-    error: str | None = None
-    """Why resolve_run_config rejected this run (then ``config`` holds what the study asked for, unresolved,
-    and the run is recorded as failed at stage ``config`` instead of being run)."""
 
     @property
     def label(self) -> str:
@@ -278,38 +274,40 @@ def _iter_candidates(study: StudyConfig) -> Iterator[tuple[str, str, int, dict[s
 def expand_runs(study: StudyConfig | LoadedStudy, *, with_duplicates: bool = False) -> list[RunSpec]:
     """Every distinct run of the study, resolved, in task/algo/grid/seed order.
 
-    Raises :class:`RlflatError` for a schema error: an unknown algorithm or task, or a grid or override key that
-    the algorithms do not take. A run that resolve_run_config rejects is returned with ``error`` set (and its
-    unresolved config), to be recorded as a failed run. Runs with equal run ids are merged (the first kept)
-    unless ``with_duplicates``.
+    Raises :class:`RlflatError` for a schema error (an unknown algorithm or task, a grid or override key that
+    the algorithms do not take) and for the first run that resolve_run_config rejects, naming it and how many
+    more are rejected. Runs with equal run ids are merged (the first kept) unless ``with_duplicates``.
     """
     from rlflat.train import default_run_dir, resolve_run_config, run_id
 
     loaded = study if isinstance(study, LoadedStudy) else None
     config = study.config if isinstance(study, LoadedStudy) else study
     source = loaded.source if loaded else "<study>"
-    aliases = _check_names(config, source)
+    _check_names(config, source)
     runs: list[RunSpec] = []
     seen: set[str] = set()
+    rejected: list[str] = []
     for task, algo, seed, settings in _iter_candidates(config):
-        error = None
         try:
             resolved = resolve_run_config(algo, task, seed=seed, steps=config.steps, overrides=settings)
         except RlflatError as exc:
-            error = str(exc)
-            asked = {**settings, **({"total_timesteps": config.steps} if config.steps is not None else {})}
-            resolved = {"algo": algo, "task": aliases[task], "seed": int(seed), "hyperparameters": asked}
+            shown = " ".join(f"{k}={v!r}" for k, v in sorted(settings.items()))
+            rejected.append(f"run {algo} {task} seed {seed}{' ' + shown if shown else ''}: {exc}")
+            continue
         identity = run_id(resolved)
         if identity in seen and not with_duplicates:
             continue
         seen.add(identity)
         name = default_run_dir(resolved, Path(".")).name
-        runs.append(RunSpec(config=resolved, run_id=identity, name=name, overrides=settings, error=error))
+        runs.append(RunSpec(config=resolved, run_id=identity, name=name, overrides=settings))
+    if rejected:
+        more = f" (and {len(rejected) - 1} more rejected runs)" if len(rejected) > 1 else ""
+        raise RlflatError(f"{source}: {rejected[0]}{more}; nothing was run or written")
     return runs
 
 
-def _check_names(config: StudyConfig, source: str) -> dict[str, str]:
-    """Schema checks that need the registries: algorithms, tasks, grid and override keys. Returns task aliases."""
+def _check_names(config: StudyConfig, source: str) -> None:
+    """Schema checks that need the registries: algorithms, tasks, grid and override keys."""
     from rlflat import algos
     from rlflat.tasks import load_task
 
@@ -318,10 +316,9 @@ def _check_names(config: StudyConfig, source: str) -> dict[str, str]:
             raise RlflatError(
                 f"{source}: algos: unknown algorithm {algo!r}; valid choices: {', '.join(algos.ALGORITHM_NAMES)}"
             )
-    aliases = {}
     for task in config.tasks:
         try:
-            aliases[task] = load_task(task).alias
+            load_task(task)
         except RlflatError as exc:
             raise RlflatError(f"{source}: tasks: {exc}") from None
     for i, grid in enumerate(config.grids):
@@ -340,7 +337,6 @@ def _check_names(config: StudyConfig, source: str) -> dict[str, str]:
                     f"{source}: overrides.{algo}.{key} is not a hyperparameter of {algo}; "
                     f"valid keys: {', '.join(_valid_keys(algo))}"
                 )
-    return aliases
 
 
 def check_stage_options(study: StudyConfig | LoadedStudy) -> None:

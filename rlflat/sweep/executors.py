@@ -14,10 +14,14 @@ finishing orphaned runs into a study being resumed.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import multiprocessing
 import os
 import select
 import signal
+import socket
+import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -282,15 +286,83 @@ def run_ray(
     directory on its node and returns the packed run directory, which is published here like any other run.
     """
     ray = import_ray()
-    started = False
-    if not ray.is_initialized():
+    with connect("ray", address):
+        _run_ray_tasks(ray, jobs, study_dir, workers, on_start, on_done)
+
+
+@contextmanager
+def connect(backend: str, address: str | None) -> Iterator[None]:
+    """For ``ray``: connect to the cluster (or start a local Ray) for the block, and disconnect after it.
+
+    The sweep connects before it writes anything, so a refused, unreachable or unauthenticated cluster is one
+    line and an untouched ``--out``. A Ray already initialised (a test's, a notebook's) is used as it is and
+    left running. Other backends need no connection.
+    """
+    if backend != "ray":
+        yield
+        return
+    ray = import_ray()
+    if ray.is_initialized():
+        yield
+        return
+    shown = ray_target(address) or "a local cluster"
+    _check_reachable(ray_target(address), shown)
+    with tempfile.TemporaryFile(mode="w+") as chatter:
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
-            shown = ray_target(address) or "a local cluster"
+            with _stderr_to(chatter):  # Ray's C++ core retries loudly on stderr; the outcome is one line below
+                ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        except Exception as exc:  # ConnectionError, RuntimeError, ValueError, TimeoutError alike
+            chatter.seek(0)
+            said = f"{exc}\n{chatter.read()}"
+            if "Unauthenticated" in said or "InvalidAuthToken" in said:
+                raise RlflatError(
+                    f"cannot connect to Ray at {shown}: the cluster wants token authentication; set RAY_AUTH_MODE=token "
+                    "and give this machine the head's token (copy its ~/.ray/auth_token, or set RAY_AUTH_TOKEN_PATH)"
+                ) from None
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise RlflatError(f"cannot connect to Ray at {shown}: {first_line}") from None
-        started = True
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _check_reachable(target: str, shown: str, timeout: float = 5.0) -> None:
+    """A quick TCP connect to ``host:port`` (or ``ray://host:port``): a refused or unreachable head is one line
+    now, not minutes of Ray's own retries. ``auto``, ``local`` and a local Ray are left to ``ray.init``."""
+    host, sep, port = target.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise RlflatError(
+            f"cannot connect to Ray at {shown}: {exc.strerror or exc}; is the head node running?"
+        ) from None
+
+
+@contextmanager
+def _stderr_to(handle: Any) -> Iterator[None]:
+    """Point file descriptor 2 (where C++ code writes) at ``handle`` for the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        os.dup2(handle.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _run_ray_tasks(
+    ray: Any,
+    jobs: Sequence[RunJob],
+    study_dir: Path,
+    workers: int | None,
+    on_start: OnStart,
+    on_done: OnDone,
+) -> None:
     runtime_env = {"env_vars": dict(SINGLE_THREAD_ENV)}  # set when Ray starts the worker, before any import
     remote = ray.remote(num_cpus=1, max_retries=0, runtime_env=runtime_env)(_ray_task)
     limit = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -319,6 +391,3 @@ def run_ray(
         for ref in running:
             ray.cancel(ref, force=True)
         raise
-    finally:
-        if started:
-            ray.shutdown()

@@ -10,7 +10,6 @@ Completion is read from the run directory itself, never from a separate ledger, 
 
 A failure is recorded as ``failure.json`` in the run directory (created if training never produced one), with
 the stage, the error and the log's path. Failed runs are retried by the next sweep; their log is appended to.
-A run whose hyperparameters were rejected (stage ``config``) gets such a directory without ever starting.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from rlflat.io import read_json, staging_dir, write_json, write_text
-from rlflat.sweep.config import CONFIG_STAGE, STAGE_BLOCKS, STAGES
+from rlflat.sweep.config import STAGE_BLOCKS, STAGES
 from rlflat.sweep.stage_options import evaluate_options
 
 FAILURE_FILE = "failure.json"
@@ -113,12 +112,12 @@ def _train(run_dir: Path, job: RunJob) -> None:
 
 def _probe(run_dir: Path, job: RunJob) -> None:
     probe_run = stage_function("probe")
-    probe_run(run_dir, **job.probe)
+    probe_run(run_dir, force=True, **job.probe)  # the stage is not done: a leftover probe.json is redone
 
 
 def _evaluate(run_dir: Path, job: RunJob) -> None:
     evaluate_run = stage_function("evaluate")
-    evaluate_run(run_dir, **evaluate_options(job.evaluate, job.config["task"]))
+    evaluate_run(run_dir, force=True, **evaluate_options(job.evaluate, job.config["task"]))
 
 
 STAGE_RUNNERS: dict[str, StageFunction] = {"train": _train, "probe": _probe, "evaluate": _evaluate}
@@ -200,23 +199,6 @@ def _publish_failure(run_dir: Path, job: RunJob, failure: dict[str, Any]) -> Non
     with staging_dir(run_dir) as staging:
         write_json(staging / "config.json", {**job.config, "run_id": job.run_id, "device": job.device})
         write_json(staging / FAILURE_FILE, failure)
-
-
-def record_config_failure(job: RunJob, error: str, study_dir: str | Path) -> RunOutcome:
-    """Record a run whose hyperparameters were rejected: a failed run at stage ``config``, with a log line.
-
-    ``job.config`` is what the study asked for (unresolved). The directory is rewritten on every sweep, so the
-    error shown is always the current one.
-    """
-    study_dir = Path(study_dir).resolve()
-    log = log_path(study_dir, job.name)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as handle:
-        print(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {job.name}: config rejected: {error}", file=handle)
-    relative_log = str(log.relative_to(study_dir))
-    failure = {"status": "failed", "stage": CONFIG_STAGE, "error": error, "log": relative_log}
-    _publish_failure(study_dir / job.name, job, failure)
-    return RunOutcome(job.name, job.run_id, "failed", (), CONFIG_STAGE, error, 0.0, relative_log)
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from typing import IO, Any
 import pandas as pd
 
 from rlflat.errors import RlflatError
-from rlflat.io import write_text
+from rlflat.io import check_output_dir, write_text
 from rlflat.sweep.config import (
     LoadedStudy,
     RunSpec,
@@ -29,8 +29,8 @@ from rlflat.sweep.config import (
     load_study_config,
     parse_study_config,
 )
-from rlflat.sweep.executors import check_execution, run_jobs
-from rlflat.sweep.pipeline import LOGS_DIR, RunJob, RunOutcome, record_config_failure, remaining_stages, run_state
+from rlflat.sweep.executors import check_execution, connect, run_jobs
+from rlflat.sweep.pipeline import LOGS_DIR, RunJob, RunOutcome, remaining_stages, run_state
 from rlflat.sweep.table import RUNS_FILE, STUDY_FILE, collect, run_directories
 
 RESULTS_DIR = Path("results")
@@ -43,8 +43,7 @@ class PlannedRun:
 
     spec: RunSpec
     state: str
-    """``done``, ``failed``, ``partial`` or ``todo`` (see :func:`rlflat.sweep.pipeline.run_state`), or
-    ``invalid`` when its hyperparameters were rejected (``spec.error``): it is recorded as failed, never run."""
+    """``done``, ``failed``, ``partial`` or ``todo`` (see :func:`rlflat.sweep.pipeline.run_state`)."""
     remaining: tuple[str, ...]
 
 
@@ -81,10 +80,7 @@ def plan_sweep(study: LoadedStudy, study_dir: Path) -> list[PlannedRun]:
     plan = []
     for spec in expand_runs(study):
         run_dir = study_dir / spec.name
-        if spec.error is not None:
-            plan.append(PlannedRun(spec, "invalid", ()))
-        else:
-            plan.append(PlannedRun(spec, run_state(run_dir, stages), remaining_stages(run_dir, stages)))
+        plan.append(PlannedRun(spec, run_state(run_dir, stages), remaining_stages(run_dir, stages)))
     return plan
 
 
@@ -102,9 +98,9 @@ def run_sweep(
 ) -> SweepResult:
     """Run every unfinished run of ``study`` into ``out`` (default ``results/<name>``) and rebuild the table.
 
-    Flags and the config are validated before anything is written. Failed runs do not stop the sweep: they
-    are recorded (see ``SweepResult.failed``) and retried by the next sweep; runs whose hyperparameters are
-    rejected are recorded as failed at stage ``config`` without starting.
+    Flags, the config and every resolved run are validated before anything is written, and an existing
+    ``study.yaml`` holding a different study is refused. Failed runs do not stop the sweep: they are recorded
+    (see ``SweepResult.failed``) and retried by the next sweep.
     """
     check_execution(backend, workers, address)
     loaded = study if isinstance(study, LoadedStudy) else load_study_config(study)
@@ -112,17 +108,18 @@ def run_sweep(
     plan = plan_sweep(loaded, study_dir)
     check_stage_options(loaded)
     result = SweepResult(study_dir=study_dir, plan=plan)
+    check_output_dir(study_dir)
+    _check_compatible(loaded, study_dir)  # a dry run refuses what the real run would refuse
     if dry_run:
-        _check_compatible(loaded, study_dir)  # a dry run refuses what the real run would refuse
         return result
     start = time.perf_counter()
-    study_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(study_dir):
+    # a refused or unauthenticated Ray cluster: one line, nothing written
+    with connect(backend, address), _locked(study_dir):
         _check_compatible(loaded, study_dir)
-        write_text(study_dir / STUDY_FILE, loaded.text)
+        if not (study_dir / STUDY_FILE).exists() or (study_dir / STUDY_FILE).read_text() != loaded.text:
+            write_text(study_dir / STUDY_FILE, loaded.text)
         _remove_leftovers(study_dir, {p.spec.name for p in plan})
         config = loaded.config
-        invalid = [p.spec for p in plan if p.state == "invalid"]
         jobs = [
             RunJob(
                 config=p.spec.config,
@@ -135,9 +132,9 @@ def run_sweep(
                 command=tuple(command) if command is not None else None,
             )
             for p in plan
-            if p.state not in ("done", "invalid")
+            if p.state != "done"
         ]
-        view = _ProgressView(len(plan), len(invalid) + len(jobs), loaded.config.name, enabled=progress)
+        view = _ProgressView(len(plan), len(jobs), loaded.config.name, enabled=progress)
 
         def on_done(outcome: RunOutcome) -> None:
             result.outcomes.append(outcome)
@@ -145,9 +142,6 @@ def run_sweep(
 
         try:
             with view:
-                for spec in invalid:
-                    job = RunJob(config=spec.config, run_id=spec.run_id, name=spec.name, device=device)
-                    on_done(record_config_failure(job, spec.error or "rejected", study_dir))
                 run_jobs(
                     backend,
                     jobs,
@@ -165,7 +159,8 @@ def run_sweep(
 
 @contextmanager
 def _locked(study_dir: Path) -> Any:
-    """Hold ``<study>/.sweep.lock`` (an flock, released by the kernel even on kill -9)."""
+    """Create ``study_dir`` and hold ``<study>/.sweep.lock`` (an flock, released by the kernel even on kill -9)."""
+    study_dir.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
     except ImportError:  # not POSIX: no protection against two sweeps in one directory
@@ -183,20 +178,36 @@ def _locked(study_dir: Path) -> Any:
 
 
 def _check_compatible(study: LoadedStudy, study_dir: Path) -> None:
-    """Refuse to mix probe/evaluate settings in one study (the run id covers training only)."""
+    """Refuse a study directory whose ``study.yaml`` holds a different study (its ``report:`` block aside).
+
+    The run id covers training only, so changed probe/evaluate settings would mix results in one table; a
+    changed grid, seed list or name would silently turn the directory into another study. Only the report
+    settings, which change no result, may differ (``study.yaml`` is then rewritten with them). A stage switched
+    off before (``probe: false``) may be switched on: no run has its block yet.
+    """
     path = study_dir / STUDY_FILE
     if not path.exists():
         return
     try:
         previous = parse_study_config(path.read_text(), source=str(path)).config
-    except RlflatError:
-        return  # an unreadable old copy: the new config replaces it
+    except RlflatError as exc:
+        raise RlflatError(f"{exc}; the study there cannot be compared: use another --out") from None
     for stage in ("probe", "evaluate"):
         before, now = getattr(previous, stage), getattr(study.config, stage)
+        if before is None:  # the stage never ran: enabling it later (train first, probe later) mixes nothing
+            continue
         if before != now:
             raise RlflatError(
                 f"{study_dir} was run with {stage}: {before}, {study.source} asks {stage}: {now}; finished runs "
                 f"would mix settings: use another --out (or restore the setting)"
+            )
+    checked = {"report", "probe", "evaluate"}  # the stages were compared above
+    before_dump, now_dump = previous.model_dump(exclude=checked), study.config.model_dump(exclude=checked)
+    for key, value in before_dump.items():
+        if now_dump[key] != value:
+            raise RlflatError(
+                f"{path} holds a different study ({key}: {value!r}, {study.source} has {now_dump[key]!r}); "
+                f"use another --out (or restore {key})"
             )
 
 

@@ -75,6 +75,8 @@ def check_options(stage: str, options: Mapping[str, Any], tasks: Sequence[str]) 
 
         from rlflat.errors import bad_choice
         from rlflat.evaluate import build_settings, evaluate
+        from rlflat.evaluate.budget import check_rollout_memory
+        from rlflat.evaluate.suites import count_settings
 
         parameters = inspect.signature(evaluate).parameters
         valid = [n for n, p in parameters.items() if n not in ("policy", "task") and p.kind != p.VAR_KEYWORD]
@@ -84,4 +86,8 @@ def check_options(stage: str, options: Mapping[str, Any], tasks: Sequence[str]) 
         from rlflat.tasks import load_task
 
         for task in tasks:
-            build_settings(load_task(task), evaluate_options(options, task).get("suite"))
+            spec, suite = load_task(task), evaluate_options(options, task).get("suite")
+            episodes = options.get("episodes", 20)
+            if isinstance(episodes, int) and not isinstance(episodes, bool) and episodes > 0:
+                check_rollout_memory(spec, count_settings(spec, suite), episodes, what=f"evaluate ({task})")
+            build_settings(spec, suite)

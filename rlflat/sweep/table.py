@@ -77,11 +77,48 @@ def run_directories(study_dir: Path) -> Iterator[Path]:
             yield path
 
 
+def skip_reason(run_dir: Path, stages: Sequence[str]) -> str | None:
+    """Why :func:`run_row` has no row for ``run_dir`` (missing, corrupt, unfinished), or None when it has one.
+
+    The table never drops a run without saying so: the sweep's ``--collect`` and the report print these.
+    """
+    for name in ("config.json", "metrics.json"):
+        path = run_dir / name
+        if not path.exists():
+            if name == "metrics.json" and (run_dir / FAILURE_FILE).exists():
+                continue
+            return f"{name} missing"
+        try:
+            data = read_json(path)
+        except (OSError, ValueError):
+            return f"{name} corrupt (not valid JSON)"
+        if not isinstance(data, dict):
+            return f"{name} corrupt (not a JSON object)"
+    if run_row(run_dir, stages) is None:
+        return f"unfinished (to do: {', '.join(remaining_stages(run_dir, stages))})"
+    return None
+
+
+def skipped_runs(study_dir: Path, stages: Sequence[str] | None = None) -> list[tuple[str, str]]:
+    """``(folder, reason)`` of every folder in ``study_dir`` that looks like a run but has no table row."""
+    stages = tuple(stages) if stages is not None else study_stages(study_dir)
+    skipped = []
+    for path in sorted(study_dir.iterdir()):
+        if not path.is_dir() or path.name.startswith(".") or path.name == "logs" or path.name == "report":
+            continue
+        reason = skip_reason(path, stages)
+        if reason is not None:
+            skipped.append((path.name, reason))
+    return skipped
+
+
 def run_row(run_dir: Path, stages: Sequence[str], study_dir: Path | None = None) -> dict[str, Any] | None:
-    """The table row of one run directory, or None while it is unfinished."""
+    """The table row of one run directory, or None while it is unfinished (:func:`skip_reason` says why)."""
     try:
         config = read_json(run_dir / "config.json")
     except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
         return None
     metrics = read_metrics(run_dir) or {}
     failure: dict[str, Any] | None = None

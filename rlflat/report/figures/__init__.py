@@ -4,7 +4,8 @@
 * :mod:`.robustness`: robustness curves, 2-D dynamics grids;
 * :mod:`.spectra`: Hessian densities, top eigenvalues;
 * :mod:`.landscapes`: 1-D (loss and return) and 2-D landscapes;
-* :mod:`.training`: learning curves.
+* :mod:`.training`: learning curves;
+* :mod:`.stability`: sharpness along training against the stability thresholds.
 """
 
 from rlflat.report.figures.correlation import plot_correlation_heatmap, plot_sharpness_vs_robustness
@@ -17,6 +18,7 @@ from rlflat.report.figures.landscapes import (
 )
 from rlflat.report.figures.robustness import plot_dynamics_grid, plot_robustness_curves
 from rlflat.report.figures.spectra import plot_hessian_density, plot_top_eigenvalues
+from rlflat.report.figures.stability import plot_sharpness_paths
 from rlflat.report.figures.style import (
     FigAxes,
     FigureSkipped,
@@ -51,6 +53,7 @@ __all__ = [
     "plot_landscape_2d",
     "plot_learning_curves",
     "plot_robustness_curves",
+    "plot_sharpness_paths",
     "plot_sharpness_vs_robustness",
     "plot_top_eigenvalues",
     "save_figure",

@@ -53,7 +53,9 @@ def plot_sharpness_vs_robustness(
     seed: int = 0,
     n_boot: int = 1000,
 ) -> FigAxes:
-    """One panel per (task, sharpness measure): each run a point, a regression line with its 95% CI band.
+    """One panel per (task, sharpness measure): each run a point with a horizontal error bar of +- one standard
+    error of its measure over the probe's replicate batches (the ``<measure>_se`` column, when the runs table
+    has it), a regression line with its 95% CI band.
 
     The regression (over all runs of the task, pooled across algorithms) is a visual guide; the
     claim is the Spearman rho [bootstrap CI] in the title, taken from ``correlations`` (same task
@@ -67,12 +69,25 @@ def plot_sharpness_vs_robustness(
         fig, axes = _grid(len(panels), ncols=min(MAX_COLS, len(measures)) if len(tasks) == 1 else len(measures))
         algos = sorted(runs["algo"].astype(str).unique())
         for ax, (task, measure) in zip(axes, panels, strict=True):
-            sub = runs[runs["task"].astype(str) == task][["algo", measure, metric]].copy()
-            sub[measure] = pd.to_numeric(sub[measure], errors="coerce")
-            sub[metric] = pd.to_numeric(sub[metric], errors="coerce")
-            sub = sub.dropna()
+            se_column = f"{measure}_se"
+            columns = ["algo", measure, metric] + ([se_column] if se_column in runs.columns else [])
+            sub = runs[runs["task"].astype(str) == task][columns].copy()
+            for column in columns[1:]:
+                sub[column] = pd.to_numeric(sub[column], errors="coerce")
+            sub = sub.dropna(subset=[measure, metric])
             logx = len(sub) > 0 and _positive_wide(sub[measure])
             for algo, g in sub.groupby("algo", sort=True):
+                if se_column in g and g[se_column].notna().any():
+                    ax.errorbar(
+                        g[measure],
+                        g[metric],
+                        xerr=g[se_column].fillna(0.0).to_numpy(),
+                        fmt="none",
+                        ecolor=palette[str(algo)],
+                        elinewidth=1.0,
+                        alpha=0.7,
+                        zorder=2,
+                    )
                 ax.scatter(
                     g[measure],
                     g[metric],

@@ -32,6 +32,8 @@ def describe_correlation(row: Mapping[str, object], measure_label: str, metric_l
     scope = "pooled over tasks (within-task ranks)" if row["task"] == POOLED else f"on {row['task']}"
     if str(row.get("scope", "")) == "within algorithm":
         scope += ", within each algorithm"
+    elif str(row.get("scope", "")) == "across runs":
+        scope += ", across runs (between + within algorithms)"
     if not math.isfinite(est):
         return f"{measure_label} vs {metric_label} {scope}: undefined ({row.get('reason') or 'no data'})."
     censored = f"; {n_censored} of {n} runs never collapsed (tied at the range bound)" if n_censored else ""

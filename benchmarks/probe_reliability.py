@@ -1,0 +1,144 @@
+"""Test-retest reliability of every probe measure: is a measure a property of the policy, or of the probe batch?
+
+Probes each of N policies twice with independent batch sets (probe seeds 0 and 1: disjoint replicate seeds, so
+fresh episodes, directions and probe vectors) and, per scalar measure of the ``metrics.json`` probe block
+(``probe.<x>`` in runs.parquet), reports over the N policies:
+
+* ICC(2,1): two-way random effects, absolute agreement, single measurement (Shrout & Fleiss, 1979; McGraw &
+  Wong, 1996), from pingouin's ``intraclass_corr`` (type ``ICC2``), with its 95% CI;
+* the between-policy / within-policy variance ratio: var over policies of the policy means / mean over policies
+  of the variance between the two probes (within-policy variance is the test-retest noise of one probe).
+
+A measure with ICC >= 0.9 may headline a report; < 0.8 is marked unfit (README "Probe reliability"). The table
+is written as CSV (``--out``, default ``<study>/probe_reliability.csv``), which the report renders when present.
+
+Usage (the reference study's 20 policies, retrained from their configs since their zips are not committed)::
+
+    python -m rlflat.sweep STUDY_TRAIN_ONLY.yaml --out /tmp/ref --workers 1     # train stage only
+    OMP_NUM_THREADS=1 python benchmarks/probe_reliability.py /tmp/ref [--batches 4] [--quick]
+
+Every probe goes to a scratch directory (``--work``, default ``<study>/.reliability``); run dirs are not touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from rlflat.io import write_atomic
+from rlflat.probe.output import metrics_block
+from rlflat.probe.run import last_timing, make_options, probe_run
+
+SKIP = ("file", "loss", "seed", "batches", "directions", "hessian_method", "density_method", "wall_seconds")
+HEADLINE, UNFIT = 0.9, 0.8
+
+
+def _runs(study: Path) -> list[Path]:
+    """Published run dirs with a model (hidden names are a sweep's staging areas)."""
+    return sorted(
+        p for p in study.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "model.zip").exists()
+    )
+
+
+def probe_twice(run: Path, work: Path, options: dict[str, Any]) -> list[dict[str, Any]]:
+    """The flat metrics block of two probes of ``run`` with probe seeds 0 and 1. A probe already in ``work`` with
+    the same options is reused (an interrupted benchmark resumes; runs still training can be added later)."""
+    blocks = []
+    for seed in (0, 1):
+        out = work / run.name / f"seed{seed}"
+        wanted = asdict(make_options(seed=seed, update_metrics=False, **options))
+        cached = out / "probe.json"
+        result = json.loads(cached.read_text()) if cached.exists() else None
+        if result is None or any(result["config"].get(k) != json.loads(json.dumps(v)) for k, v in wanted.items()):
+            result = probe_run(run, out=out, seed=seed, update_metrics=False, progress=False, **options)
+        blocks.append(metrics_block(result, out, run, last_timing()))
+    return blocks
+
+
+def reliability(values: pd.DataFrame) -> pd.DataFrame:
+    """Per measure: ICC(2,1) with 95% CI (pingouin), variance ratio, N. ``values``: columns run, probe, measure,
+    value."""
+    import pingouin
+
+    rows = []
+    for measure, group in values.groupby("measure", sort=False):
+        wide = group.pivot(index="run", columns="probe", values="value").dropna()
+        n = len(wide)
+        row: dict[str, Any] = {"measure": measure, "n": n, "icc": math.nan, "icc_ci95": "", "variance_ratio": math.nan}
+        if n >= 3 and float(wide.to_numpy().std()) > 0:
+            long = wide.reset_index().melt(id_vars="run", var_name="probe", value_name="value")
+            table = pingouin.intraclass_corr(data=long, targets="run", raters="probe", ratings="value")
+            types = table.set_index("Type")
+            icc2 = types.loc["ICC(A,1)" if "ICC(A,1)" in types.index else "ICC2"]  # McGraw & Wong's name / older
+            row["icc"] = float(icc2["ICC"])
+            low, high = icc2["CI95"] if "CI95" in icc2 else icc2["CI95%"]
+            row["icc_ci95"] = f"[{low:.2f}, {high:.2f}]"
+            within = float(wide.var(axis=1, ddof=1).mean())
+            between = float(wide.mean(axis=1).var(ddof=1))
+            row["variance_ratio"] = between / within if within > 0 else math.inf
+        row["verdict"] = "headline" if row["icc"] >= HEADLINE else "unfit" if not row["icc"] >= UNFIT else "usable"
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values("icc", ascending=False, na_position="last").reset_index(drop=True)
+
+
+def _long(blocks: dict[str, list[dict[str, Any]]]) -> pd.DataFrame:
+    rows = []
+    for run, pair in blocks.items():
+        for probe, block in enumerate(pair):
+            for key, value in block.items():
+                if key in SKIP or key.endswith("_se") or key.startswith("param_norm."):
+                    continue
+                if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+                    rows.append({"run": run, "probe": probe, "measure": key, "value": float(value)})
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("study", type=Path, nargs="+",
+                    help="study dirs whose run dirs hold model.zip (N >= 20 for the README)")  # fmt: skip
+    ap.add_argument("--batches", type=int, help="replicate batches per probe (default: the probe's)")
+    ap.add_argument("--quick", action="store_true", help="the probe's --quick sizes (smoke runs)")
+    ap.add_argument("--measures", help="probe measures, comma-separated (default: the probe's)")
+    ap.add_argument("--limit", type=int, help="only the first N runs (smoke runs)")
+    ap.add_argument("--work", type=Path, help="scratch dir for the probes (default <study>/.reliability)")
+    ap.add_argument("--out", type=Path, help="CSV table (default <study>/probe_reliability.csv)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    runs = [run for study in args.study for run in _runs(study)][: args.limit]
+    if len(runs) < 3:
+        print(f"error: {len(runs)} run dirs with model.zip in {args.study}; need at least 3", file=sys.stderr)
+        return 2
+    options: dict[str, Any] = {"quick": args.quick}
+    if args.batches is not None:
+        options["batches"] = args.batches
+    if args.measures is not None:
+        options["measures"] = args.measures
+    work = args.work or args.study[0] / ".reliability"
+    blocks: dict[str, list[dict[str, Any]]] = {}
+    c0 = time.process_time()
+    for i, run in enumerate(runs, 1):
+        blocks[run.name] = probe_twice(run, work, options)
+        print(f"[{i}/{len(runs)}] {run.name} ({time.process_time() - c0:.0f} s cpu so far)", flush=True)
+    table = reliability(_long(blocks))
+    batches = blocks[runs[0].name][0]["batches"]
+    out = args.out or args.study[0] / "probe_reliability.csv"
+    write_atomic(out, lambda path: table.to_csv(path, index=False))
+    print(f"N = {len(runs)} policies, 2 probes each of B = {batches} batches; {time.process_time() - c0:.0f} s cpu")
+    with pd.option_context("display.width", 160, "display.max_rows", 200):
+        print(table.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

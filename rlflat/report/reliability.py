@@ -1,0 +1,87 @@
+"""The probe as an instrument in the report: how uncertain each headline measure is on each run (its SE over the
+probe's replicate batches) and, when the study holds a test-retest table (``probe_reliability.csv``, written by
+``benchmarks/probe_reliability.py``), how reliable each measure is across policies.
+
+A measure whose ICC(2,1) is below 0.8 is marked unfit: most of its spread between runs is probe noise, so no
+correlation with it can be read as a property of the policies; 0.9 or more is what a headline measure needs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from rlflat.report.context import Context, label
+
+RELIABILITY_FILE = "probe_reliability.csv"
+HEADLINE_ICC, UNFIT_ICC = 0.9, 0.8
+
+
+def read_reliability(ctx: Context) -> pd.DataFrame | None:
+    """The first study dir's test-retest table, or None (no repeated probes in this study)."""
+    for directory in ctx.study.dirs:
+        path = directory / RELIABILITY_FILE
+        if path.exists():
+            try:
+                return pd.read_csv(path)
+            except (OSError, ValueError, pd.errors.ParserError):
+                ctx.doc.note(f"{path} is unreadable; the reliability table is skipped.")
+    return None
+
+
+def _uncertainty(ctx: Context) -> pd.DataFrame:
+    """Per headline measure with an ``_se`` column: runs with an SE, median SE / |value| over runs."""
+    rows = []
+    for measure in ctx.measures:
+        se_column = f"{measure}_se"
+        if se_column not in ctx.runs.columns:
+            continue
+        value = pd.to_numeric(ctx.runs[measure], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        se = pd.to_numeric(ctx.runs[se_column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        ok = np.isfinite(value) & np.isfinite(se) & (value != 0)
+        if ok.any():
+            relative = np.abs(se[ok] / value[ok])
+            rows.append(
+                {
+                    "measure": label(measure),
+                    "runs": int(ok.sum()),
+                    "median SE / |value|": float(np.median(relative)),
+                    "max SE / |value|": float(relative.max()),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def section_reliability(ctx: Context) -> None:
+    """'Probe uncertainty and reliability': per-run SEs of the headline measures, and the test-retest table."""
+    uncertainty = _uncertainty(ctx)
+    table = read_reliability(ctx)
+    if uncertainty.empty and table is None:
+        return
+    ctx.doc.heading("Probe uncertainty and reliability")
+    if not uncertainty.empty:
+        ctx.doc.para(
+            "Every probe measure is the mean over the probe's independent replicate batches (fresh episodes, "
+            "directions and probe vectors) with its standard error; the scatter plots draw it as horizontal bars."
+        )
+        ctx.doc.table(uncertainty, "Standard error of each headline measure relative to its value, over runs.")
+        ctx.save_table(uncertainty, "probe_uncertainty")
+    if table is None:
+        return
+    shown = table.copy()
+    shown["verdict"] = [
+        "headline" if icc >= HEADLINE_ICC else "unfit" if not icc >= UNFIT_ICC else "usable"
+        for icc in pd.to_numeric(shown["icc"], errors="coerce")
+    ]
+    ctx.doc.para(
+        "Test-retest reliability: each policy probed twice with independent batch sets. ICC(2,1) (two-way random, "
+        f"absolute agreement, single probe) over {int(shown['n'].max())} policies, with its 95% CI, and the "
+        "between-policy / within-policy variance ratio. ICC >= 0.9: fit to headline; < 0.8: unfit (its "
+        "between-run spread is largely probe noise, so correlations with it say little about the policies)."
+    )
+    ctx.doc.table(shown, "Probe measures by test-retest reliability.")
+    ctx.save_table(shown, "probe_reliability")
+    unfit = [m for m, v in zip(shown["measure"], shown["verdict"], strict=True) if v == "unfit"]
+    headline_unfit = [m for m in ctx.measures if m.removeprefix("probe.") in unfit]
+    if headline_unfit:
+        ctx.doc.note("Headline measures marked UNFIT by reliability: " + ", ".join(label(m) for m in headline_unfit))

@@ -1,0 +1,276 @@
+"""PG's loss and SAM/ASAM's step against computations written independently of rlflat, with inputs that break
+symmetry (unequal advantages, several parameter tensors, a subset of them perturbed)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import KVWriter, Logger
+from torch.func import functional_call, grad
+
+from rlflat.algos import ASAM, PG, SAM, UpdateRule, build_model
+from rlflat.algos.rules import make_rule
+
+th.set_num_threads(1)
+
+# -- PG: the loss gradient is the REINFORCE estimator --------------------------------------------------------
+
+_PG_HP: dict[str, Any] = {
+    "n_steps": 24,
+    "learning_rate": 0.05,
+    "ent_coef": 0.03,
+    "vf_coef": 0.7,
+    "max_grad_norm": 1e9,  # no clipping: the step is -lr * gradient exactly
+    "policy_kwargs": {"net_arch": {"pi": [5], "vf": [4]}, "optimizer_class": th.optim.SGD},
+}
+
+
+def _np(t: th.Tensor) -> np.ndarray:
+    return t.detach().double().numpy()
+
+
+def _reinforce_gradient(model: PG, obs: np.ndarray, actions: np.ndarray, adv: np.ndarray, returns: np.ndarray
+                        ) -> tuple[dict[str, np.ndarray], dict[str, float]]:  # fmt: skip
+    """Hand-derived gradient of -mean(A_hat log pi) - c_H mean(H) + c_V mean((R - V)^2), by backprop in numpy.
+
+    A_hat is the batch-standardised advantage (unbiased std + 1e-8). Softmax policy: d log pi(a)/dz = onehot(a) - pi,
+    dH/dz = -pi (log pi + H). Tanh layers: dh/dpre = 1 - h^2. Per-sample terms summed in a loop (no batching).
+    """
+    p = {k: _np(v) for k, v in model.policy.state_dict().items()}
+    w1, b1 = p["mlp_extractor.policy_net.0.weight"], p["mlp_extractor.policy_net.0.bias"]
+    w2, b2 = p["action_net.weight"], p["action_net.bias"]
+    v1, c1 = p["mlp_extractor.value_net.0.weight"], p["mlp_extractor.value_net.0.bias"]
+    v2, c2 = p["value_net.weight"], p["value_net.bias"]
+    n = len(obs)
+    a_hat = (adv - adv.mean()) / (adv.std(ddof=1) + 1e-8)
+    g = {k: np.zeros_like(v) for k, v in p.items()}
+    policy_loss = value_loss = entropy_sum = 0.0
+    for s, a, ah, ret in zip(obs, actions, a_hat, returns, strict=True):
+        h = np.tanh(w1 @ s + b1)
+        z = w2 @ h + b2
+        pi = np.exp(z - z.max())
+        pi /= pi.sum()
+        logpi = np.log(pi)
+        entropy = -float(pi @ logpi)
+        onehot = np.eye(len(pi))[int(a)]
+        policy_loss += -ah * logpi[int(a)] / n
+        entropy_sum += entropy
+        # d(loss)/dz for this sample: policy part and entropy part (entropy_loss = -mean(H))
+        dz = -ah * (onehot - pi) / n - _PG_HP["ent_coef"] * (-pi * (logpi + entropy)) / n
+        g["action_net.weight"] += np.outer(dz, h)
+        g["action_net.bias"] += dz
+        dpre = (w2.T @ dz) * (1 - h * h)
+        g["mlp_extractor.policy_net.0.weight"] += np.outer(dpre, s)
+        g["mlp_extractor.policy_net.0.bias"] += dpre
+        # value part
+        u = np.tanh(v1 @ s + c1)
+        value = float((v2 @ u)[0] + c2[0])
+        value_loss += (ret - value) ** 2 / n
+        dv = _PG_HP["vf_coef"] * 2 * (value - ret) / n
+        g["value_net.weight"] += dv * u[None, :]
+        g["value_net.bias"] += np.array([dv])
+        dupre = dv * v2[0] * (1 - u * u)
+        g["mlp_extractor.value_net.0.weight"] += np.outer(dupre, s)
+        g["mlp_extractor.value_net.0.bias"] += dupre
+    parts = {"policy_loss": policy_loss, "value_loss": value_loss, "entropy_loss": -entropy_sum / n}
+    return g, parts
+
+
+@pytest.fixture(scope="module")
+def pg_after_one_rollout() -> PG:
+    model = build_model("pg", make_vec_env("CartPole-v1", n_envs=2), _PG_HP, seed=3)
+    assert isinstance(model, PG)
+    model.learn(48)  # one rollout of 2 x 24 steps, one update; the buffer keeps that rollout
+    return model
+
+
+def test_pg_loss_gradient_is_the_hand_written_reinforce_estimator(pg_after_one_rollout: PG) -> None:
+    model = pg_after_one_rollout
+    batch = next(model.rollout_buffer.get(batch_size=None))
+    adv = _np(batch.advantages)
+    assert np.ptp(adv) > 0.1 and abs(adv.mean()) > 1e-3  # unequal advantages with a non-zero mean
+    model.policy.zero_grad()
+    loss, stats = model.minibatch_loss(batch)
+    loss.backward()
+    expected, parts = _reinforce_gradient(
+        model, _np(batch.observations), _np(batch.actions).ravel(), adv, _np(batch.returns)
+    )
+    for name, param in model.policy.named_parameters():
+        if name == "log_std":
+            continue
+        assert param.grad is not None, name
+        np.testing.assert_allclose(_np(param.grad), expected[name], rtol=2e-4, atol=1e-6, err_msg=name)
+    for key, value in parts.items():
+        assert stats[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    total = parts["policy_loss"] + _PG_HP["ent_coef"] * parts["entropy_loss"] + _PG_HP["vf_coef"] * parts["value_loss"]
+    assert float(loss.detach()) == pytest.approx(total, rel=1e-4)
+
+
+def test_pg_train_takes_one_sgd_step_along_the_estimator(pg_after_one_rollout: PG) -> None:
+    """train() on the stored rollout: theta' = theta - lr * gradient (SGD, no clipping), one update."""
+    model = pg_after_one_rollout
+    batch = next(model.rollout_buffer.get(batch_size=None))
+    before = {k: _np(v) for k, v in model.policy.state_dict().items()}
+    expected, _ = _reinforce_gradient(
+        model, _np(batch.observations), _np(batch.actions).ravel(), _np(batch.advantages), _np(batch.returns)
+    )
+    updates = model._n_updates
+    model.train()
+    assert model._n_updates == updates + 1
+    after = {k: _np(v) for k, v in model.policy.state_dict().items()}
+    for name, grad_hand in expected.items():
+        np.testing.assert_allclose(after[name], before[name] - 0.05 * grad_hand, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+class _Keys(KVWriter):
+    def __init__(self) -> None:
+        self.excluded: dict[str, Any] = {}
+        self.values: dict[str, Any] = {}
+
+    def write(self, key_values: dict[str, Any], key_excluded: dict[str, Any], step: int = 0) -> None:
+        self.values.update(key_values)
+        self.excluded.update(key_excluded)
+
+
+def test_pg_logs_its_update_like_sb3() -> None:
+    """The logged keys of one PG update; n_updates stays out of tensorboard as in SB3's own algorithms."""
+    model = build_model("pg", make_vec_env("CartPole-v1", n_envs=2), _PG_HP, seed=5)
+    writer = _Keys()
+    model.set_logger(Logger(None, [writer]))
+    model.learn(96)  # SB3 dumps an update's records with the next rollout's
+    assert writer.values["train/n_updates"] == 1 and writer.excluded["train/n_updates"] == ("tensorboard",)
+    for key in ("policy_loss", "value_loss", "entropy_loss", "loss", "explained_variance"):
+        assert np.isfinite(writer.values[f"train/{key}"]), key
+
+
+def test_pg_without_advantage_normalisation_uses_raw_advantages() -> None:
+    model = build_model("pg", make_vec_env("CartPole-v1", n_envs=2), {**_PG_HP, "normalize_advantage": False}, seed=4)
+    model.learn(48)
+    batch = next(model.rollout_buffer.get(batch_size=None))
+    _, log_prob, _, _ = model._evaluate(batch, False)
+    _, stats = model.minibatch_loss(batch)
+    raw = -float((batch.advantages * log_prob).mean().detach())
+    assert stats["policy_loss"] == pytest.approx(raw, rel=1e-5)
+
+
+# -- SAM / ASAM on a network with several tensors ------------------------------------------------------------
+
+
+class _Net(th.nn.Module):
+    """Two layers (four tensors, weights and biases of different sizes), float64, a fixed regression batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        gen = th.Generator().manual_seed(11)
+        self.l1 = th.nn.Linear(3, 4).double()
+        self.l2 = th.nn.Linear(4, 2).double()
+        with th.no_grad():
+            for p in self.parameters():
+                p.copy_(th.randn(p.shape, generator=gen, dtype=th.float64))
+        self.x = th.randn(7, 3, generator=gen, dtype=th.float64)
+        self.y = th.randn(7, 2, generator=gen, dtype=th.float64)
+
+    def forward(self) -> th.Tensor:
+        return ((self.l2(th.tanh(self.l1(self.x))) - self.y) ** 2).mean()
+
+
+def _flat_loss(net: _Net) -> Any:
+    names = [k for k, _ in net.named_parameters()]
+    shapes = [p.shape for _, p in net.named_parameters()]
+    sizes = [p.numel() for _, p in net.named_parameters()]
+
+    def loss(flat: th.Tensor) -> th.Tensor:
+        params = {k: t.reshape(s) for k, t, s in zip(names, th.split(flat, sizes), shapes, strict=True)}
+        return functional_call(net, params, ())
+
+    return loss
+
+
+def _expected_step(net: _Net, scale: th.Tensor, moved: th.Tensor, rho: float, lr: float) -> th.Tensor:
+    """Flat-vector SAM/ASAM: e = rho T^2 g / ||T g|| over the moved coordinates; theta - lr g(theta + e)."""
+    flat = th.nn.utils.parameters_to_vector(net.parameters()).detach().clone()
+    loss = _flat_loss(net)
+    g = grad(loss)(flat) * moved
+    e = rho * scale * scale * g / th.linalg.vector_norm(scale * g)
+    return flat - lr * grad(loss)(flat + e)
+
+
+def _rule_step(rule: UpdateRule, net: _Net, perturbed: list[th.nn.Parameter], lr: float) -> th.Tensor:
+    opt = th.optim.SGD(net.parameters(), lr=lr)
+    rule.step(opt, net(), net, list(net.parameters()), perturbed, None)
+    return th.nn.utils.parameters_to_vector(net.parameters()).detach()
+
+
+def _mask(net: _Net, perturbed: list[th.nn.Parameter]) -> th.Tensor:
+    ids = {id(p) for p in perturbed}
+    return th.cat([th.full((p.numel(),), float(id(p) in ids), dtype=th.float64) for p in net.parameters()])
+
+
+@pytest.mark.parametrize("subset", [False, True])
+def test_sam_step_on_several_tensors_uses_one_global_norm(subset: bool) -> None:
+    net = _Net()
+    perturbed = [net.l2.weight, net.l2.bias] if subset else list(net.parameters())
+    moved = _mask(net, perturbed)
+    expected = _expected_step(net, th.ones_like(moved), moved, rho=0.4, lr=0.2)
+    th.testing.assert_close(_rule_step(SAM(rho=0.4), net, perturbed, lr=0.2), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("subset", [False, True])
+def test_asam_step_on_several_tensors_scales_every_tensor(subset: bool) -> None:
+    """T = |theta| + eta elementwise on weights and biases alike (rlflat.scope.adaptive_scale's definition)."""
+    net = _Net()
+    perturbed = [net.l1.weight, net.l1.bias] if subset else list(net.parameters())
+    moved = _mask(net, perturbed)
+    eta = 0.05
+    scale = th.cat([(p.detach().abs() + eta).flatten() for p in net.parameters()])
+    expected = _expected_step(net, scale, moved, rho=0.6, lr=0.2)
+    th.testing.assert_close(_rule_step(ASAM(rho=0.6, eta=eta), net, perturbed, lr=0.2), expected, rtol=1e-10,
+                            atol=1e-12)  # fmt: skip
+
+
+def test_sam_perturbation_has_norm_rho_whatever_the_gradient_scale() -> None:
+    gen = th.Generator().manual_seed(5)
+    grads = [th.randn(4, 3, generator=gen, dtype=th.float64) * 1e3, th.randn(2, generator=gen, dtype=th.float64)]
+    e = SAM(rho=0.3).perturbation(grads, grads)
+    assert float(th.sqrt(sum((t * t).sum() for t in e))) == pytest.approx(0.3, rel=1e-12)
+    # direction: e is parallel to g tensor by tensor, with one common factor
+    ratios = [float((t / g).flatten()[0]) for t, g in zip(e, grads, strict=True)]
+    assert ratios[0] == pytest.approx(ratios[1], rel=1e-12) and ratios[0] > 0
+
+
+def test_make_rule_fills_each_rules_defaults_and_keeps_overrides() -> None:
+    assert type(make_rule("plain")) is UpdateRule
+    sam = make_rule("sam")
+    assert type(sam) is SAM and isinstance(sam, SAM) and sam.rho == 0.05
+    assert make_rule("sam", rho=0.2).rho == 0.2  # type: ignore[attr-defined]
+    asam = make_rule("asam")
+    assert isinstance(asam, ASAM) and asam.rho == 0.5 and asam.eta == 0.01
+    custom = make_rule("asam", rho=0.3, asam_eta=0.2)
+    assert isinstance(custom, ASAM) and custom.rho == 0.3 and custom.eta == 0.2
+
+
+@pytest.mark.parametrize("rule", [SAM(rho=0.4), ASAM(rho=0.4, eta=1.0)])
+def test_a_vanishing_gradient_gives_a_finite_perturbation(rule: SAM) -> None:
+    """||g|| = 1e-12 (the size of the guard): e = rho g / (||g|| + 1e-12) has norm rho/2, finite, not inf/nan.
+
+    Zero parameters with eta = 1 make ASAM's scale T = |theta| + eta exactly 1, so both rules give SAM's e."""
+    params = [th.zeros(3, dtype=th.float64), th.zeros(4, dtype=th.float64)]
+    grads = [th.tensor([3e-13, 0.0, -4e-13], dtype=th.float64), th.tensor([0.0, 0.0, 0.0, 1e-12], dtype=th.float64)]
+    grads = [g / float(th.sqrt(sum((t * t).sum() for t in grads))) * 1e-12 for g in grads]
+    e = rule.perturbation(params, grads)
+    norm = float(th.sqrt(sum((t * t).sum() for t in e)))
+    assert norm == pytest.approx(0.2, rel=1e-9)
+    assert all(bool(th.isfinite(t).all()) for t in e)
+
+
+def test_asam_refuses_parameters_and_gradients_of_different_counts() -> None:
+    params = [th.ones(2, 3), th.ones(3)]
+    with pytest.raises(ValueError, match="zip"):
+        ASAM(rho=0.5).perturbation(params, [th.ones(2, 3)])

@@ -1,0 +1,179 @@
+"""Robustness metrics against independent computations (scipy's trapezoid and root finder, scipy.stats' t
+interval), on non-uniform, asymmetric grids and on the committed study's real robustness tables."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import integrate, optimize, stats
+
+from rlflat.evaluate import collapse_point, robust_auc, robustness_block
+from rlflat.evaluate.metrics import Collapse
+from rlflat.evaluate.rollout import episodes_ci
+from rlflat.tasks import load_task
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_TABLES = sorted((REPO / "results" / "cartpole_sam").glob("*/robustness.parquet"))
+
+
+def _scipy_auc(factors: list[float], values: list[float], log: bool = True) -> float:
+    """Mean of the piecewise-linear curve over its range: scipy's trapezoid over (log-)factor / the width."""
+    pairs = sorted((math.log(f) if log else f, v) for f, v in zip(factors, values, strict=True) if not math.isnan(v))
+    x, y = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    return float(integrate.trapezoid(y, x) / (x[-1] - x[0]))
+
+
+def _brentq_collapse(factors: list[float], values: list[float], frac: float, side: str) -> float | None:
+    """First crossing below ``frac`` walking outward from factor 1 on one side, by root finding on the
+    piecewise-linear interpolant in log-factor (np.interp + scipy.optimize.brentq)."""
+    pairs = sorted((math.log(f), v) for f, v in zip(factors, values, strict=True))
+    if side == "low":
+        pairs = [(-x, v) for x, v in reversed(pairs)]
+    pairs = [(x, v) for x, v in pairs if x >= -1e-12]
+    x, y = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    for i in range(1, len(x)):
+        if y[i] < frac:
+            root = optimize.brentq(lambda t: np.interp(t, x, y) - frac, x[i - 1], x[i], xtol=1e-14)
+            return math.exp(root if side == "high" else -root)
+    return None
+
+
+# -- robust AUC -----------------------------------------------------------------------------------------------
+
+
+def test_robust_auc_on_a_nonuniform_asymmetric_grid_matches_scipy() -> None:
+    """Unsorted, unequally spaced, more points below 1 than above, a NaN point: one value, scipy's."""
+    factors = [2.5, 0.3, 1.0, 4.0, 0.55, 1.2, 0.8, 0.42]
+    values = [0.4, 0.1, 1.0, 0.05, 0.7, 0.95, math.nan, 0.3]
+    expected = _scipy_auc(factors, values)
+    assert robust_auc(factors, values) == pytest.approx(expected, rel=1e-12)
+    # the same curve on a linear axis differs (the log axis is what is integrated)
+    assert abs(_scipy_auc(factors, values, log=False) - expected) > 0.01
+    levels, noisy = [0.5, 0.0, 0.05, 0.3], [0.2, 1.0, 0.9, 0.6]
+    assert robust_auc(levels, noisy, log=False) == pytest.approx(_scipy_auc(levels, noisy, log=False), rel=1e-12)
+
+
+def test_robust_auc_degenerate_curves() -> None:
+    assert robust_auc([0.5, 2.0], [math.nan, 0.7]) == 0.7  # one point left: its value
+    assert math.isnan(robust_auc([0.5, 2.0], [math.nan, math.nan]))
+
+
+@pytest.mark.skipif(not REAL_TABLES, reason="the committed reference study is not present")
+def test_metrics_of_real_robustness_tables_match_scipy() -> None:
+    """Every sweep of the committed study's tables: AUC (scipy trapezoid), collapse sides (brentq), CIs (t)."""
+    task = load_task("CartPole")
+    checked_collapses = 0
+    for path in REAL_TABLES[:6]:
+        table = pd.read_parquet(path)
+        block = robustness_block(table, task, collapse_frac=0.5)
+        sweeps = [f for f in table["family"].unique() if f not in ("nominal", "random") and ":" not in f]
+        assert set(block["parameters"]) == set(sweeps)
+        aucs = [_scipy_auc(*(table.loc[table["family"] == f, c].tolist() for c in ("factor", "normalized_return")))
+                for f in sweeps]  # fmt: skip
+        assert block["auc_mean"] == pytest.approx(float(np.mean(aucs)), rel=1e-12)
+        assert block["collapse_frac"] == 0.5 and "nearest" in block["collapse_side"]
+        assert block["deterministic"] is table.attrs["deterministic"] and block["seed"] == table.attrs["seed"]
+        assert block["episodes"] == table.attrs["episodes"] == len(table["returns"].iloc[0])
+        for family in sweeps:
+            rows = table[table["family"] == family]
+            factors, values = rows["factor"].tolist(), rows["normalized_return"].tolist()
+            curve = block["parameters"][family]
+            assert curve["auc"] == pytest.approx(_scipy_auc(factors, values), rel=1e-12, abs=1e-12)
+            for side in ("low", "high"):
+                expected = _brentq_collapse(factors, values, 0.5, side)
+                got = curve[f"collapse_{side}"]
+                assert (got is None) == (expected is None), (path.parent.name, family, side)
+                if expected is not None:
+                    assert got == pytest.approx(expected, rel=1e-9)
+                    checked_collapses += 1
+        returns = np.array(table["returns"].tolist())
+        low, high = episodes_ci(returns)
+        for i, sample in enumerate(returns):
+            sem = stats.sem(sample)
+            ref = (sample.mean(), sample.mean()) if sem == 0 else stats.t.interval(0.95, len(sample) - 1,
+                                                                                  sample.mean(), sem)  # fmt: skip
+            assert (low[i], high[i]) == pytest.approx(ref, rel=1e-10, abs=1e-9)
+    assert checked_collapses > 0  # the tables do contain collapses, so the comparison was made
+
+
+# -- collapse point: the threshold itself -------------------------------------------------------------------
+
+
+def test_a_point_exactly_at_the_threshold_is_not_a_collapse() -> None:
+    """Collapse means strictly below ``collapse_frac``: touching it and recovering is not one."""
+    touch = collapse_point([0.25, 0.5, 1.0, 2.0, 4.0], [0.9, 0.5, 1.0, 0.5, 0.8], 0.5)
+    assert touch == Collapse(low=None, high=None)
+    # at the threshold, then below: the crossing is the point at the threshold, on both sides
+    through = collapse_point([0.2, 0.6, 1.0, 1.5, 3.0], [0.1, 0.5, 1.0, 0.5, 0.3], 0.5)
+    assert through.low == pytest.approx(0.6, rel=1e-12) and through.high == pytest.approx(1.5, rel=1e-12)
+    # collapse_frac = 1: a flat stretch at exactly the nominal level is not a collapse
+    flat = collapse_point([1.0, 2.0, 4.0], [1.0, 1.0, 0.99], 1.0)
+    assert flat.high == pytest.approx(2.0, rel=1e-12) and flat.low is None
+
+
+def test_collapse_sides_on_an_asymmetric_grid_match_root_finding() -> None:
+    factors = [0.15, 0.4, 0.7, 1.0, 1.3, 2.2, 5.0]
+    values = [0.05, 0.45, 0.85, 1.0, 0.75, 0.62, 0.2]
+    for frac in (0.3, 0.5, 0.7):
+        got = collapse_point(factors, values, frac)
+        for side in ("low", "high"):
+            expected = _brentq_collapse(factors, values, frac, side)
+            assert getattr(got, side) == pytest.approx(expected, rel=1e-9), (frac, side)
+    both = collapse_point(factors, values, 0.5)
+    # the nearer side in |log factor| is the reported factor, whichever side it is on
+    nearer = min((both.low, both.high), key=lambda f: abs(math.log(f)))  # type: ignore[arg-type]
+    assert both.factor == nearer and both.log_distance == pytest.approx(abs(math.log(nearer)))
+
+
+def test_curves_of_different_lengths_are_refused() -> None:
+    with pytest.raises(ValueError, match="zip"):
+        collapse_point([0.5, 1.0, 2.0], [0.4, 1.0])
+    with pytest.raises(ValueError, match="zip"):
+        robust_auc([0.5, 1.0, 2.0], [0.4, 1.0])
+
+
+def test_collapse_factor_tie_goes_to_the_low_side() -> None:
+    assert Collapse(low=0.5, high=2.0).factor == 0.5
+    assert Collapse(low=None, high=3.0).factor == 3.0 and Collapse(low=0.2, high=None).factor == 0.2
+    assert Collapse(low=None, high=None).log_distance is None
+
+
+def test_noise_levels_collapse_on_a_linear_axis() -> None:
+    got = collapse_point([0.0, 0.1, 0.4, 0.8], [1.0, 0.8, 0.4, 0.1], 0.5, log=False)
+    assert got.low is None and got.high == pytest.approx(0.1 + (0.8 - 0.5) / (0.8 - 0.4) * 0.3, rel=1e-12)
+
+
+# -- return confidence intervals ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("level", [0.95, 0.8])
+def test_return_cis_match_scipy_t_interval(level: float) -> None:
+    rng = np.random.default_rng(7)
+    returns = np.stack([rng.normal(100, 30, 9), rng.exponential(50, 9), rng.normal(-40, 2, 9)])
+    low, high = episodes_ci(returns, level)
+    for i, sample in enumerate(returns):
+        ref = stats.t.interval(level, len(sample) - 1, loc=sample.mean(), scale=stats.sem(sample))
+        assert (low[i], high[i]) == pytest.approx(ref, rel=1e-12)
+    single_low, single_high = episodes_ci(returns[:, :1])
+    assert np.isnan(single_low).all() and np.isnan(single_high).all()
+
+
+def test_rollout_stats_count_the_steps_the_returns_imply(tmp_path: Path) -> None:
+    """CartPole pays 1 per step, so each return is its episode's length: the batched loop runs max(length) steps
+    and simulates sum(length) env steps over rows = settings x episodes."""
+    from stable_baselines3 import PPO
+
+    from rlflat.evaluate import rollout_returns
+    from rlflat.policy import load_policy
+    from rlflat.tasks import make_env
+
+    task = load_task("CartPole")
+    PPO("MlpPolicy", make_env(task), seed=3, policy_kwargs={"net_arch": [8]}).save(tmp_path / "m.zip")
+    stats: dict[str, int] = {}
+    returns = rollout_returns(load_policy(tmp_path / "m.zip"), task, [{}, {"length": 0.3}], 5, stats=stats)
+    assert np.ptp(returns) > 0  # episodes of different lengths
+    assert stats == {"rows": 10, "steps": int(returns.max()), "env_steps": int(returns.sum())}

@@ -1,0 +1,220 @@
+"""The probe's interpolation path and exact spectrum route against closed forms: a path between two *different*
+policies through a loss with a known bump, and eigenvectors checked as H v = lambda v on a known matrix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import PPO
+
+from rlflat.errors import RlflatError
+from rlflat.policy import FunctionalPolicy, load_policy
+from rlflat.probe.batch import collect_batch
+from rlflat.probe.directions import layer_normalize, random_direction
+from rlflat.probe.hvp import HessianOperator, Params
+from rlflat.probe.landscape import barrier, interpolate, plane, slice_1d, slice_2d
+from rlflat.probe.losses import make_loss, scope_params
+from rlflat.probe.perturbation import average_case, perturbed_returns, stack_params, worst_case
+from rlflat.probe.spectrum import eigenpairs, extreme_eigenpairs
+from rlflat.probe.worst_case import sam_sharpness
+from rlflat.tasks import load_task, make_env
+
+torch.set_num_threads(1)
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+CARTPOLE = load_task("CartPole")
+
+
+def _policy(tmp_path_factory: pytest.TempPathFactory, seed: int) -> FunctionalPolicy:
+    path = tmp_path_factory.mktemp(f"interp{seed}") / "model.zip"
+    PPO("MlpPolicy", make_env(CARTPOLE), seed=seed, policy_kwargs={"net_arch": [8]}).save(path)
+    return load_policy(path)
+
+
+@pytest.fixture(scope="module")
+def two_policies(tmp_path_factory: pytest.TempPathFactory) -> tuple[FunctionalPolicy, FunctionalPolicy]:
+    return _policy(tmp_path_factory, 1), _policy(tmp_path_factory, 2)
+
+
+def _flat(params: Params) -> torch.Tensor:
+    return torch.cat([v.detach().double().reshape(-1) for v in params.values()])
+
+
+def test_interpolation_between_two_policies_follows_a_known_bump(
+    two_policies: tuple[FunctionalPolicy, FunctionalPolicy],
+) -> None:
+    """loss(theta) = ||theta - A||^2 ||theta - B||^2 + <B - A, theta - A>: along theta = A + alpha (B - A) it is
+    alpha^2 (1 - alpha)^2 d^4 + alpha d^2, asymmetric in alpha, with points outside [0, 1] higher than the bump."""
+    a, b = two_policies
+    fa, fb = _flat(a.params), _flat(b.params)
+    d = float((fb - fa).norm())
+    assert d > 0.1  # two different policies
+
+    def loss(params: Params) -> torch.Tensor:
+        x = _flat(params)
+        return (x - fa).pow(2).sum() * (x - fb).pow(2).sum() + (fb - fa) @ (x - fa)
+
+    alphas = np.array([-0.3, 0.0, 0.2, 0.5, 0.7, 1.0, 1.4])
+    scalars, arrays = interpolate(a, b, CARTPOLE, loss, alphas, episodes=2, eval_seed=3)
+    expected = alphas**2 * (1 - alphas) ** 2 * d**4 + alphas * d**2
+    np.testing.assert_allclose(scalars["loss"], expected, rtol=1e-4)
+    np.testing.assert_allclose(arrays["interpolation_loss"], expected, rtol=1e-4)
+    inside = expected[1:6]
+    assert scalars["loss_barrier"] == pytest.approx(inside.max() - 0.5 * (expected[1] + expected[5]), rel=1e-4)
+    assert scalars["distance"] == pytest.approx(d, rel=1e-6)
+    assert scalars["same_observation_normalizer"] is True
+    # the returns at the ends are the two policies' own returns (same episodes seeds)
+    own_a = perturbed_returns(a, CARTPOLE, [a.params], 2, seed=3).mean()
+    own_b = perturbed_returns(b, CARTPOLE, [b.params], 2, seed=3).mean()
+    returns = np.array(scalars["return"])
+    assert returns[1] == own_a and returns[5] == own_b
+    assert scalars["return_barrier"] == pytest.approx(0.5 * (own_a + own_b) - returns[1:6].min())
+    np.testing.assert_array_equal(arrays["interpolation_return"], returns)
+    assert scalars["alphas"] == alphas.tolist()
+
+
+def test_barrier_reads_only_the_inside_of_the_path() -> None:
+    alphas = np.array([-0.5, 0.0, 0.25, 0.5, 1.0, 1.5])
+    values = np.array([9.0, 1.0, 4.0, 2.0, 3.0, -7.0])
+    assert barrier(values, alphas) == pytest.approx(4.0 - 2.0)  # max inside 4, ends mean 2
+    assert barrier(values, alphas, higher_is_worse=False) == pytest.approx(2.0 - 1.0)  # ends mean 2, min inside 1
+    with pytest.raises(Exception, match="alpha = 0 and alpha = 1"):
+        barrier(values[:4], alphas[:4])
+
+
+# -- exact spectrum route: eigenvectors ------------------------------------------------------------------------
+
+_SPECTRUM = [9.0, 4.0, 2.5, 1.0, 0.3, 0.0, -0.2, -1.5, -6.0, -11.0]
+
+
+class _KnownHessian:
+    """0.5 x^T H x with H = Q diag(spectrum) Q^T on params {'w': (2, 3), 'b': (4,)}: the Hessian is H."""
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(4)
+        q, r = torch.linalg.qr(torch.randn(10, 10, generator=g, dtype=torch.float64))
+        q = q * torch.sign(torch.diagonal(r))
+        self.h = q @ torch.diag(torch.tensor(_SPECTRUM, dtype=torch.float64)) @ q.T
+        self.h = 0.5 * (self.h + self.h.T)
+        x0 = torch.randn(10, generator=g, dtype=torch.float64)
+        self.params: Params = {"w": x0[:6].reshape(2, 3).clone(), "b": x0[6:].clone()}
+
+    def loss(self, p: Params) -> torch.Tensor:
+        x = torch.cat([p["w"].reshape(-1), p["b"].reshape(-1)])
+        return 0.5 * x @ (self.h @ x)
+
+
+def _check_pairs(h: torch.Tensor, values: torch.Tensor, vectors: torch.Tensor | None, want: list[float]) -> None:
+    assert vectors is not None and vectors.shape == (10, len(want))
+    torch.testing.assert_close(values, torch.tensor(want, dtype=torch.float64), rtol=0, atol=1e-10)
+    torch.testing.assert_close(h @ vectors, vectors * values, rtol=0, atol=1e-10)  # H v = lambda v, column-wise
+    torch.testing.assert_close(vectors.T @ vectors, torch.eye(len(want), dtype=torch.float64), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_exact_route_eigenvectors_satisfy_h_v_equals_lambda_v(k: int) -> None:
+    known = _KnownHessian()
+    op = HessianOperator(known.loss, known.params)
+    top = eigenpairs(op, k, which="largest")
+    bottom = eigenpairs(op, k, which="smallest")
+    assert top.method == bottom.method == "exact" and top.hvps == 10
+    _check_pairs(known.h, top.values, top.vectors, _SPECTRUM[:k])
+    _check_pairs(known.h, bottom.values, bottom.vectors, _SPECTRUM[::-1][:k])
+    both_top, both_bottom = extreme_eigenpairs(op, k)
+    assert both_top.method == "exact" and both_top.hvps == 10 and both_bottom.hvps == 0
+    _check_pairs(known.h, both_top.values, both_top.vectors, _SPECTRUM[:k])
+    _check_pairs(known.h, both_bottom.values, both_bottom.vectors, _SPECTRUM[::-1][:k])
+    values_only, _ = extreme_eigenpairs(op, k, vectors=False)
+    assert values_only.vectors is None
+    torch.testing.assert_close(values_only.values, top.values, rtol=0, atol=1e-10)
+    assert eigenpairs(op, k, which="smallest", vectors=False).values.tolist() == pytest.approx(_SPECTRUM[::-1][:k])
+
+
+def test_layer_normalisation_keeps_every_tensor_of_two_or_more_dimensions() -> None:
+    """With ignore_1d only 0-D and 1-D tensors are zeroed; 2-D and 4-D tensors get their parameter's norm."""
+    g = torch.Generator().manual_seed(8)
+    params = {n: torch.randn(s, generator=g, dtype=torch.float64) for n, s in
+              (("conv", (2, 3, 2, 2)), ("w", (4, 3)), ("b", (4,)), ("scale", ()))}  # fmt: skip
+    direction = {n: torch.randn(p.shape, generator=g, dtype=torch.float64) for n, p in params.items()}
+    for ignore_1d in (True, False):
+        out = layer_normalize(direction, params, ignore_1d=ignore_1d)
+        for name in ("conv", "w") + (() if ignore_1d else ("b", "scale")):
+            assert float(out[name].norm()) == pytest.approx(float(params[name].norm()), rel=1e-9), name
+            cosine = float((out[name] * direction[name]).sum() / (out[name].norm() * direction[name].norm()))
+            assert cosine == pytest.approx(1.0, rel=1e-12), name
+        if ignore_1d:
+            assert not out["b"].any() and not out["scale"].any()
+
+
+def test_plane_and_slices_evaluate_theta_plus_a_d1_plus_b_d2() -> None:
+    known = _KnownHessian()
+    g = torch.Generator().manual_seed(9)
+    d1 = {k: torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in known.params.items()}
+    d2 = {k: torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in known.params.items()}
+    point = plane(known.params, d1, d2, 0.7, -1.3)
+    for k, v in known.params.items():
+        torch.testing.assert_close(point[k], v + 0.7 * d1[k] - 1.3 * d2[k], rtol=0, atol=1e-14)
+    alphas = np.array([-1.0, -0.25, 0.5, 2.0])
+    losses, returns = slice_1d(None, None, known.loss, known.params, d1, alphas)  # type: ignore[arg-type]
+    expected = [float(known.loss({k: v + a * d1[k] for k, v in known.params.items()})) for a in alphas]
+    np.testing.assert_allclose(losses, expected, rtol=1e-12)
+    assert returns is None
+    grid, _ = slice_2d(None, None, known.loss, known.params, d1, d2, alphas)  # type: ignore[arg-type]
+    for i, a in enumerate(alphas):
+        for j, b in enumerate(alphas):
+            want = float(known.loss({k: v + a * d1[k] + b * d2[k] for k, v in known.params.items()}))
+            assert grid[i, j] == pytest.approx(want, rel=1e-12)  # rows indexed by a, columns by b
+
+
+def test_worst_case_reports_the_kl_and_action_change_of_each_maximiser(
+    two_policies: tuple[FunctionalPolicy, FunctionalPolicy],
+) -> None:
+    """At the raw one-step maximiser: KL(pi_theta || pi_point) by hand from the two softmaxes, and the fraction of
+    states whose greedy action changed."""
+    policy, _ = two_policies
+    batch = collect_batch(policy, CARTPOLE, 64, seed=0, n_envs=2)
+    loss = make_loss(policy, batch, "nll")
+    params = scope_params(policy, "actor")
+    obs = policy.preprocess(batch.observations)
+    scalars, arrays = worst_case(policy, None, loss, params, obs, rho=2.0, adaptive_rho=0.5, steps=2)
+    assert arrays == {}
+    found = sam_sharpness(loss, params, 2.0)
+    point = {k: v + found.perturbation[k] for k, v in params.items()}
+    with torch.no_grad():
+        p = torch.softmax(policy.distribution(params, obs).logits.double(), -1)
+        q = torch.softmax(policy.distribution(point, obs).logits.double(), -1)
+    kl = float((p * (p.log() - q.log())).sum(-1).mean())
+    changed = float((p.argmax(-1) != q.argmax(-1)).double().mean())
+    entry = scalars["raw"]["one_step"]
+    assert kl > 1e-4 and entry["kl"] == pytest.approx(kl, rel=1e-4)
+    assert entry["action_change"] == pytest.approx(changed, abs=1e-12)
+    assert entry["sharpness"] == pytest.approx(found.sharpness, rel=1e-9) and entry["eps_norm"] == pytest.approx(2.0)
+    assert entry["return"] is None and entry["return_drop"] is None
+    assert scalars["raw"]["rho"] == 2.0 and scalars["adaptive"]["rho"] == 0.5
+
+
+def test_random_direction_defaults_to_filter_and_names_bad_kinds() -> None:
+    known = _KnownHessian()
+    default = random_direction(known.params, seed=3)
+    for k, v in random_direction(known.params, "filter", seed=3).items():
+        assert torch.equal(default[k], v)
+    with pytest.raises(RlflatError, match=r"direction kind.*'bogus'.*filter"):
+        random_direction(known.params, "bogus", seed=3)  # type: ignore[arg-type]
+    with pytest.raises(RlflatError, match="^no parameter sets to stack$"):
+        stack_params([])
+
+
+def test_average_case_keeps_the_nominal_returns_it_measured_against(
+    two_policies: tuple[FunctionalPolicy, FunctionalPolicy],
+) -> None:
+    """theta0's own returns (same evaluation episodes) are stored beside the curves, and are the nominal return."""
+    policy, _ = two_policies
+    batch = collect_batch(policy, CARTPOLE, 64, seed=0, n_envs=2)
+    params = scope_params(policy, "actor")
+    obs = policy.preprocess(batch.observations)
+    loss = make_loss(policy, batch, "nll")
+    scalars, arrays = average_case(policy, CARTPOLE, loss, params, obs, [0.5], n_directions=1, episodes=3,
+                                   eval_seed=7)  # fmt: skip
+    own = perturbed_returns(policy, CARTPOLE, [params], 3, seed=7)[0]
+    np.testing.assert_array_equal(arrays["perturbation_nominal_returns"], own)
+    assert scalars["nominal_return"] == pytest.approx(float(own.mean()), rel=1e-12) and scalars["return_floor"] == 0.0

@@ -1,0 +1,149 @@
+"""Stratified rank correlation against scipy per stratum and hand-computed pooling, with strata of unequal sizes
+(where n_s-weighting, equivalent_n's offsets and the dropped strata each change the answer)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from rlflat.report import stats as S
+from rlflat.report.stats.correlation import equivalent_n
+
+SCIPY = {"spearman": sps.spearmanr, "kendall": sps.kendalltau}
+
+
+def _strata_data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Strata of 4, 7 and 11 runs with different strengths and scales, one of 2 runs (too few) and one with a
+    constant x (no coefficient)."""
+    rng = np.random.default_rng(3)
+    xs, ys, labels = [], [], []
+    for label, n, slope, shift in (("a", 4, 1.0, 0.0), ("b", 7, -0.4, 50.0), ("c", 11, 0.7, -20.0)):
+        x = rng.normal(size=n) + shift
+        xs += list(x)
+        ys += list(slope * x + rng.normal(scale=0.6, size=n) - 3 * shift)
+        labels += [label] * n
+    xs += [1.0, 2.0]
+    ys += [5.0, 4.0]
+    labels += ["tiny", "tiny"]
+    xs += [7.0] * 5
+    ys += list(rng.normal(size=5))
+    labels += ["flat"] * 5
+    return np.array(xs), np.array(ys), np.array(labels)
+
+
+def test_equivalent_n_by_hand() -> None:
+    assert equivalent_n("spearman", [4, 7, 11]) == 3 + 1 + 4 + 8
+    assert equivalent_n("kendall", [4, 7, 11]) == 4 + 0 + 3 + 7
+    assert equivalent_n("kendall", [3, 10]) == 4 + 0 + 6  # a stratum below the offset adds nothing
+    assert equivalent_n("spearman", [9]) == 9 and equivalent_n("kendall", [9]) == 9  # one stratum: its n
+
+
+@pytest.mark.parametrize("method", S.CORR_METHODS)
+def test_stratified_estimate_and_interval_by_hand_on_unequal_strata(method: str) -> None:
+    x, y, labels = _strata_data()
+    res = S.rank_correlation(x, y, seed=0, method=method, strata=labels, n_perm=199)
+    sizes, coefs = [], []
+    for label in ("a", "b", "c"):
+        mask = labels == label
+        sizes.append(mask.sum())
+        coefs.append(SCIPY[method](x[mask], y[mask]).statistic)
+    estimate = float(np.dot(sizes, coefs) / np.sum(sizes))
+    assert len(set(np.sign(coefs))) == 2  # strata disagree in sign: the weights matter
+    assert res.estimate == pytest.approx(estimate, rel=1e-12)
+    assert res.estimate != pytest.approx(float(np.mean(coefs)), rel=1e-3)  # not the unweighted mean
+    assert res.n == 22 and res.n_strata == 3 and "left out 2 of 5 strata" in res.reason
+    offset = 3 if method == "spearman" else 4
+    n_eq = offset + sum(max(n - offset, 0) for n in sizes)
+    var = (1 + estimate**2 / 2) / (n_eq - 3) if method == "spearman" else 0.437 / (n_eq - 4)
+    half = sps.norm.ppf(0.975) * math.sqrt(var)
+    z = math.atanh(estimate)
+    assert (res.ci_low, res.ci_high) == pytest.approx((math.tanh(z - half), math.tanh(z + half)), rel=1e-12)
+
+
+def test_stratified_permutation_p_value_matches_exact_enumeration() -> None:
+    """Strata of 3 and 4 runs: 3! x 4! = 144 joint orderings enumerate the within-stratum null exactly."""
+    x = np.array([0.3, 1.9, 1.1, 5.0, 4.2, 6.1, 7.7])
+    y = np.array([2.0, 3.5, 2.9, 1.0, 0.4, 1.7, 0.2])
+    labels = np.array(["p"] * 3 + ["q"] * 4)
+    observed = (3 * sps.spearmanr(x[:3], y[:3]).statistic + 4 * sps.spearmanr(x[3:], y[3:]).statistic) / 7
+    null = [
+        (3 * sps.spearmanr(x[:3], y[:3][list(p)]).statistic + 4 * sps.spearmanr(x[3:], y[3:][list(q)]).statistic) / 7
+        for p in itertools.permutations(range(3))
+        for q in itertools.permutations(range(4))
+    ]
+    exact = float(np.mean(np.abs(null) >= abs(observed) - 1e-12))
+    n_perm = 20_000
+    res = S.rank_correlation(x, y, seed=5, strata=labels, n_perm=n_perm)
+    assert res.estimate == pytest.approx(observed, rel=1e-12)
+    se = math.sqrt(exact * (1 - exact) / n_perm)
+    assert abs(res.p_value - exact) < 4 * se + 2 / n_perm, (res.p_value, exact)
+    assert "20000 random" in res.p_method
+
+
+# -- the sentences, word for word ------------------------------------------------------------------------------
+
+
+def _corr_row(**extra: object) -> dict[str, object]:
+    row: dict[str, object] = {"task": "CartPole", "measure": "probe.lambda_max", "metric": "robustness.auc_mean"}
+    row |= {"method": "kendall", "scope": S.ACROSS, "estimate": -0.456, "ci_low": -0.81, "ci_high": -0.052}
+    row |= {"n": 14, "p_value": 0.0312, "p_holm": 0.0936, "n_tests": 3, "reason": ""}
+    return row | extra
+
+
+def test_describe_correlation_word_for_word() -> None:
+    """The full sentence for a Kendall row with a Holm p and censoring, and its variants (no CI, undefined, pooled
+    within algorithm): a changed word, number format or clause is a changed report."""
+    text = S.describe_correlation(_corr_row(), "lambda_max", "robust AUC", n_censored=2)
+    assert text == (
+        "lambda_max vs robust AUC on CartPole: Kendall τ = -0.46 [CI -0.81, -0.05] over 14 runs "
+        "(permutation p = 0.031, Holm-adjusted over 3 tests p = 0.094; 2 of 14 runs never collapsed (tied at the "
+        "range bound)); the CI excludes zero: sharper runs were less robust (as ranked by robust AUC)."
+    )
+    no_ci = S.describe_correlation(_corr_row(ci_low=math.nan, ci_high=math.nan, p_value=0.0004, p_holm=math.nan),
+                                   "m", "r")  # fmt: skip
+    assert no_ci == (
+        "m vs r on CartPole: Kendall τ = -0.46 over 14 runs (permutation p < 0.001); "
+        "too few runs for an interval, so no claim."
+    )
+    pooled = _corr_row(task=S.POOLED, scope=S.WITHIN_ALGO, method="spearman", estimate=math.nan, reason="no data here")
+    assert S.describe_correlation(pooled, "m", "r") == (
+        "m vs r pooled over tasks (within-task ranks), within each algorithm: undefined (no data here)."
+    )
+    spans = S.describe_correlation(_corr_row(method="spearman", ci_high=0.2, p_holm=math.nan), "m", "r")
+    assert spans == (
+        "m vs r on CartPole: Spearman ρ = -0.46 [CI -0.81, 0.20] over 14 runs (permutation p = 0.031); "
+        "the CI spans zero: no evidence of an association."
+    )
+
+
+def test_kendall_rows_above_the_vector_limit_match_scipy_on_a_narrow_range() -> None:
+    """n = 300 (the scipy loop), y spread over less than 1: the constant-side check is ptp > 0, not a range."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 300))
+    y = 0.3 * x + rng.normal(scale=0.1, size=(2, 300))
+    y = 0.5 * (y - y.min()) / np.ptp(y)  # within [0, 0.5]
+    got = S.ROW_STATS["kendall"](x, y)
+    np.testing.assert_allclose(got, [sps.kendalltau(a, b).statistic for a, b in zip(x, y, strict=True)], rtol=1e-12)
+
+
+def test_iqm_comparison_matches_scipy_trim_mean_and_bootstrap() -> None:
+    """stat='iqm': the difference of scipy trim_mean(0.25) values, and a percentile-bootstrap interval matching
+    scipy.stats.bootstrap's (two independent samples) within Monte Carlo error."""
+    rng = np.random.default_rng(6)
+    a, b = rng.gamma(2.0, 1.5, size=9) + 1.0, rng.normal(2.0, 0.7, size=7)
+    runs = pd.DataFrame({"task": "CartPole", "algo": ["x"] * 9 + ["y"] * 7, "probe.trace": np.r_[a, b]})
+    row = S.compare_algorithms(runs, ["probe.trace"], "x", "y", seed=1, stat="iqm", n_boot=20_000).iloc[0]
+    iqm_a, iqm_b = sps.trim_mean(a, 0.25), sps.trim_mean(b, 0.25)
+    assert (row.algo_value, row.baseline_value) == pytest.approx((iqm_a, iqm_b), rel=1e-12)
+    assert row.difference == pytest.approx(iqm_a - iqm_b, rel=1e-12)
+    ref = sps.bootstrap((a, b), lambda x, y, axis: sps.trim_mean(x, 0.25, axis=axis) - sps.trim_mean(y, 0.25, axis=axis),
+                        n_resamples=20_000, method="percentile", random_state=np.random.default_rng(2)).confidence_interval  # fmt: skip
+    width = ref.high - ref.low
+    assert row.diff_ci_low == pytest.approx(ref.low, abs=0.05 * width)
+    assert row.diff_ci_high == pytest.approx(ref.high, abs=0.05 * width)
+    assert row.diff_method.startswith("percentile bootstrap")
