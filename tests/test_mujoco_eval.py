@@ -85,8 +85,8 @@ def test_worker_rows_never_autoreset_and_report_errors() -> None:
         np.testing.assert_array_equal(obs, frozen)
     finally:
         rows.close()
-    with pytest.raises(RlflatError, match="outside its range|evaluation worker failed"):
-        ProcessRows(task, [{"torso_mass": -1.0}], workers=1).close()
+    with pytest.raises(RlflatError, match="evaluation worker failed.*nope"):  # raised in the worker, named here
+        ProcessRows(task, [{"nope": 1.0}], workers=1).close()
     assert default_workers(4) == 1 and default_workers(10_000) >= 1
 
 
@@ -164,4 +164,4 @@ def test_protocol_suite_is_the_papers(hopper: Path) -> None:
         done = terminated or truncated
     assert got[0, 0, 0] == pytest.approx(total, rel=1e-6)
     table = evaluate(policy, task, SuiteSpec(action_noise=(0.0, 0.5)), episodes=2, workers=2, progress=False)
-    assert table["episodes"].eq(2).all() and len(table) == 3
+    assert table["episodes"].tolist() == [100, 2, 2]  # the nominal row gets the evaluator's 100 episodes
