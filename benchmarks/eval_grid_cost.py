@@ -26,7 +26,9 @@ BEFORE = SuiteSpec(
     severities=(),
     factors={"length": [0.25, 0.5, 1.0, 2.0, 4.0], "masspole": [0.1, 0.316, 1.0, 3.16, 10.0]},
 )
-AFTER = SuiteSpec(parameters=("length", "masspole", "masscart", "gravity", "force_mag"), grids=(("length", "masspole"),))
+AFTER = SuiteSpec(
+    parameters=("length", "masspole", "masscart", "gravity", "force_mag"), grids=(("length", "masspole"),)
+)
 
 
 def main() -> None:
