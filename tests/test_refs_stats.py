@@ -100,14 +100,14 @@ def test_describe_correlation_word_for_word() -> None:
     within algorithm): a changed word, number format or clause is a changed report."""
     text = S.describe_correlation(_corr_row(), "lambda_max", "robust AUC", n_censored=2)
     assert text == (
-        "lambda_max vs robust AUC on CartPole: Kendall τ = -0.46 [CI -0.81, -0.05] over 14 runs "
+        "lambda_max vs robust AUC on CartPole, across runs (between + within algorithms): Kendall τ = -0.46 [CI -0.81, -0.05] over 14 runs "
         "(permutation p = 0.031, Holm-adjusted over 3 tests p = 0.094; 2 of 14 runs never collapsed (tied at the "
         "range bound)); the CI excludes zero: sharper runs were less robust (as ranked by robust AUC)."
     )
     no_ci = S.describe_correlation(_corr_row(ci_low=math.nan, ci_high=math.nan, p_value=0.0004, p_holm=math.nan),
                                    "m", "r")  # fmt: skip
     assert no_ci == (
-        "m vs r on CartPole: Kendall τ = -0.46 over 14 runs (permutation p < 0.001); "
+        "m vs r on CartPole, across runs (between + within algorithms): Kendall τ = -0.46 over 14 runs (permutation p < 0.001); "
         "too few runs for an interval, so no claim."
     )
     pooled = _corr_row(task=S.POOLED, scope=S.WITHIN_ALGO, method="spearman", estimate=math.nan, reason="no data here")
@@ -116,7 +116,7 @@ def test_describe_correlation_word_for_word() -> None:
     )
     spans = S.describe_correlation(_corr_row(method="spearman", ci_high=0.2, p_holm=math.nan), "m", "r")
     assert spans == (
-        "m vs r on CartPole: Spearman ρ = -0.46 [CI -0.81, 0.20] over 14 runs (permutation p = 0.031); "
+        "m vs r on CartPole, across runs (between + within algorithms): Spearman ρ = -0.46 [CI -0.81, 0.20] over 14 runs (permutation p = 0.031); "
         "the CI spans zero: no evidence of an association."
     )
 

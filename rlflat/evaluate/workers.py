@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from rlflat.errors import RlflatError
+from rlflat.processes import single_threaded_children
 from rlflat.tasks import TaskSpec
 
 __all__ = ["ProcessRows", "default_workers"]
@@ -80,15 +81,16 @@ class ProcessRows:
         self._conns: list[Connection] = []
         self._procs: list[Any] = []
         try:
-            for share in self._shares:
-                parent, child = context.Pipe()
-                proc = context.Process(
-                    target=_serve, args=(child, task, [dict(dynamics[int(i)]) for i in share]), daemon=True
-                )
-                proc.start()
-                child.close()
-                self._conns.append(parent)
-                self._procs.append(proc)
+            with single_threaded_children():  # may start the forkserver: it must be single-threaded too
+                for share in self._shares:
+                    parent, child = context.Pipe()
+                    proc = context.Process(
+                        target=_serve, args=(child, task, [dict(dynamics[int(i)]) for i in share]), daemon=True
+                    )
+                    proc.start()
+                    child.close()
+                    self._conns.append(parent)
+                    self._procs.append(proc)
             self._gather()  # envs built (bad dynamics fail here, in every worker)
         except BaseException:
             self.close()

@@ -33,14 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from rlflat.errors import RlflatError, bad_choice
+from rlflat.processes import SINGLE_THREAD_ENV, single_threaded_children
 from rlflat.sweep.pipeline import RunJob, RunOutcome, execute, execute_shipped, log_path, pack, publish_shipped
 
 BACKENDS = ("local", "ray", "serial")
 MAX_POOL_RESTARTS = 3
 """A pool that keeps dying (every run OOMs, say) ends the sweep instead of looping."""
-SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-"""BLAS/OpenMP read these once, when the library loads: they must be in a worker's environment before its
-numpy/scipy/torch import (for forkserver workers: before the fork server, which preloads them, starts)."""
 LOST_WORKER = "its worker process died (killed, or out of memory)"
 
 OnStart = Callable[[RunJob], None]
@@ -149,25 +147,6 @@ def _context() -> multiprocessing.context.BaseContext:
         return multiprocessing.get_context("spawn")
     context.set_forkserver_preload(["rlflat.sweep.pipeline", "rlflat.train"])
     return context
-
-
-@contextmanager
-def single_threaded_children() -> Iterator[None]:
-    """Put :data:`SINGLE_THREAD_ENV` in the environment of the processes started in this block.
-
-    The fork server (started with the first pool) and spawned workers inherit it; this process's own BLAS,
-    loaded long ago, is unaffected, and its environment is restored afterwards.
-    """
-    saved = {name: os.environ.get(name) for name in SINGLE_THREAD_ENV}
-    os.environ.update(SINGLE_THREAD_ENV)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def run_local(
