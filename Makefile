@@ -42,7 +42,7 @@ lint: $(VENV)/.installed-test
 	$(VENV)/bin/mypy rlflat
 
 test: lint
-	OMP_NUM_THREADS=1 $(VENV)/bin/pytest
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -n auto --maxprocesses 4 --dist loadfile
 
 # Mutation score of the numeric core per module (benchmarks/mutation.py; not part of `make test`: it takes
 # hours for every mutant, so MUTATION_ARGS defaults to a seeded sample of 30 mutants per module).

@@ -28,12 +28,13 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import DummyVecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 
 from rlflat.algos import load_model
 from rlflat.errors import RlflatError
 from rlflat.evaluate import has_batched_simulator, rollout_returns, sweep_factors
-from rlflat.policy import load_policy
+from rlflat.normalization import NormalizationStats
+from rlflat.policy import load_policy, normalization_stats
 from rlflat.tasks import TaskSpec, load_task, make_env
 from rlflat.train import resolve_run_config, train_run
 
@@ -65,17 +66,33 @@ def settings_of(task: TaskSpec, per_parameter: int = PER_PARAMETER) -> list[dict
     return settings
 
 
+def normalized(env: VecEnv, stats: NormalizationStats | None) -> VecEnv:
+    """``env`` behind a frozen ``VecNormalize`` holding the run's observation statistics (as SB3 evaluates a
+    normalised run); rewards stay raw, as the evaluator reports them."""
+    if stats is None or not stats.norm_obs:
+        return env
+    wrapped = VecNormalize(env, training=False, norm_obs=True, norm_reward=False, clip_obs=stats.clip_obs,
+                           epsilon=stats.epsilon)  # fmt: skip
+    wrapped.obs_rms.mean, wrapped.obs_rms.var = stats.obs_mean.copy(), stats.obs_var.copy()
+    return wrapped
+
+
 def looped(
-    model_path: Path, task: TaskSpec, settings: list[dict[str, float]], episodes: int = EPISODES
+    model_path: Path,
+    task: TaskSpec,
+    settings: list[dict[str, float]],
+    episodes: int = EPISODES,
+    stats: NormalizationStats | None = None,
 ) -> tuple[np.ndarray, int]:
-    """SB3's evaluate_policy, one env per setting, re-seeded per episode so episode j starts from seed j.
+    """SB3's evaluate_policy, one env per setting, re-seeded per episode so episode j starts from seed j; a
+    normalised run's observation statistics applied as SB3 applies them (``VecNormalize``, frozen).
 
     Returns the returns and the env steps taken."""
     model = load_sb3(model_path)
     returns = np.zeros((len(settings), episodes))
     steps = 0
     for i, dynamics in enumerate(settings):
-        env = DummyVecEnv([lambda d=dynamics: Monitor(make_env(task, d))])  # type: ignore[misc]
+        env = normalized(DummyVecEnv([lambda d=dynamics: Monitor(make_env(task, d))]), stats)  # type: ignore[misc]
         for j in range(episodes):
             env.seed(j)  # applied at the reset evaluate_policy starts the episode with
             rewards, lengths = evaluate_policy(
@@ -127,21 +144,24 @@ def main() -> None:
     task = load_task(args.task)
     with tempfile.TemporaryDirectory() as tmp:
         if args.model:
-            model_path = Path(args.model)
-            model_path = model_path / "model.zip" if model_path.is_dir() else model_path
+            source = Path(args.model)
         else:
             start = time.perf_counter()
-            model_path = train_ppo(task.alias, args.timesteps, Path(tmp))
+            source = train_ppo(task.alias, args.timesteps, Path(tmp)).parent
             print(f"trained {task.alias} PPO ({args.timesteps} steps) in {time.perf_counter() - start:.1f} s")
+        # a run dir brings its normalisation.json (both evaluators apply it); a bare zip is evaluated as is
+        model_path = source / "model.zip" if source.is_dir() else source
+        stats = normalization_stats(source)
+        print(f"model {source}; observation normalisation: {'yes' if stats and stats.norm_obs else 'no'}")
         settings = settings_of(task, args.per_parameter)
-        policy = load_policy(model_path)
+        policy = load_policy(source)
         rollout_returns(policy, task, settings[:1], episodes=1, workers=1)  # warm-up (imports, first forward)
         stats: dict[str, int] = {}
         start = time.perf_counter()
         batched = rollout_returns(policy, task, settings, episodes=args.episodes, workers=args.workers, stats=stats)
         t_batched = time.perf_counter() - start
         start = time.perf_counter()
-        reference, ref_steps = looped(model_path, task, settings, args.episodes)
+        reference, ref_steps = looped(model_path, task, settings, args.episodes, stats)
         t_looped = time.perf_counter() - start
         in_process = None
         if args.workers != 1 and not has_batched_simulator(task):

@@ -38,8 +38,9 @@ from rlflat.io import write_atomic
 from rlflat.probe.invariance import NOT_MEASURES, family
 from rlflat.probe.output import metrics_block
 from rlflat.probe.run import last_timing, make_options, probe_run
-
-HEADLINE, UNFIT = 0.9, 0.8
+from rlflat.report.reliability import HEADLINE_ICC as HEADLINE
+from rlflat.report.reliability import UNFIT_ICC as UNFIT
+from rlflat.report.reliability import headline_choice
 
 
 def _runs(study: Path) -> list[Path]:
@@ -47,6 +48,16 @@ def _runs(study: Path) -> list[Path]:
     return sorted(
         p for p in study.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "model.zip").exists()
     )
+
+
+def dealt(runs: list[Path]) -> list[Path]:
+    """``runs`` dealt round-robin over their algorithms (in name order within each), so that any prefix
+    (``--limit``) is a mixed population rather than the first algorithm's runs."""
+    by_algo: dict[str, list[Path]] = {}
+    for run in sorted(runs, key=lambda p: p.name):
+        by_algo.setdefault(run.name.split("-", 1)[0], []).append(run)
+    queues = list(by_algo.values())
+    return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
 
 
 def probe_twice(run: Path, work: Path, options: dict[str, Any]) -> list[dict[str, Any]]:
@@ -92,6 +103,24 @@ def reliability(values: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("icc", ascending=False, na_position="last").reset_index(drop=True)
 
 
+def algorithm_family(run: str) -> str:
+    """``pg_sam-CartPole-s3-...`` -> ``pg``: the base algorithm, flatness variants pooled with it."""
+    return run.split("-", 1)[0].split("_", 1)[0]
+
+
+def by_family(values: pd.DataFrame) -> pd.DataFrame:
+    """:func:`reliability` within each algorithm family of >= 3 policies, stacked with a ``family`` column.
+
+    Reliability is a property of a measure on a population: across a mixed ppo/pg set the families' different
+    curvature inflates the between-policy variance, so a measure headlines only if it also holds within each."""
+    families = values["run"].map(algorithm_family)
+    parts = []
+    for name, group in values.groupby(families, sort=True):
+        if group["run"].nunique() >= 3:
+            parts.append(reliability(group).assign(family=name))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
 def _long(blocks: dict[str, list[dict[str, Any]]]) -> pd.DataFrame:
     rows = []
     for run, pair in blocks.items():
@@ -111,12 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", type=int, help="replicate batches per probe (default: the probe's)")
     ap.add_argument("--quick", action="store_true", help="the probe's --quick sizes (smoke runs)")
     ap.add_argument("--measures", help="probe measures, comma-separated (default: the probe's)")
-    ap.add_argument("--limit", type=int, help="only the first N runs (smoke runs)")
+    ap.add_argument("--limit", type=int, help="only the first N runs, dealt round-robin over algorithms")
     ap.add_argument("--work", type=Path, help="scratch dir for the probes (default <study>/.reliability)")
     ap.add_argument("--out", type=Path, help="CSV table (default <study>/probe_reliability.csv)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    runs = [run for study in args.study for run in _runs(study)][: args.limit]
+    runs = dealt([run for study in args.study for run in _runs(study)])[: args.limit]
     if len(runs) < 3:
         print(f"error: {len(runs)} run dirs with model.zip in {args.study}; need at least 3", file=sys.stderr)
         return 2
@@ -131,14 +160,25 @@ def main(argv: list[str] | None = None) -> int:
     for i, run in enumerate(runs, 1):
         blocks[run.name] = probe_twice(run, work, options)
         print(f"[{i}/{len(runs)}] {run.name} ({time.process_time() - c0:.0f} s cpu so far)", flush=True)
-    table = reliability(_long(blocks))
+    values = _long(blocks)
+    table = reliability(values)
+    families = by_family(values)
     batches = blocks[runs[0].name][0]["batches"]
     out = args.out or args.study[0] / "probe_reliability.csv"
     write_atomic(out, lambda path: table.to_csv(path, index=False))
+    family_out = out.with_name(out.stem + "_by_family.csv")
+    if not families.empty:
+        write_atomic(family_out, lambda path: families.to_csv(path, index=False))
     print(f"N = {len(runs)} policies, 2 probes each of B = {batches} batches; {time.process_time() - c0:.0f} s cpu")
     with pd.option_context("display.width", 160, "display.max_rows", 200):
         print(table.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
-    print(out)
+        if not families.empty:
+            wide = families.pivot(index="measure", columns="family", values="icc")
+            print("\nICC(2,1) within each algorithm family:")
+            print(wide.reindex(table["measure"]).to_string(float_format=lambda x: f"{x:.3g}"))
+    chosen = headline_choice(table, families if not families.empty else None)
+    print(f"headline choice (ICC >= {HEADLINE} pooled, >= {UNFIT} within every family): {', '.join(chosen) or 'none'}")
+    print(out, family_out if not families.empty else "")
     return 0
 
 

@@ -165,3 +165,36 @@ def test_protocol_suite_is_the_papers(hopper: Path) -> None:
     assert got[0, 0, 0] == pytest.approx(total, rel=1e-6)
     table = evaluate(policy, task, SuiteSpec(action_noise=(0.0, 0.5)), episodes=2, workers=2, progress=False)
     assert table["episodes"].tolist() == [100, 2, 2]  # the nominal row gets the evaluator's 100 episodes
+
+
+def test_large_gym_evaluations_run_in_passes_that_change_no_return(
+    hopper: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Gymnasium-fallback rows are whole envs, so a large evaluation runs a few settings at a time; common random
+    numbers (episode j of every setting: seed j, the same noise draws) keep the split out of the returns."""
+    from rlflat.evaluate import budget
+
+    task = load_task("Hopper")
+    policy = load_policy(hopper)
+    mass = task.parameters["torso_mass"].nominal
+    settings = [{"torso_mass": mass * f} for f in (0.5, 0.8, 1.0, 1.3, 1.5)]
+    kwargs = {"episodes": 3, "seed": 2, "action_noise": 0.2, "rng_seed": 7, "workers": 1}
+    whole_stats: dict[str, int] = {}
+    whole = rollout_returns(policy, task, settings, stats=whole_stats, **kwargs)  # type: ignore[arg-type]
+    passes: list[int] = []
+    original = budget.gym_pass_rows
+
+    def small_passes(rows_per_setting: float) -> float:
+        passes.append(1)
+        return 2 * rows_per_setting  # two settings a pass: passes of 2, 2 and 1 settings
+
+    monkeypatch.setattr(budget, "gym_pass_rows", small_passes)
+    split_stats: dict[str, int] = {}
+    split = rollout_returns(policy, task, settings, stats=split_stats, **kwargs)  # type: ignore[arg-type]
+    # the same actions up to the batched forward's rounding, which depends on how many rows share a matmul (~1e-10)
+    np.testing.assert_allclose(split, whole, rtol=1e-7)
+    assert not np.array_equal(split[:, :2], split[:, 2:4])  # the settings really differ
+    assert len(passes) == 4  # the split decision, then one per pass of <= 2 settings (which never split again)
+    assert split_stats["rows"] == whole_stats["rows"] == 15
+    assert split_stats["env_steps"] == whole_stats["env_steps"]
+    assert original(3) == 2046 and original(5000) == 5000 and original(0.5) == 2048  # whole settings, >= one

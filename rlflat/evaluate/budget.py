@@ -16,7 +16,15 @@ from rlflat.memory import format_bytes, require_memory
 from rlflat.policy import FunctionalPolicy
 from rlflat.tasks import TaskSpec
 
-__all__ = ["GRAPH_COPIES", "activation_widths", "check_rollout_memory", "gym_row_bytes", "rollout_bytes"]
+__all__ = [
+    "GRAPH_COPIES",
+    "GYM_PASS_ROWS",
+    "activation_widths",
+    "check_rollout_memory",
+    "gym_pass_rows",
+    "gym_row_bytes",
+    "rollout_bytes",
+]
 
 GRAPH_COPIES = 8
 """Float32 copies of each activation per batch row kept by an autograd graph (double backward for HVPs)."""
@@ -26,6 +34,11 @@ ROW_OVERHEAD_BYTES = 384
 GYM_ROW_BYTES = {"mujoco": 1280 * 2**10, "box2d": 160 * 2**10, "": 8 * 2**10}
 """Per row on the Gymnasium fallback (one env object per row), by the env's entry point; measured: Hopper
 1.04 MiB, LunarLander 118 KiB, CartPole 5.1 KiB."""
+GYM_PASS_ROWS = 2048
+"""Most Gymnasium-fallback rows stepped at once. Each such row is a whole env (a MuJoCo one ~1.25 MiB), so a larger
+evaluation runs in passes of whole settings (:func:`rlflat.evaluate.rollout.rollout_returns`); common random
+numbers make its returns independent of the split, and the paper-scale Hopper grids (~29k rows, ~36 GiB at once)
+fit in ~2.6 GiB."""
 SETTING_BYTES = 2048
 """Per setting: its Python objects, dynamics dicts and table row."""
 EPISODE_RESULT_BYTES = 64
@@ -55,6 +68,12 @@ def gym_row_bytes(task: TaskSpec) -> int:
     return next(size for family, size in GYM_ROW_BYTES.items() if family in entry)
 
 
+def gym_pass_rows(rows_per_setting: float) -> float:
+    """Rows of one Gymnasium-fallback pass: whole settings, at most :data:`GYM_PASS_ROWS` unless one is larger."""
+    per_setting = max(1.0, float(rows_per_setting))
+    return max(per_setting, (GYM_PASS_ROWS // per_setting) * per_setting)
+
+
 def rollout_bytes(
     task: TaskSpec,
     rows: float,
@@ -63,13 +82,19 @@ def rollout_bytes(
     backend: str = "auto",
     settings: int = 0,
     episodes: int = 0,
+    rows_per_setting: float | None = None,
 ) -> float:
-    """Estimated peak bytes of a rollout of ``rows`` rows (plus ``settings`` table rows of ``episodes`` each)."""
+    """Estimated peak bytes of a rollout of ``rows`` rows (plus ``settings`` table rows of ``episodes`` each).
+
+    With ``rows_per_setting`` known, Gymnasium-fallback rows count one pass at a time (:data:`GYM_PASS_ROWS`, but
+    never less than one setting's rows); without it, all rows at once."""
     obs_dim, batched = _dims(task)
     if batched and backend != "gym":
         per_row = ROW_OVERHEAD_BYTES + 8 * (4 * obs_dim + len(task.parameters)) + 8 * sum(widths)
     else:
         per_row = gym_row_bytes(task) + 8 * sum(widths)
+        if rows_per_setting is not None:
+            rows = min(float(rows), gym_pass_rows(rows_per_setting))
     return float(rows) * per_row + float(settings) * (SETTING_BYTES + EPISODE_RESULT_BYTES * float(episodes))
 
 
@@ -85,7 +110,15 @@ def check_rollout_memory(
 ) -> None:
     """Refuse in one line when ``parameter_sets x settings x episodes`` rollout rows would not fit in memory."""
     rows = float(parameter_sets) * float(settings) * float(episodes)
-    need = rollout_bytes(task, rows, widths, backend=backend, settings=settings, episodes=episodes)
+    need = rollout_bytes(
+        task,
+        rows,
+        widths,
+        backend=backend,
+        settings=settings,
+        episodes=episodes,
+        rows_per_setting=float(parameter_sets) * float(episodes),
+    )
     sets = f"{parameter_sets} parameter sets x " if parameter_sets != 1 else ""
     require_memory(
         need,

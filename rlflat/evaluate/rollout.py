@@ -5,15 +5,18 @@ parameters; each step is one policy forward for all rows (``policy.stacked_mode`
 sets) and finished rows are masked out. Episode ``e`` of every setting starts from ``seed + e``, and every random
 draw (observation noise, action noise, stochastic sampling) is shared by all rows with the same episode index
 (common random numbers), so settings, policies and perturbed parameter sets are compared on identical
-initial states and noise, and the result does not depend on which other settings are in the batch.
+initial states and noise, and the result does not depend on which other settings are in the batch (up to the
+float rounding of a batched forward, ~1e-10 relative, which varies with the number of rows).
 
 Classic-control tasks use the numpy simulators of :mod:`rlflat.tasks.sims`; any other task (LunarLander, ...)
-goes through :class:`GymRows`, one ``make_env`` env per row, which is slow but exact. Action selection
+goes through :class:`GymRows`, one ``make_env`` env per row, which is slow but exact; being whole envs, those rows
+are stepped in passes of whole settings (at most ``budget.GYM_PASS_ROWS`` rows at once). Action selection
 (noise, mode or sample) lives in :mod:`rlflat.evaluate.actions`.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +30,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from rlflat.errors import RlflatError, bad_choice
+from rlflat.evaluate import budget
 from rlflat.evaluate.actions import ActionSelector, Layout
 from rlflat.policy import FunctionalPolicy, check_spaces
 from rlflat.tasks import TaskSpec, dynamics_values, make_env
@@ -248,6 +252,22 @@ def _rollout(
     layout = Layout(k=1 if params is None else _check_stacked(policy, params), s=len(settings), e=int(episodes))
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise RlflatError(f"workers must be a positive integer, got {workers!r}")
+    per_pass = int(budget.gym_pass_rows(layout.k * layout.e)) // (layout.k * layout.e)
+    if (backend == "gym" or not has_batched_simulator(task)) and layout.s > per_pass:
+        # one env object per row: whole settings in passes (common random numbers: the split changes nothing)
+        parts, totals = [], dict.fromkeys(("rows", "steps", "env_steps"), 0)
+        one_pass = functools.partial(
+            _rollout, policy, task, seed=seed, params=params, deterministic=deterministic, rng_seed=rng_seed,
+            backend=backend, progress=progress, workers=workers,
+        )  # fmt: skip
+        for start in range(0, layout.s, per_pass):
+            part: dict[str, int] = {}
+            chunk = slice(start, start + per_pass)
+            parts.append(one_pass(settings[chunk], action_noise[chunk], obs_noise[chunk], episodes, stats=part))
+            totals = {key: totals[key] + part[key] for key in totals}
+        if stats is not None:
+            stats.update(totals)
+        return np.concatenate(parts, axis=1)
     sim, _ = _make_simulator(task, settings, layout.row_setting(), backend, workers)
     select = ActionSelector(policy, params, layout, action_space, action_noise, obs_noise, deterministic, rng_seed)
     registered = gym.spec(task.id).max_episode_steps

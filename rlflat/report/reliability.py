@@ -14,7 +14,28 @@ import pandas as pd
 from rlflat.report.context import Context, label
 
 RELIABILITY_FILE = "probe_reliability.csv"
+FAMILY_FILE = "probe_reliability_by_family.csv"
 HEADLINE_ICC, UNFIT_ICC = 0.9, 0.8
+NOT_SHARPNESS = frozenset(
+    {"loss_value", "nominal_return", "entropy", "max_action_prob", "log_std", "cliff", "magnitude_aware_censored"}
+)
+"""Probe keys that are no sharpness measure: the policy's confounds and labels, and booleans (a flag's ICC says
+how often two probes agree, not how well a magnitude is measured)."""
+
+
+def headline_choice(pooled: pd.DataFrame, by_family: pd.DataFrame | None = None) -> list[str]:
+    """The sharpness measures a test-retest table lets headline, most reliable first.
+
+    A measure headlines when its ICC(2,1) over the pooled policies is >= :data:`HEADLINE_ICC` *and* it is not
+    unfit (>= :data:`UNFIT_ICC`) inside any algorithm family of ``by_family`` (``family`` column): across a mixed
+    ppo/pg population the families' different curvature alone can make a noisy measure look reliable.
+    """
+    icc = pd.to_numeric(pooled.set_index("measure")["icc"], errors="coerce")
+    chosen = [m for m, v in icc.sort_values(ascending=False).items() if v >= HEADLINE_ICC and m not in NOT_SHARPNESS]
+    if by_family is not None and not by_family.empty:
+        inside = pd.to_numeric(by_family["icc"], errors="coerce").groupby(by_family["measure"]).min()
+        chosen = [m for m in chosen if m in inside.index and inside[m] >= UNFIT_ICC]
+    return [str(m) for m in chosen]
 
 
 def read_reliability(ctx: Context) -> pd.DataFrame | None:
