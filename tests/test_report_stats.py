@@ -205,6 +205,30 @@ def test_orientation_signs() -> None:
     assert O.better_sign("probe.lambda_max") == -1 and O.better_sign("robustness.auc_mean") == 1
 
 
+DIRECTIONLESS = {
+    "lambda_max_over_trace",
+    "lambda_max_over_abs_sum",
+    "negative_mass_fraction",
+    "negative_count_fraction",
+}
+"""Shape descriptors of the spectrum: no 'sharper' end."""
+
+
+def test_every_documented_sharpness_measure_has_a_direction() -> None:
+    """A measure the report may headline without a direction would be reported as 'higher went with lower'
+    instead of 'sharper runs were less robust' (the Fisher trace and Fisher-Rao norm once were)."""
+    from rlflat.probe.invariance import INVARIANCE
+    from rlflat.report.reliability import NOT_SHARPNESS
+
+    for key in INVARIANCE:
+        if key in NOT_SHARPNESS:
+            continue
+        column = "probe." + key.replace("<s>", "0p1")
+        expected = {0} if key in DIRECTIONLESS else {-1, 1}
+        assert O.sharpness_sign(column) in expected, key
+    assert O.sharpness_sign("probe.fisher_trace") == O.sharpness_sign("probe.fisher_rao_norm") == 1
+
+
 # ----------------------------------------------------------------------------- granulated Kendall
 
 

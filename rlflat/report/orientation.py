@@ -17,9 +17,10 @@ SHARPNESS: tuple[tuple[str, int], ...] = (
     (r"magnitude_aware_sigma", -1),  # Jiang's sigma': larger = flatter (its 1 / sigma'^2 is sharper-is-higher)
     (r"cliff_return_ratio", -1),  # share of the return kept at the cliff test's 10th point
     (r"return_drop|cliff|keskar_sharpness|magnitude_aware_flatness", 1),
-    (r"lambda_max_over_trace", 0),  # a ratio whose sign follows the (possibly negative) trace
+    (r"lambda_max_over_(trace|abs_sum)", 0),  # shape ratios of the spectrum (the first follows the trace's sign)
     (r"lambda_min", -1),  # the negative end of the spectrum of the surrogate: farther below 0 = sharper
     (r"negative_(mass|count)_fraction", 0),
+    (r"fisher_", 1),  # Fisher curvature (lambda_max, trace, adaptive) and the Fisher-Rao norm: larger = sharper
     (r"lambda_max|top_eigen|(^|\.)trace$|hessian\.trace", 1),
     (r"worst_case|sam_sharpness|pgd", 1),  # loss increase of the worst perturbation in a ball
     (r"loss_increase|kl|action_change", 1),
