@@ -274,3 +274,62 @@ def test_asam_refuses_parameters_and_gradients_of_different_counts() -> None:
     params = [th.ones(2, 3), th.ones(3)]
     with pytest.raises(ValueError, match="zip"):
         ASAM(rho=0.5).perturbation(params, [th.ones(2, 3)])
+
+
+# -- constructor arguments reach the algorithm (survivors of the second mutation sample) ---------------------
+
+
+def test_pg_passes_its_arguments_on_and_keeps_a2c_s_defaults() -> None:
+    env = make_vec_env("CartPole-v1", n_envs=1)
+    default = PG("MlpPolicy", env, seed=0)
+    assert default.max_grad_norm == 0.5  # A2C's default, which PG shares
+    model = PG("MlpPolicy", env, seed=0, update_rule="asam", rho=0.3, asam_eta=0.07, stats_window_size=7)
+    rule = model._rule
+    assert isinstance(rule, ASAM) and rule.rho == 0.3 and rule.eta == 0.07
+    assert model.ep_info_buffer is None or model.ep_info_buffer.maxlen == 7
+    model.learn(16)
+    assert model.ep_info_buffer is not None and model.ep_info_buffer.maxlen == 7
+
+
+def test_pg_refuses_action_spaces_sb3_cannot_sample() -> None:
+    import gymnasium as gym
+    from gymnasium import spaces
+
+    class TupleEnv(gym.Env):
+        observation_space = spaces.Box(-1, 1, (2,))
+        action_space = spaces.Tuple((spaces.Discrete(2), spaces.Discrete(2)))
+
+        def reset(self, *, seed: int | None = None, options: dict | None = None):  # type: ignore[override]
+            return np.zeros(2, dtype=np.float32), {}
+
+        def step(self, action):  # type: ignore[override]
+            return np.zeros(2, dtype=np.float32), 0.0, True, False, {}
+
+    with pytest.raises(AssertionError, match="only supports .*Box.*Discrete.*MultiDiscrete.*MultiBinary"):
+        PG("MlpPolicy", TupleEnv(), seed=0)
+
+
+def test_ppo_objective_terms_are_the_clipped_surrogate_by_hand() -> None:
+    """The loss the sharpness tracker differentiates: -mean(min(A r, A clip(r, 1 -+ eps))) with normalised A,
+    checked where the ratio has moved past the clip range."""
+    model = build_model("ppo", make_vec_env("CartPole-v1", n_envs=2), {"n_steps": 32, "batch_size": 64,
+                        "n_epochs": 1, "policy_kwargs": {"net_arch": [8]}}, seed=1)  # fmt: skip
+    model.learn(64)
+    batch = next(model.rollout_buffer.get(64))
+    with th.no_grad():
+        for p in model.policy.action_net.parameters():
+            p.add_(0.4 * th.randn(p.shape, generator=th.Generator().manual_seed(0)))
+    terms = model.objective_terms(batch)
+    with th.no_grad():
+        _, log_prob, _ = model.policy.evaluate_actions(batch.observations, batch.actions.long().flatten())
+    ratio = th.exp(log_prob - batch.old_log_prob)
+    eps = model.clip_range(model._current_progress_remaining)
+    adv = (batch.advantages - batch.advantages.mean()) / (batch.advantages.std() + 1e-8)
+    expected = -th.min(adv * ratio, adv * th.clamp(ratio, 1 - eps, 1 + eps)).mean()
+    unclipped = -(adv * ratio).mean()
+    assert abs(float(expected - unclipped)) > 1e-4  # the clip changes the value here
+    assert float((ratio - 1).abs().max()) > eps  # clipping is active somewhere
+    assert float(terms["surrogate"].detach()) == pytest.approx(float(expected), rel=1e-5)
+    assert float(terms["loss"].detach()) != float(
+        terms["surrogate"].detach()
+    )  # the value and entropy terms are in the loss

@@ -78,6 +78,13 @@ def test_metrics_of_real_robustness_tables_match_scipy() -> None:
         assert block["collapse_frac"] == 0.5 and "nearest" in block["collapse_side"]
         assert block["deterministic"] is table.attrs["deterministic"] and block["seed"] == table.attrs["seed"]
         assert block["episodes"] == table.attrs["episodes"] == len(table["returns"].iloc[0])
+        nominal_returns = np.asarray(table.loc[table["family"] == "nominal", "returns"].iloc[0], dtype=float)
+        assert block["nominal_return_se"] == pytest.approx(stats.sem(nominal_returns), rel=1e-12, abs=1e-12)
+        worst = table.loc[table["return_mean"].idxmin()]
+        assert block["worst_return"] == float(worst["return_mean"])
+        assert block["worst_setting"]["family"] == worst["family"]
+        grid_families = sorted(f for f in table["family"].unique() if ":" in f)
+        assert sorted(block.get("grids", {})) == grid_families
         for family in sweeps:
             rows = table[table["family"] == family]
             factors, values = rows["factor"].tolist(), rows["normalized_return"].tolist()
@@ -177,3 +184,28 @@ def test_rollout_stats_count_the_steps_the_returns_imply(tmp_path: Path) -> None
     returns = rollout_returns(load_policy(tmp_path / "m.zip"), task, [{}, {"length": 0.3}], 5, stats=stats)
     assert np.ptp(returns) > 0  # episodes of different lengths
     assert stats == {"rows": 10, "steps": int(returns.max()), "env_steps": int(returns.sum())}
+
+
+def test_gym_rows_in_passes_return_what_one_pass_returns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CartPole through the Gymnasium fallback (``backend="gym"``), first in one pass, then two settings a pass:
+    common random numbers make the split invisible (discrete actions: exactly)."""
+    from stable_baselines3 import PPO
+
+    from rlflat.evaluate import budget, rollout_returns
+    from rlflat.policy import load_policy
+    from rlflat.tasks import make_env
+
+    task = load_task("CartPole")
+    path = tmp_path / "model.zip"
+    PPO("MlpPolicy", make_env(task), seed=0, policy_kwargs={"net_arch": [8]}).save(path)
+    policy = load_policy(path)
+    settings = [{"length": task.parameters["length"].nominal * f} for f in (0.5, 0.7, 1.0, 1.6, 2.0)]
+    kwargs = {"episodes": 3, "seed": 1, "action_noise": 0.3, "rng_seed": 5, "backend": "gym", "workers": 1}
+    whole_stats: dict[str, int] = {}
+    whole = rollout_returns(policy, task, settings, stats=whole_stats, **kwargs)  # type: ignore[arg-type]
+    monkeypatch.setattr(budget, "gym_pass_rows", lambda rows_per_setting: 2 * rows_per_setting)
+    split_stats: dict[str, int] = {}
+    split = rollout_returns(policy, task, settings, stats=split_stats, **kwargs)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(split, whole)
+    assert split.shape == (1, 5, 3) and len({tuple(r) for r in split[0]}) > 1
+    assert split_stats["rows"] == whole_stats["rows"] == 15 and split_stats["env_steps"] == whole_stats["env_steps"]

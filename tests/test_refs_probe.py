@@ -218,3 +218,53 @@ def test_average_case_keeps_the_nominal_returns_it_measured_against(
     own = perturbed_returns(policy, CARTPOLE, [params], 3, seed=7)[0]
     np.testing.assert_array_equal(arrays["perturbation_nominal_returns"], own)
     assert scalars["nominal_return"] == pytest.approx(float(own.mean()), rel=1e-12) and scalars["return_floor"] == 0.0
+
+
+# -- edges (survivors of the second mutation sample) ------------------------------------------------------------
+
+
+def test_density_of_a_single_repeated_eigenvalue_has_the_documented_width() -> None:
+    """All eigenvalues equal (hi == lo): the kernel's half-range falls back to max(|lambda|, 1)."""
+    from rlflat.probe.spectrum import density_from_eigenvalues
+
+    for value, half in ((3.0, 3.0), (0.2, 1.0), (-5.0, 5.0)):
+        d = density_from_eigenvalues(torch.full((4,), value), grid_size=201)
+        assert d.sigma == pytest.approx(np.sqrt(1e-5) * half, rel=1e-12)
+        assert float(d.grid[torch.argmax(d.density)]) == pytest.approx(value, abs=4 * d.sigma)
+
+
+def test_projected_ascent_with_one_step_is_allowed_and_stays_in_the_ball() -> None:
+    """On f(x) = 0.5 x^T A x at x0 = e1 (gradient 4 e1), one projected step of size rho
+    along the gradient reaches the sphere, and its gain is the closed form."""
+    from rlflat.probe.worst_case import pgd_sharpness
+
+    a = torch.diag(torch.tensor([4.0, 1.0], dtype=torch.float64))
+    x0 = {"x": torch.tensor([1.0, 0.0], dtype=torch.float64)}
+
+    def loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return 0.5 * p["x"] @ a @ p["x"]
+
+    with pytest.raises(RlflatError):
+        pgd_sharpness(loss, x0, 0.1, steps=0)
+    one = pgd_sharpness(loss, x0, 0.1, steps=1)
+    # gradient at e1 is 4 e1: the step of norm 0.1 goes to 1.1 e1, f = 0.5 * 4 * 1.21
+    assert one.eps_norm == pytest.approx(0.1, rel=1e-9)
+    assert one.sharpness == pytest.approx(0.5 * 4 * 1.21 - 2.0, rel=1e-9)
+
+
+def test_normalisers_with_equal_statistics_count_as_the_same() -> None:
+    """Two runs whose observation statistics are equal (distinct objects) interpolate in one input space."""
+    from types import SimpleNamespace
+
+    from rlflat.probe.landscape import _same_normalizer
+
+    def stats(mean: float) -> SimpleNamespace:
+        return SimpleNamespace(mean=np.array([mean, 1.0]), var=np.array([2.0, 3.0]), clip=10.0)
+
+    def pol(normalizer: object) -> FunctionalPolicy:
+        return SimpleNamespace(normalizer=normalizer)  # type: ignore[return-value]
+
+    assert _same_normalizer(pol(stats(0.5)), pol(stats(0.5)))
+    assert not _same_normalizer(pol(stats(0.5)), pol(stats(0.6)))
+    assert not _same_normalizer(pol(stats(0.5)), pol(None)) and not _same_normalizer(pol(None), pol(stats(0.5)))
+    assert _same_normalizer(pol(None), pol(None))

@@ -147,3 +147,21 @@ def test_iqm_comparison_matches_scipy_trim_mean_and_bootstrap() -> None:
     assert row.diff_ci_low == pytest.approx(ref.low, abs=0.05 * width)
     assert row.diff_ci_high == pytest.approx(ref.high, abs=0.05 * width)
     assert row.diff_method.startswith("percentile bootstrap")
+
+
+def test_mean_comparison_states_both_means_and_words_small_differences_by_sign() -> None:
+    """Welch route: algo_value and baseline_value are the two sample means; a difference between 0 and 1 (in
+    either direction) is 'raised' / 'lowered' by its sign, and no difference at all is 'unchanged'."""
+    for shift, verb in ((0.4, "raised"), (-0.4, "lowered")):
+        a = np.array([1.0, 1.2, 0.9, 1.1, 1.3]) + shift
+        b = np.array([1.0, 1.2, 0.9, 1.1, 1.3, 1.05])
+        runs = pd.DataFrame({"task": "CartPole", "algo": ["x"] * 5 + ["y"] * 6, "robustness.auc_mean": np.r_[a, b]})
+        table = S.compare_algorithms(runs, ["robustness.auc_mean"], "x", "y", seed=0)
+        row = table.iloc[0]
+        assert (row.algo_value, row.baseline_value) == pytest.approx((a.mean(), b.mean()), rel=1e-12)
+        assert row.difference == pytest.approx(a.mean() - b.mean(), rel=1e-12)
+        text = S.describe_comparison(table, task="CartPole")
+        assert f"x {verb} auc_mean by {abs(a.mean() - b.mean()):.3g}" in text, text
+    same = pd.DataFrame({"task": "CartPole", "algo": ["x"] * 3 + ["y"] * 3, "robustness.auc_mean": [0.2, 0.4, 0.3] * 2})
+    text = S.describe_comparison(S.compare_algorithms(same, ["robustness.auc_mean"], "x", "y", seed=0), task="CartPole")
+    assert "left auc_mean unchanged (difference 0" in text and "lowered" not in text, text
