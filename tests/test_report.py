@@ -492,3 +492,33 @@ def test_reliability_section_marks_unfit_measures(tmp_path: Path) -> None:
     }
     uncertainty = pd.read_csv(out / "tables" / "probe_uncertainty.csv")
     assert uncertainty["median SE / |value|"].tolist() == pytest.approx([0.1])
+
+
+# -- headline measures chosen by reliability ---------------------------------------------------------------------
+
+
+def test_headline_choice_needs_pooled_reliability_and_no_unfit_family() -> None:
+    from rlflat.report.reliability import headline_choice
+
+    pooled = pd.DataFrame({"measure": ["entropy", "a", "b", "c", "d"], "icc": [0.99, 0.95, 0.97, 0.92, 0.85]})
+    families = pd.DataFrame(
+        {
+            "measure": ["a", "a", "b", "b", "c", "c"],
+            "family": ["pg", "ppo"] * 3,
+            "icc": [0.85, 0.9, 0.99, 0.79, 0.9, 0.95],
+        }
+    )
+    assert headline_choice(pooled) == ["b", "a", "c"]  # >= 0.9, most reliable first, confounds left out
+    assert headline_choice(pooled, families) == ["a", "c"]  # b is unfit inside ppo; d never reached 0.9
+
+
+def test_default_headline_measures_are_the_committed_reliability_tables_choice() -> None:
+    """The report's default headline list is what the committed test-retest tables choose: change the tables
+    (a new reliability study) and this fails until the list follows."""
+    from rlflat.report.reliability import FAMILY_FILE, RELIABILITY_FILE, headline_choice
+    from rlflat.report.settings import DEFAULT_MEASURES
+
+    study = Path(__file__).resolve().parents[1] / "results" / "cartpole_v2"
+    pooled, families = pd.read_csv(study / RELIABILITY_FILE), pd.read_csv(study / FAMILY_FILE)
+    assert int(pooled["n"].max()) >= 20 and set(families["family"]) == {"pg", "ppo"}
+    assert [m.removeprefix("probe.") for m in DEFAULT_MEASURES] == headline_choice(pooled, families)
