@@ -40,7 +40,7 @@ from rlflat.probe.output import metrics_block
 from rlflat.probe.run import last_timing, make_options, probe_run
 from rlflat.report.reliability import HEADLINE_ICC as HEADLINE
 from rlflat.report.reliability import UNFIT_ICC as UNFIT
-from rlflat.report.reliability import headline_choice
+from rlflat.report.reliability import headline_choice, verdicts
 
 
 def _runs(study: Path) -> list[Path]:
@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     values = _long(blocks)
     table = reliability(values)
     families = by_family(values)
+    table["verdict"] = verdicts(table, families if not families.empty else None)
     batches = blocks[runs[0].name][0]["batches"]
     out = args.out or args.study[0] / "probe_reliability.csv"
     write_atomic(out, lambda path: table.to_csv(path, index=False))

@@ -25,10 +25,12 @@ from rlflat.report import select
 from rlflat.report import stats as S
 from rlflat.report import study as D
 from rlflat.report.__main__ import main
+from rlflat.report.settings import ReportSettings
 
 ALGOS = ("ppo", "ppo_sam", "pg", "pg_sam")
 NOMINAL = {"length": 0.5, "masspole": 0.1, "masscart": 1.0}
 FAST: dict[str, Any] = {"n_boot": 150, "figure_n_boot": 60}
+SURROGATE_HEADLINE = ["probe.lambda_max", "probe.trace", "probe.return_halving_sigma", "probe.kl_sigma0p1"]
 
 
 def _robustness(rng: np.random.Generator, fragility: float) -> pd.DataFrame:
@@ -153,6 +155,11 @@ def make_study(
     for i in range(failed):
         rows.append({"run_id": f"broken-{i}", "algo": "ppo", "task": "CartPole", "seed": 99 + i, "status": "failed"})
     pd.DataFrame(rows).to_parquet(root / "runs.parquet")
+    # the synthetic runs carry the surrogate Hessian only: declare it the headline, as a study config can
+    (root / "study.yaml").write_text(
+        f"name: {root.name}\ntasks: [CartPole]\nalgos: [{', '.join(algos)}]\n"
+        f"report: {{headline_measures: [{', '.join(SURROGATE_HEADLINE)}]}}\n"
+    )
     return root
 
 
@@ -481,10 +488,11 @@ def test_reliability_section_marks_unfit_measures(tmp_path: Path) -> None:
             "variance_ratio": [1.2, 40.0],
         }
     ).to_csv(study / "probe_reliability.csv", index=False)
-    out = R.build_report([study], tmp_path / "report", seed=0, **FAST)
+    settings = ReportSettings(headline_measures=["probe.hessian.lambda_max", "probe.fisher_lambda_max"])
+    out = R.build_report([study], tmp_path / "report", seed=0, settings=settings, **FAST)
     md = (out / "report.md").read_text()
     assert "## Probe uncertainty and reliability" in md
-    assert "UNFIT by reliability: Hessian λ_max" in md  # the headline measure with ICC 0.5
+    assert "UNFIT by reliability: Hessian λ_max" in md  # the declared headline measure with ICC 0.5
     table = pd.read_csv(out / "tables" / "probe_reliability.csv")
     assert table.set_index("measure")["verdict"].to_dict() == {
         "hessian.lambda_max": "unfit",

@@ -38,16 +38,30 @@ def headline_choice(pooled: pd.DataFrame, by_family: pd.DataFrame | None = None)
     return [str(m) for m in chosen]
 
 
-def read_reliability(ctx: Context) -> pd.DataFrame | None:
-    """The first study dir's test-retest table, or None (no repeated probes in this study)."""
+def verdicts(pooled: pd.DataFrame, by_family: pd.DataFrame | None = None) -> list[str]:
+    """Per row of ``pooled``: 'headline' (:func:`headline_choice`), 'unfit' (pooled ICC < 0.8), else 'usable'."""
+    chosen = set(headline_choice(pooled, by_family))
+    icc = pd.to_numeric(pooled["icc"], errors="coerce")
+    return [
+        "headline" if m in chosen else "unfit" if not v >= UNFIT_ICC else "usable"
+        for m, v in zip(pooled["measure"], icc, strict=True)
+    ]
+
+
+def _read(ctx: Context, name: str) -> pd.DataFrame | None:
     for directory in ctx.study.dirs:
-        path = directory / RELIABILITY_FILE
+        path = directory / name
         if path.exists():
             try:
                 return pd.read_csv(path)
             except (OSError, ValueError, pd.errors.ParserError):
-                ctx.doc.note(f"{path} is unreadable; the reliability table is skipped.")
+                ctx.doc.note(f"{path} is unreadable; it is skipped.")
     return None
+
+
+def read_reliability(ctx: Context) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """The first study dir's test-retest tables (pooled, by algorithm family), or None (no repeated probes)."""
+    return _read(ctx, RELIABILITY_FILE), _read(ctx, FAMILY_FILE)
 
 
 def _uncertainty(ctx: Context) -> pd.DataFrame:
@@ -76,7 +90,7 @@ def _uncertainty(ctx: Context) -> pd.DataFrame:
 def section_reliability(ctx: Context) -> None:
     """'Probe uncertainty and reliability': per-run SEs of the headline measures, and the test-retest table."""
     uncertainty = _uncertainty(ctx)
-    table = read_reliability(ctx)
+    table, families = read_reliability(ctx)
     if uncertainty.empty and table is None:
         return
     ctx.doc.heading("Probe uncertainty and reliability")
@@ -90,15 +104,19 @@ def section_reliability(ctx: Context) -> None:
     if table is None:
         return
     shown = table.copy()
-    shown["verdict"] = [
-        "headline" if icc >= HEADLINE_ICC else "unfit" if not icc >= UNFIT_ICC else "usable"
-        for icc in pd.to_numeric(shown["icc"], errors="coerce")
-    ]
+    if families is not None and {"measure", "family", "icc"} <= set(families.columns):
+        wide = families.pivot_table(index="measure", columns="family", values="icc")
+        shown = shown.join(wide.add_prefix("icc ").add_suffix(" family"), on="measure")
+    else:
+        families = None
+    shown["verdict"] = verdicts(table, families)
     ctx.doc.para(
         "Test-retest reliability: each policy probed twice with independent batch sets. ICC(2,1) (two-way random, "
-        f"absolute agreement, single probe) over {int(shown['n'].max())} policies, with its 95% CI, and the "
-        "between-policy / within-policy variance ratio. ICC >= 0.9: fit to headline; < 0.8: unfit (its "
-        "between-run spread is largely probe noise, so correlations with it say little about the policies)."
+        f"absolute agreement, single probe) over {int(shown['n'].max())} policies, with its 95% CI, the "
+        "between-policy / within-policy variance ratio, and the ICC inside each algorithm family when measured. "
+        "Headline: ICC >= 0.9 over all policies and >= 0.8 inside every family (the families' different "
+        "curvature alone can make a noisy measure look reliable across them); unfit: < 0.8 (its between-run "
+        "spread is largely probe noise, so correlations with it say little about the policies)."
     )
     ctx.doc.table(shown, "Probe measures by test-retest reliability.")
     ctx.save_table(shown, "probe_reliability")
