@@ -151,8 +151,9 @@ def main() -> None:
             print(f"trained {task.alias} PPO ({args.timesteps} steps) in {time.perf_counter() - start:.1f} s")
         # a run dir brings its normalisation.json (both evaluators apply it); a bare zip is evaluated as is
         model_path = source / "model.zip" if source.is_dir() else source
-        stats = normalization_stats(source)
-        print(f"model {source}; observation normalisation: {'yes' if stats and stats.norm_obs else 'no'}")
+        norm_stats = normalization_stats(source)
+        normalised = norm_stats is not None and norm_stats.norm_obs
+        print(f"model {source}; observation normalisation: {'yes' if normalised else 'no'}")
         settings = settings_of(task, args.per_parameter)
         policy = load_policy(source)
         rollout_returns(policy, task, settings[:1], episodes=1, workers=1)  # warm-up (imports, first forward)
@@ -161,7 +162,7 @@ def main() -> None:
         batched = rollout_returns(policy, task, settings, episodes=args.episodes, workers=args.workers, stats=stats)
         t_batched = time.perf_counter() - start
         start = time.perf_counter()
-        reference, ref_steps = looped(model_path, task, settings, args.episodes, stats)
+        reference, ref_steps = looped(model_path, task, settings, args.episodes, norm_stats)
         t_looped = time.perf_counter() - start
         in_process = None
         if args.workers != 1 and not has_batched_simulator(task):

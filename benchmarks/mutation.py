@@ -175,8 +175,8 @@ def report(sample: dict[str, list[str]] | None, show: bool = False) -> list[str]
     for label, source in MODULES.items():
         results = _results(source)
         names = sample[label] if sample is not None else sorted(results)
-        tried = [m for m in names if results.get(m) is not None]
-        equiv = [m for m in tried if m in equivalent]
+        equiv = [m for m in names if m in equivalent]  # known equivalent: left out, whether or not it was run
+        tried = [m for m in names if results.get(m) is not None or m in equivalent]
         counted = [m for m in tried if m not in equivalent]
         killed = [m for m in counted if results[m] in KILLED]
         survivors += [m for m in counted if results[m] not in KILLED]
@@ -188,7 +188,8 @@ def report(sample: dict[str, list[str]] | None, show: bool = False) -> list[str]
         print(f"{label:22s} {len(tried):6d} {len(equiv):6d} {k:7d} {score}  {ci:17s} {len(names) - len(tried):6d}")
     lo, hi = wilson(total_k, total_n)
     if total_n:
-        print(f"{'all':22s} {total_n:13d} {total_k:7d} {total_k / total_n:7.1%}  [{lo:5.1%}, {hi:5.1%}]")
+        print(f"{'all':22s} {total_n:13d} {total_k:7d} {total_k / total_n:7.1%}  [{lo:5.1%}, {hi:5.1%}]"
+              "   (killed / (tried - equiv))")  # fmt: skip
     if show and survivors:
         os.chdir(ROOT)
         for name in survivors:
