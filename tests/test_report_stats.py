@@ -402,7 +402,7 @@ def test_censored_runs_tie_at_the_bound_and_count_for_the_robust_algorithm() -> 
 
 
 def test_report_settings_forbid_unknown_keys_and_read_study_yaml(tmp_path: Path) -> None:
-    assert ReportSettings().seed == 0 and "probe.lambda_max" in ReportSettings().headline_measures
+    assert ReportSettings().seed == 0 and "probe.fisher_adaptive_lambda_max" in ReportSettings().headline_measures
     with pytest.raises(RlflatError, match="n_bot"):
         parse_report_settings({"n_bot": 5})
     with pytest.raises(RlflatError, match="seed"):
