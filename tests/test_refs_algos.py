@@ -333,3 +333,15 @@ def test_ppo_objective_terms_are_the_clipped_surrogate_by_hand() -> None:
     assert float(terms["loss"].detach()) != float(
         terms["surrogate"].detach()
     )  # the value and entropy terms are in the loss
+
+
+def test_pg_keeps_its_seed_and_objective_terms_are_its_training_loss(pg_after_one_rollout: PG) -> None:
+    assert PG("MlpPolicy", make_vec_env("CartPole-v1", n_envs=1), seed=11).seed == 11
+    model = pg_after_one_rollout
+    batch = next(model.rollout_buffer.get(None))
+    terms = model.objective_terms(batch)
+    assert set(terms) == {"loss", "surrogate"}
+    loss, policy_loss = model._loss_terms(batch)[:2]
+    assert float(terms["loss"].detach()) == pytest.approx(float(loss.detach()), rel=1e-6)
+    assert float(terms["surrogate"].detach()) == pytest.approx(float(policy_loss.detach()), rel=1e-6)
+    assert float(terms["loss"].detach()) != float(terms["surrogate"].detach())

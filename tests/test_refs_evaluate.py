@@ -209,3 +209,10 @@ def test_gym_rows_in_passes_return_what_one_pass_returns(tmp_path: Path, monkeyp
     np.testing.assert_array_equal(split, whole)
     assert split.shape == (1, 5, 3) and len({tuple(r) for r in split[0]}) > 1
     assert split_stats["rows"] == whole_stats["rows"] == 15 and split_stats["env_steps"] == whole_stats["env_steps"]
+
+
+def test_standard_error_of_two_returns_is_half_their_distance() -> None:
+    from rlflat.evaluate.metrics import _standard_error
+
+    assert _standard_error([1.0, 3.0]) == pytest.approx(1.0)  # sd sqrt(2), / sqrt(2)
+    assert _standard_error([4.0]) is None and _standard_error(None) is None

@@ -268,3 +268,15 @@ def test_normalisers_with_equal_statistics_count_as_the_same() -> None:
     assert not _same_normalizer(pol(stats(0.5)), pol(stats(0.6)))
     assert not _same_normalizer(pol(stats(0.5)), pol(None)) and not _same_normalizer(pol(None), pol(stats(0.5)))
     assert _same_normalizer(pol(None), pol(None))
+
+
+def test_dict_errors_name_what_differs() -> None:
+    from rlflat.probe.directions import dict_dot
+    from rlflat.probe.perturbation import _check_sigmas
+
+    with pytest.raises(RlflatError, match=r"tensor 'w': shape \(2, 3\) vs \(3, 2\)"):
+        dict_dot({"w": torch.zeros(2, 3)}, {"w": torch.zeros(3, 2)})
+    with pytest.raises(RlflatError, match="cannot take the inner product of empty dicts"):
+        dict_dot({}, {})
+    with pytest.raises(RlflatError, match=r"sigmas must be a list of finite values >= 0, got \[0.1, -1.0\]"):
+        _check_sigmas([0.1, -1.0], "sigmas")

@@ -165,3 +165,13 @@ def test_mean_comparison_states_both_means_and_words_small_differences_by_sign()
     same = pd.DataFrame({"task": "CartPole", "algo": ["x"] * 3 + ["y"] * 3, "robustness.auc_mean": [0.2, 0.4, 0.3] * 2})
     text = S.describe_comparison(S.compare_algorithms(same, ["robustness.auc_mean"], "x", "y", seed=0), task="CartPole")
     assert "left auc_mean unchanged (difference 0" in text and "lowered" not in text, text
+
+
+def test_mean_interval_is_scipy_s_t_interval_and_a_point_without_spread() -> None:
+    from rlflat.report.stats.comparison import mean_interval
+
+    a = np.array([0.2, 0.9, 0.4, 0.7, 1.3])
+    ref = sps.t.interval(0.9, a.size - 1, a.mean(), sps.sem(a))
+    assert mean_interval(a, 0.9) == pytest.approx(ref, rel=1e-12)
+    assert mean_interval(np.array([2.5, 2.5, 2.5])) == (2.5, 2.5)
+    assert all(np.isnan(mean_interval(np.array([1.0]))))
