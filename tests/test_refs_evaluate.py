@@ -216,3 +216,13 @@ def test_standard_error_of_two_returns_is_half_their_distance() -> None:
 
     assert _standard_error([1.0, 3.0]) == pytest.approx(1.0)  # sd sqrt(2), / sqrt(2)
     assert _standard_error([4.0]) is None and _standard_error(None) is None
+
+
+def test_an_undefined_normalisation_gives_nan_of_the_input_s_shape() -> None:
+    from rlflat.evaluate.metrics import Normalization
+
+    scale = Normalization(mode="task", zero=10.0, one=30.0, source="test")
+    np.testing.assert_allclose(scale.apply(np.array([[10.0, 20.0], [30.0, 40.0]])), [[0.0, 0.5], [1.0, 1.5]])
+    for broken in (Normalization("task", None, 30.0, "t"), Normalization("task", 30.0, 30.0, "t")):
+        out = broken.apply(np.ones((2, 3)))
+        assert out.shape == (2, 3) and np.isnan(out).all()

@@ -280,3 +280,15 @@ def test_dict_errors_name_what_differs() -> None:
         dict_dot({}, {})
     with pytest.raises(RlflatError, match=r"sigmas must be a list of finite values >= 0, got \[0.1, -1.0\]"):
         _check_sigmas([0.1, -1.0], "sigmas")
+
+
+def test_exact_density_takes_no_hvps_and_bad_inputs_name_the_rule() -> None:
+    from rlflat.probe.spectrum import density_from_eigenvalues
+    from rlflat.probe.worst_case import pgd_sharpness
+
+    assert density_from_eigenvalues(torch.tensor([1.0, 2.0, 5.0]), grid_size=50).hvps == 0
+    with pytest.raises(RlflatError, match="eigenvalues must be a non-empty 1-D tensor"):
+        density_from_eigenvalues(torch.zeros(2, 2))
+    x0 = {"x": torch.tensor([1.0, 0.0], dtype=torch.float64)}
+    with pytest.raises(RlflatError, match=r"step_size must be >= 0; got -0.5"):
+        pgd_sharpness(lambda p: (p["x"] ** 2).sum(), x0, 0.1, steps=2, step_size=-0.5)

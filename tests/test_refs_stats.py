@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
+from rlflat.errors import RlflatError
 from rlflat.report import stats as S
 from rlflat.report.stats.correlation import equivalent_n
 
@@ -175,3 +176,21 @@ def test_mean_interval_is_scipy_s_t_interval_and_a_point_without_spread() -> Non
     assert mean_interval(a, 0.9) == pytest.approx(ref, rel=1e-12)
     assert mean_interval(np.array([2.5, 2.5, 2.5])) == (2.5, 2.5)
     assert all(np.isnan(mean_interval(np.array([1.0]))))
+
+
+def test_stats_refusals_name_the_argument() -> None:
+    from rlflat.report.stats._common import check_choice
+    from rlflat.report.stats.correlation import rank_correlation
+
+    with pytest.raises(RlflatError, match="method"):
+        check_choice("method", "pearson", ("spearman", "kendall"))
+    with pytest.raises(RlflatError, match="n_perm"):
+        rank_correlation([1, 2, 3, 4], [2, 1, 4, 3], seed=0, n_perm=0)
+
+
+def test_iqm_comparison_is_worded_as_the_iqm() -> None:
+    rng = np.random.default_rng(3)
+    runs = pd.DataFrame({"task": "CartPole", "algo": ["x"] * 6 + ["y"] * 6,
+                         "robustness.auc_mean": np.r_[rng.normal(0.8, 0.05, 6), rng.normal(0.6, 0.05, 6)]})  # fmt: skip
+    table = S.compare_algorithms(runs, ["robustness.auc_mean"], "x", "y", seed=0, stat="iqm", n_boot=500)
+    assert "x raised the IQM of auc_mean by" in S.describe_comparison(table, task="CartPole")
