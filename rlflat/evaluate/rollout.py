@@ -112,6 +112,11 @@ def _simulator_module() -> Any | None:
     return sims
 
 
+def _gym_rows(task: TaskSpec, backend: str) -> bool:
+    """Whether rows step as Gymnasium envs (:class:`GymRows`): asked for, or no numpy simulator for the task."""
+    return backend == "gym" or not has_batched_simulator(task)
+
+
 def has_batched_simulator(task: TaskSpec) -> bool:
     """Whether :mod:`rlflat.tasks.sims` has a numpy simulator for this task's Gymnasium id."""
     sims = _simulator_module()
@@ -131,7 +136,7 @@ def _make_simulator(
     """
     if backend not in BACKENDS:
         raise bad_choice("backend", backend, BACKENDS)
-    batched = backend != "gym" and has_batched_simulator(task)
+    batched = not _gym_rows(task, backend)
     if backend == "batched" and not batched:
         raise RlflatError(f"no batched simulator for {task.id}; use backend 'gym' or 'auto'")
     if not batched:
@@ -253,7 +258,7 @@ def _rollout(
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise RlflatError(f"workers must be a positive integer, got {workers!r}")
     per_pass = int(budget.gym_pass_rows(layout.k * layout.e)) // (layout.k * layout.e)
-    if (backend == "gym" or not has_batched_simulator(task)) and layout.s > per_pass:
+    if _gym_rows(task, backend) and layout.s > per_pass:
         # one env object per row: whole settings in passes (common random numbers: the split changes nothing)
         parts, totals = [], dict.fromkeys(("rows", "steps", "env_steps"), 0)
         one_pass = functools.partial(
