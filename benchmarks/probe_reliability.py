@@ -34,20 +34,38 @@ from typing import Any
 import pandas as pd
 import torch
 
+from rlflat.algos.names import parse_algorithm
 from rlflat.io import write_atomic
 from rlflat.probe.invariance import NOT_MEASURES, family
 from rlflat.probe.output import metrics_block
 from rlflat.probe.run import last_timing, make_options, probe_run
 from rlflat.report.reliability import HEADLINE_ICC as HEADLINE
 from rlflat.report.reliability import UNFIT_ICC as UNFIT
-from rlflat.report.reliability import headline_choice, verdicts
+from rlflat.report.reliability import verdicts
 
 
-def _runs(study: Path) -> list[Path]:
-    """Published run dirs with a model (hidden names are a sweep's staging areas)."""
+def _runs(study: Path, work: Path) -> list[Path]:
+    """Published run dirs (hidden names are a sweep's staging areas) with a model, or with both probes already in
+    ``work`` (a clone carries the committed probes but no model zips: the tables recompute from those)."""
+
+    def probed(run: Path) -> bool:
+        return all((work / run.name / f"seed{seed}" / "probe.json").exists() for seed in (0, 1))
+
     return sorted(
-        p for p in study.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "model.zip").exists()
+        p
+        for p in study.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and ((p / "model.zip").exists() or probed(p))
     )
+
+
+def algorithm_of(run: str) -> str:
+    """``pg_sam-CartPole-s3-...`` -> ``pg_sam``: a sweep's run dir names start with the algorithm."""
+    return run.split("-", 1)[0]
+
+
+def algorithm_family(run: str) -> str:
+    """``pg_sam-CartPole-s3-...`` -> ``pg``: the base algorithm, flatness variants pooled with it."""
+    return parse_algorithm(algorithm_of(run))[0]
 
 
 def dealt(runs: list[Path]) -> list[Path]:
@@ -55,7 +73,7 @@ def dealt(runs: list[Path]) -> list[Path]:
     (``--limit``) is a mixed population rather than the first algorithm's runs."""
     by_algo: dict[str, list[Path]] = {}
     for run in sorted(runs, key=lambda p: p.name):
-        by_algo.setdefault(run.name.split("-", 1)[0], []).append(run)
+        by_algo.setdefault(algorithm_of(run.name), []).append(run)
     queues = list(by_algo.values())
     return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
 
@@ -98,14 +116,8 @@ def reliability(values: pd.DataFrame) -> pd.DataFrame:
             within = float(wide.var(axis=1, ddof=1).mean())
             between = float(wide.mean(axis=1).var(ddof=1))
             row["variance_ratio"] = between / within if within > 0 else math.inf
-        row["verdict"] = "headline" if row["icc"] >= HEADLINE else "unfit" if not row["icc"] >= UNFIT else "usable"
         rows.append(row)
     return pd.DataFrame(rows).sort_values("icc", ascending=False, na_position="last").reset_index(drop=True)
-
-
-def algorithm_family(run: str) -> str:
-    """``pg_sam-CartPole-s3-...`` -> ``pg``: the base algorithm, flatness variants pooled with it."""
-    return run.split("-", 1)[0].split("_", 1)[0]
 
 
 def by_family(values: pd.DataFrame) -> pd.DataFrame:
@@ -136,7 +148,7 @@ def _long(blocks: dict[str, list[dict[str, Any]]]) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("study", type=Path, nargs="+",
-                    help="study dirs whose run dirs hold model.zip (N >= 20 for the README)")  # fmt: skip
+                    help="study dirs whose run dirs hold model.zip or are probed in --work (N >= 20)")  # fmt: skip
     ap.add_argument("--batches", type=int, help="replicate batches per probe (default: the probe's)")
     ap.add_argument("--quick", action="store_true", help="the probe's --quick sizes (smoke runs)")
     ap.add_argument("--measures", help="probe measures, comma-separated (default: the probe's)")
@@ -145,16 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="CSV table (default <study>/probe_reliability.csv)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    runs = dealt([run for study in args.study for run in _runs(study)])[: args.limit]
+    work = args.work or args.study[0] / ".reliability"
+    runs = dealt([run for study in args.study for run in _runs(study, work)])[: args.limit]
     if len(runs) < 3:
-        print(f"error: {len(runs)} run dirs with model.zip in {args.study}; need at least 3", file=sys.stderr)
+        print(f"error: {len(runs)} run dirs with model.zip or both probes in {work} under {args.study}; need at least 3",
+              file=sys.stderr)  # fmt: skip
         return 2
     options: dict[str, Any] = {"quick": args.quick}
     if args.batches is not None:
         options["batches"] = args.batches
     if args.measures is not None:
         options["measures"] = args.measures
-    work = args.work or args.study[0] / ".reliability"
     blocks: dict[str, list[dict[str, Any]]] = {}
     c0 = time.process_time()
     for i, run in enumerate(runs, 1):
@@ -177,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             wide = families.pivot(index="measure", columns="family", values="icc")
             print("\nICC(2,1) within each algorithm family:")
             print(wide.reindex(table["measure"]).to_string(float_format=lambda x: f"{x:.3g}"))
-    chosen = headline_choice(table, families if not families.empty else None)
+    chosen = table.loc[table["verdict"] == "headline", "measure"].tolist()  # most reliable first, as the table
     print(f"headline choice (ICC >= {HEADLINE} pooled, >= {UNFIT} within every family): {', '.join(chosen) or 'none'}")
     print(out, family_out if not families.empty else "")
     return 0
