@@ -54,6 +54,8 @@ MODULES: dict[str, str] = {
 
 KILLED = {1, 3, 36, 37, -24, 24, 152}
 """mutmut exit codes that count as caught: a failing test (1, 3), a timeout (36, SIGXCPU), the type checker (37)."""
+TIMEOUT = {36, -24, 24, 152}
+"""The timeouts among them (shown in their own column: a kill by the clock, not by an assertion)."""
 NOT_RUN = {None}
 
 
@@ -170,7 +172,8 @@ def report(sample: dict[str, list[str]] | None, show: bool = False) -> list[str]
     """Print the per-module table; return the survivors' names."""
     equivalent = load_equivalent()
     survivors: list[str] = []
-    print(f"{'module':22s} {'tried':>6s} {'equiv':>6s} {'killed':>7s} {'score':>7s}  95% CI (Wilson)   not run")
+    print(f"{'module':22s} {'tried':>6s} {'equiv':>6s} {'killed':>7s} {'score':>7s}  95% CI (Wilson)   not run"
+          "  timeouts")  # fmt: skip
     total_k = total_n = 0
     for label, source in MODULES.items():
         results = _results(source)
@@ -185,7 +188,9 @@ def report(sample: dict[str, list[str]] | None, show: bool = False) -> list[str]
         lo, hi = wilson(k, n)
         score = f"{k / n:7.1%}" if n else "      -"
         ci = f"[{lo:5.1%}, {hi:5.1%}]" if n else ""
-        print(f"{label:22s} {len(tried):6d} {len(equiv):6d} {k:7d} {score}  {ci:17s} {len(names) - len(tried):6d}")
+        timeouts = sum(results[m] in TIMEOUT for m in killed)
+        print(f"{label:22s} {len(tried):6d} {len(equiv):6d} {k:7d} {score}  {ci:17s} {len(names) - len(tried):6d}"
+              f"  {timeouts:8d}")  # fmt: skip
     lo, hi = wilson(total_k, total_n)
     if total_n:
         print(f"{'all':22s} {total_n:13d} {total_k:7d} {total_k / total_n:7.1%}  [{lo:5.1%}, {hi:5.1%}]"

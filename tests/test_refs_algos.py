@@ -345,3 +345,68 @@ def test_pg_keeps_its_seed_and_objective_terms_are_its_training_loss(pg_after_on
     assert float(terms["loss"].detach()) == pytest.approx(float(loss.detach()), rel=1e-6)
     assert float(terms["surrogate"].detach()) == pytest.approx(float(policy_loss.detach()), rel=1e-6)
     assert float(terms["loss"].detach()) != float(terms["surrogate"].detach())
+
+
+def test_pg_uses_the_given_rollout_buffer_class_logs_as_pg_and_trains_in_training_mode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What PG hands SB3: the caller's rollout buffer class, the tensorboard run name 'PG' (SB3's default for a
+    custom class would be its own), and the policy put in training mode for the update (dropout/batch-norm
+    policies given through policy_kwargs behave differently in eval mode)."""
+    from stable_baselines3.common.buffers import RolloutBuffer
+    from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+
+    class MarkedBuffer(RolloutBuffer):
+        pass
+
+    model = PG("MlpPolicy", make_vec_env("CartPole-v1", n_envs=1), n_steps=8, seed=0, rollout_buffer_class=MarkedBuffer)
+    assert type(model.rollout_buffer) is MarkedBuffer
+    seen: dict[str, Any] = {}
+    real_learn = OnPolicyAlgorithm.learn
+
+    def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.update(kwargs)
+        return real_learn(self, *args, **kwargs)
+
+    monkeypatch.setattr(OnPolicyAlgorithm, "learn", spy)
+    model.learn(8)
+    assert seen["tb_log_name"] == "PG"
+    model.learn(8, tb_log_name="mine")
+    assert seen["tb_log_name"] == "mine"
+    model.policy.set_training_mode(False)
+    model.train()
+    assert model.policy.training
+
+
+def test_pg_names_minibatch_0_when_its_loss_diverges() -> None:
+    """PG updates on the whole rollout: a divergence names iteration, timestep and minibatch 0."""
+    from rlflat.algos import TrainingDiverged
+
+    model = PG("MlpPolicy", make_vec_env("CartPole-v1", n_envs=1), n_steps=8, seed=0)
+    buffer = model.rollout_buffer
+    original = buffer.compute_returns_and_advantage
+
+    def poisoned(*args: Any, **kwargs: Any) -> None:
+        original(*args, **kwargs)
+        buffer.returns[0, 0] = float("nan")
+
+    buffer.compute_returns_and_advantage = poisoned  # type: ignore[method-assign]
+    with pytest.raises(TrainingDiverged, match=r"at iteration \d+ \(timestep 8\), minibatch 0: loss is nan"):
+        model.learn(8)
+
+
+def test_ppo_keeps_n_updates_out_of_tensorboard_as_sb3_does() -> None:
+    """SB3's PPO logs train/n_updates to every output but tensorboard (a step counter there is the x axis)."""
+    from stable_baselines3 import PPO as SB3PPO
+
+    logs = {}
+    for name, cls in (("rlflat", None), ("sb3", SB3PPO)):
+        env = make_vec_env("CartPole-v1", n_envs=1)
+        model = build_model("ppo", env, {"n_steps": 16, "batch_size": 16, "n_epochs": 1}, seed=0) if cls is None else (
+            cls("MlpPolicy", env, n_steps=16, batch_size=16, n_epochs=1, seed=0))  # fmt: skip
+        model.learn(16)
+        logs[name] = model.logger.name_to_excluded
+    assert logs["rlflat"]["train/n_updates"] == logs["sb3"]["train/n_updates"] == ("tensorboard",)
+    pg = PG("MlpPolicy", make_vec_env("CartPole-v1", n_envs=1), n_steps=8, seed=0)
+    pg.learn(8)
+    assert pg.logger.name_to_excluded["train/n_updates"] == ("tensorboard",)

@@ -14,6 +14,7 @@ from scipy import integrate, optimize, stats
 from rlflat.evaluate import collapse_point, robust_auc, robustness_block
 from rlflat.evaluate.metrics import Collapse
 from rlflat.evaluate.rollout import episodes_ci
+from rlflat.policy import FunctionalPolicy, load_policy
 from rlflat.tasks import load_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -226,3 +227,104 @@ def test_an_undefined_normalisation_gives_nan_of_the_input_s_shape() -> None:
     for broken in (Normalization("task", None, 30.0, "t"), Normalization("task", 30.0, 30.0, "t")):
         out = broken.apply(np.ones((2, 3)))
         assert out.shape == (2, 3) and np.isnan(out).all()
+
+
+# -- edges of the robustness block and the rollout loop -----------------------------------------------------------
+
+
+def test_a_table_with_only_the_nominal_row_is_its_own_worst_case() -> None:
+    table = pd.read_parquet(REAL_TABLES[0])
+    nominal = table[table["family"] == "nominal"].copy()
+    nominal.attrs = table.attrs
+    block = robustness_block(nominal, load_task("CartPole"))
+    own = float(nominal["return_mean"].iloc[0])
+    assert block["worst_return"] == block["worst_dynamics_return"] == block["nominal_return"] == own
+    assert block["worst_setting"] == {"family": "nominal"}
+    assert (block["n_settings"], block["collapsed_fraction"], block["auc_mean"]) == (0, 0.0, None)
+    assert block["parameters"] == {}
+
+
+def test_return_floor_of_a_task_without_a_known_floor() -> None:
+    """Unknown tasks: floor 0 when the nominal return is positive (ratios then mean something), else none."""
+    from rlflat.evaluate.metrics import RETURN_FLOORS, return_floor
+
+    task = load_task("CartPole").model_copy(update={"id": "Unlisted-v0"})
+    assert task.id not in RETURN_FLOORS
+    assert return_floor(task, 12.5) == 0.0
+    assert return_floor(task, -3.0) is None and return_floor(task, 0.0) is None
+    assert return_floor(load_task("Acrobot"), 12.5) == RETURN_FLOORS["Acrobot-v1"]
+
+
+@pytest.fixture(scope="module")
+def cartpole_policy(tmp_path_factory: pytest.TempPathFactory) -> FunctionalPolicy:
+    from stable_baselines3 import PPO
+
+    from rlflat.tasks import make_env
+
+    path = tmp_path_factory.mktemp("policy") / "model.zip"
+    PPO("MlpPolicy", make_env(load_task("CartPole")), seed=0, policy_kwargs={"net_arch": [8]}).save(path)
+    return load_policy(path)
+
+
+def test_discrete_action_noise_is_a_probability_up_to_and_including_1(cartpole_policy: FunctionalPolicy) -> None:
+    from rlflat.errors import RlflatError
+    from rlflat.evaluate.rollout import rollout_returns
+
+    task = load_task("CartPole")
+    always_random = rollout_returns(cartpole_policy, task, [{}], episodes=2, seed=1, action_noise=1.0, rng_seed=4)
+    assert always_random.shape == (1, 1, 2) and np.all(always_random >= 1)
+    with pytest.raises(RlflatError, match=r"^discrete action_noise is a probability in \[0, 1\], got 1.5$"):
+        rollout_returns(cartpole_policy, task, [{}], episodes=1, action_noise=1.5)
+    with pytest.raises(RlflatError, match=r"^action_noise must be finite and >= 0, got \[-0.5\]$"):
+        rollout_returns(cartpole_policy, task, [{}], episodes=1, action_noise=-0.5)
+
+
+def test_gym_rows_in_worker_processes_return_what_one_process_returns(cartpole_policy: FunctionalPolicy) -> None:
+    """The Gymnasium backend with 2 worker processes (each a share of the rows, each with its dynamics) and in
+    this process give the same returns, setting by setting."""
+    from rlflat.evaluate.rollout import rollout_returns
+
+    task = load_task("CartPole")
+    settings = [{}, {"length": 0.2}, {"length": 2.0, "force_mag": 3.0}]
+    one = rollout_returns(cartpole_policy, task, settings, episodes=2, seed=3, backend="gym", workers=1)
+    two = rollout_returns(cartpole_policy, task, settings, episodes=2, seed=3, backend="gym", workers=2)
+    np.testing.assert_array_equal(one, two)
+    assert len({tuple(row) for row in one[0]}) > 1  # the dynamics reached the workers: settings differ
+
+
+def test_the_rollout_closes_its_simulator_and_leaves_progress_to_tqdm(
+    cartpole_policy: FunctionalPolicy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rlflat.evaluate import rollout
+
+    closed = []
+    real_close = rollout.GymRows.close
+    monkeypatch.setattr(rollout.GymRows, "close", lambda self: (closed.append(self), real_close(self))[1])
+    rollout.rollout_returns(cartpole_policy, load_task("CartPole"), [{}], episodes=1, backend="gym", workers=1)
+    assert len(closed) == 1
+    # progress: None lets tqdm decide (a bar on a tty only); True shows one; False hides it
+    assert rollout._disabled(None) is None and rollout._disabled(True) is False and rollout._disabled(False) is True
+
+
+def test_stacked_parameter_sets_are_checked_with_errors_that_name_the_tensor(cartpole_policy: FunctionalPolicy) -> None:
+    import torch
+
+    from rlflat.errors import RlflatError
+    from rlflat.evaluate.rollout import rollout_returns
+
+    task = load_task("CartPole")
+    name, value = next(iter(cartpole_policy.params.items()))
+    shape = tuple(value.shape)
+    stacked = value.detach().unsqueeze(0).repeat(2, *([1] * value.ndim))
+    got = rollout_returns(cartpole_policy, task, [{}], episodes=1, params={name: stacked})
+    assert got.shape == (2, 1, 1) and got[0, 0, 0] == got[1, 0, 0]  # K = 2 copies of the trained tensor
+    cases = [
+        ({}, "params is empty; pass None to evaluate the policy's own parameters"),
+        ({name: stacked.numpy()}, f"params[{name!r}] must be a torch.Tensor, got ndarray"),
+        ({name: value.detach()}, rf"params[{name!r}] has shape {shape}; expected (K, {', '.join(map(str, shape))})"),
+        ({name: torch.zeros((0, *shape))}, "params disagree on or lack the leading K axis: sizes [0]"),
+    ]
+    for params, message in cases:
+        with pytest.raises(RlflatError) as err:
+            rollout_returns(cartpole_policy, task, [{}], episodes=1, params=params)  # type: ignore[arg-type]
+        assert str(err.value) == message

@@ -292,3 +292,165 @@ def test_exact_density_takes_no_hvps_and_bad_inputs_name_the_rule() -> None:
     x0 = {"x": torch.tensor([1.0, 0.0], dtype=torch.float64)}
     with pytest.raises(RlflatError, match=r"step_size must be >= 0; got -0.5"):
         pgd_sharpness(lambda p: (p["x"] ** 2).sum(), x0, 0.1, steps=2, step_size=-0.5)
+
+
+# -- edges (survivors of the third mutation sample) -------------------------------------------------------------
+
+
+def _actor_setup(policy: FunctionalPolicy) -> tuple[Params, torch.Tensor, object]:
+    batch = collect_batch(policy, CARTPOLE, 64, seed=0, n_envs=2)
+    return scope_params(policy, "actor"), policy.preprocess(batch.observations), make_loss(policy, batch, "nll")
+
+
+def test_worst_case_returns_are_those_of_its_maximisers_and_eta_belongs_to_the_adaptive_ball(
+    two_policies: tuple[FunctionalPolicy, FunctionalPolicy],
+) -> None:
+    """With a task: each maximiser's return is the mean over the same evaluation episodes of that perturbed
+    policy, and its drop is measured from theta0's own return; eta is recorded for the adaptive ball only."""
+    from rlflat.probe.directions import add_scaled
+
+    policy, _ = two_policies
+    params, obs, loss = _actor_setup(policy)
+    scalars, arrays = worst_case(policy, CARTPOLE, loss, params, obs, rho=0.5, adaptive_rho=0.5, steps=2, eta=0.02,
+                                 episodes=2, eval_seed=5)  # fmt: skip
+    assert "eta" not in scalars["raw"] and scalars["adaptive"]["eta"] == 0.02
+    nominal = float(perturbed_returns(policy, CARTPOLE, [params], 2, seed=5).mean())
+    for b, ball in enumerate(("raw", "adaptive")):
+        found = sam_sharpness(loss, params, 0.5, adaptive=ball == "adaptive", eta=0.02)
+        own = perturbed_returns(policy, CARTPOLE, [add_scaled(params, found.perturbation, 1.0)], 2, seed=5).mean()
+        entry = scalars[ball]["one_step"]
+        assert entry["return"] == pytest.approx(float(own), abs=1e-12)
+        assert entry["return_drop"] == pytest.approx(nominal - float(own), abs=1e-12)
+        np.testing.assert_array_equal(arrays["worst_case_returns"][2 * b].mean(), own)
+
+
+def test_worst_case_defaults_are_the_probe_s_defaults(two_policies: tuple[FunctionalPolicy, FunctionalPolicy]) -> None:
+    """A caller of the library functions gets the measure the CLI reports (one set of defaults)."""
+    import inspect
+
+    from rlflat.probe.options import ProbeOptions
+    from rlflat.probe.worst_case import pgd_sharpness
+
+    options = ProbeOptions()
+    policy, _ = two_policies
+    params, obs, loss = _actor_setup(policy)
+    scalars, _ = worst_case(policy, None, loss, params, obs)
+    assert (scalars["raw"]["rho"], scalars["adaptive"]["rho"], scalars["adaptive"]["eta"]) == (
+        options.rho, options.adaptive_rho, options.eta)  # fmt: skip
+    assert scalars["raw"]["multi_step"]["grad_evals"] == 1 + options.ascent_steps  # the SAM gradient, then the steps
+    for fn in (sam_sharpness, pgd_sharpness):
+        assert inspect.signature(fn).parameters["eta"].default == options.eta
+
+
+def test_average_case_standard_errors_are_over_directions_at_each_sigma(
+    two_policies: tuple[FunctionalPolicy, FunctionalPolicy],
+) -> None:
+    policy, _ = two_policies
+    params, obs, loss = _actor_setup(policy)
+    sigmas = [0.1, 0.4, 1.0]
+    scalars, arrays = average_case(policy, CARTPOLE, loss, params, obs, sigmas, kinds=("filter",), n_directions=3,
+                                   episodes=2)  # fmt: skip
+    curves = arrays["perturbation_filter_loss_increase"]
+    assert curves.shape == (3, 3)
+    np.testing.assert_allclose(scalars["filter"]["loss_increase"]["mean"], curves.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(scalars["filter"]["loss_increase"]["stderr"], curves.std(0, ddof=1) / np.sqrt(3),
+                               rtol=1e-12)  # fmt: skip
+    drops = scalars["nominal_return"] - arrays["perturbation_filter_returns"].mean(-1)
+    np.testing.assert_allclose(scalars["filter"]["return_drop"]["stderr"], drops.std(0, ddof=1) / np.sqrt(3),
+                               rtol=1e-12, atol=1e-12)  # fmt: skip
+
+
+def test_draw_directions_passes_ignore_1d_on() -> None:
+    from rlflat.probe.perturbation import draw_directions
+
+    known = _KnownHessian()
+    zeroed = draw_directions(known.params, "filter", 2, seed=1, ignore_1d=True)
+    kept = draw_directions(known.params, "filter", 2, seed=1, ignore_1d=False)
+    for a, b in zip(zeroed, kept, strict=True):
+        assert torch.count_nonzero(a["b"]) == 0 and torch.count_nonzero(b["b"]) == 4
+        assert torch.equal(a["w"], b["w"])
+
+
+def test_interpolation_without_a_task_has_no_returns(
+    two_policies: tuple[FunctionalPolicy, FunctionalPolicy],
+) -> None:
+    a, b = two_policies
+    params, _, loss = _actor_setup(a)
+    scalars, arrays = interpolate(a, b, None, lambda p: loss({k: v for k, v in p.items() if k in params}),
+                                  np.array([0.0, 0.5, 1.0]))  # fmt: skip
+    assert scalars["return"] is None and scalars["return_barrier"] is None
+    assert sorted(arrays) == ["interpolation_alphas", "interpolation_loss"]
+    np.testing.assert_array_equal(arrays["interpolation_alphas"], [0.0, 0.5, 1.0])
+
+
+def test_scaled_to_rescales_as_one_vector_and_refuses_a_zero_direction() -> None:
+    from rlflat.probe.landscape import scaled_to
+
+    d = {"w": torch.tensor([3.0, 0.0]), "b": torch.tensor([4.0])}
+    out = scaled_to(d, 10.0)
+    assert torch.equal(out["w"], torch.tensor([6.0, 0.0])) and torch.equal(out["b"], torch.tensor([8.0]))
+    with pytest.raises(RlflatError, match="^cannot rescale a zero direction$"):
+        scaled_to({"w": torch.zeros(2)}, 1.0)
+
+
+class _StationaryCubic:
+    """L = 0.5 c (u.x)^2 - k (u.x)^3 + 0.5 ||x - (u.x) u||^2 around x0 over {'w': (2, 2), 'b': (3,)}, x = theta - x0:
+    the gradient at x0 is exactly zero, the top curvature is c along u, and -rho u beats +rho u by 2 k rho^3."""
+
+    def __init__(self, c: float = 8.0, k: float = 5.0) -> None:
+        g = torch.Generator().manual_seed(11)
+        x0 = torch.randn(7, generator=g, dtype=torch.float64)
+        u = torch.randn(7, generator=g, dtype=torch.float64)
+        self.u, self.c, self.k = u / u.norm(), c, k
+        self.params: Params = {"w": x0[:4].reshape(2, 2).clone(), "b": x0[4:].clone()}
+        self.x0 = x0
+
+    def loss(self, p: Params) -> torch.Tensor:
+        x = torch.cat([p["w"].reshape(-1), p["b"].reshape(-1)]) - self.x0
+        s = self.u @ x
+        return 0.5 * self.c * s**2 - self.k * s**3 + 0.5 * (x - s * self.u).pow(2).sum()
+
+    def direction(self) -> Params:
+        return {"w": self.u[:4].reshape(2, 2).clone(), "b": self.u[4:].clone()}
+
+
+def test_a_stationary_point_falls_back_to_the_eigenvector_and_keeps_its_better_sign() -> None:
+    f = _StationaryCubic()
+    rho = 0.1
+    found = sam_sharpness(f.loss, f.params, rho, direction=f.direction())
+    assert found.start == "eigenvector" and found.grad_evals == 1  # one gradient: the one at theta0
+    assert found.sharpness == pytest.approx(0.5 * f.c * rho**2 + f.k * rho**3, rel=1e-12)  # the -rho side
+    flat = torch.cat([found.perturbation["w"].reshape(-1), found.perturbation["b"]])
+    torch.testing.assert_close(flat, -rho * f.u, rtol=0, atol=1e-12)
+    random_start = sam_sharpness(f.loss, f.params, rho, seed=3)
+    assert random_start.start == "random" and random_start.grad_evals == 2  # plus the gradient at a random point
+    assert 0.5 * rho**2 <= random_start.sharpness <= found.sharpness + 1e-12
+
+
+def test_parameters_the_loss_does_not_use_get_a_zero_perturbation() -> None:
+    """autograd gives None for an unused tensor: it is a zero gradient, so SAM leaves that tensor alone."""
+    from rlflat.probe.worst_case import loss_and_grad
+
+    params = {"used": torch.tensor([1.0, -2.0]), "unused": torch.tensor([5.0, 6.0, 7.0])}
+
+    def loss(p: Params) -> torch.Tensor:
+        return (p["used"] ** 2).sum()
+
+    value, grads = loss_and_grad(loss, params)
+    assert value == 5.0 and torch.equal(grads[1], torch.zeros(3))
+    found = sam_sharpness(loss, params, 0.5)
+    assert torch.equal(found.perturbation["unused"], torch.zeros(3))
+    torch.testing.assert_close(found.perturbation["used"], 0.5 * torch.tensor([1.0, -2.0]) / 5**0.5)
+
+
+def test_one_lanczos_step_is_the_rayleigh_quotient_of_the_start() -> None:
+    from rlflat.probe.spectrum import lanczos
+
+    known = _KnownHessian()
+    v0 = torch.arange(1.0, 11.0, dtype=torch.float64)
+    one = lanczos(lambda v: known.h @ v, v0, 1)
+    q = v0 / v0.norm()
+    assert one.alpha.shape == (1,) and one.beta.numel() == 0
+    assert float(one.alpha[0]) == pytest.approx(float(q @ known.h @ q), rel=1e-12)
+    with pytest.raises(RlflatError, match="^lanczos needs a 1-D start vector and steps >= 1$"):
+        lanczos(lambda v: v, v0, 0)

@@ -194,3 +194,12 @@ def test_iqm_comparison_is_worded_as_the_iqm() -> None:
                          "robustness.auc_mean": np.r_[rng.normal(0.8, 0.05, 6), rng.normal(0.6, 0.05, 6)]})  # fmt: skip
     table = S.compare_algorithms(runs, ["robustness.auc_mean"], "x", "y", seed=0, stat="iqm", n_boot=500)
     assert "x raised the IQM of auc_mean by" in S.describe_comparison(table, task="CartPole")
+
+
+def test_correlation_without_one_complete_pair_is_undefined_and_says_why() -> None:
+    """Every pair has a NaN: no coefficient, no interval, and the reason (pooled, and by strata)."""
+    x, y = [math.nan] * 5, [1.0, 2.0, 3.0, 4.0, 5.0]
+    for strata, reason, n_strata in ((None, "n=0 complete pairs < 3", 1), (list("aabbb"), "no stratum with data", 0)):
+        r = S.rank_correlation(x, y, seed=0, strata=strata)
+        assert (r.n, r.n_strata, r.reason) == (0, n_strata, reason)
+        assert all(math.isnan(v) for v in (r.estimate, r.ci_low, r.ci_high, r.p_value))

@@ -301,3 +301,21 @@ def test_mountain_car_continuous_float32_edges(edge: float, low: float, high: fl
         assert ref_obs[0] == start and (ref_obs[1] == 0.0 if edge < 0 else ref_terminated), "edge not reached"
         np.testing.assert_array_equal(obs[i], ref_obs)
         assert (reward[i], terminated[i]) == (ref_reward, ref_terminated)
+
+
+def test_mountain_car_continuous_at_the_goal_with_zero_velocity_terminates_as_gymnasium() -> None:
+    """Gymnasium's goal test is ``position >= 0.45 and velocity >= 0``: a car standing exactly still past the goal
+    has arrived. The crafted step lands on velocity 0.0 exactly (the slope term cancels the start velocity)."""
+    position = 0.5
+    v0 = 0.0025 * math.cos(3 * position)
+    assert float(0.0025 * np.cos(3 * position)) == v0  # the sim's numpy cosine agrees here, so both reach 0.0
+    sim = MountainCarContinuousSim(1, {})
+    sim.reset(np.array([0]))
+    sim._state[:] = [position, v0]
+    obs, _, terminated, _ = sim.step(np.zeros((1, 1), dtype=np.float64))
+    env = reference_env("MountainCarContinuous-v0", {})
+    env.reset(seed=0)
+    env.unwrapped.state = np.array([position, v0])  # type: ignore[attr-defined]
+    ref_obs, _, ref_terminated, _, _ = env.step(np.zeros(1, dtype=np.float64))
+    assert ref_obs[1] == 0.0 and obs[0, 1] == 0.0
+    assert ref_terminated and bool(terminated[0])
