@@ -140,6 +140,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="env worker processes (default: usable cores)")
     parser.add_argument("--throughput", action="store_true", help="also time every batched task")
     args = parser.parse_args()
+    if args.per_parameter < 2:  # both ends of each range, at least
+        parser.error(f"--per-parameter must be >= 2 (factors over each parameter's range), got {args.per_parameter}")
+    if args.episodes < 1:
+        parser.error(f"--episodes must be >= 1, got {args.episodes}")
     torch.set_num_threads(1)
     task = load_task(args.task)
     with tempfile.TemporaryDirectory() as tmp:

@@ -512,3 +512,93 @@ def test_return_halving_sigma_with_zero_sigma_and_negative_returns() -> None:
     assert return_halving_sigma(sigmas, [-200.0, -300.0, -800.0], -200.0, floor=None) is None  # cannot normalise
     with pytest.raises(RlflatError):
         return_halving_sigma([0.1, 0.1], [1.0, 1.0], 1.0)
+
+
+# ----- every spectrum route keeps the Eigenpairs contract ----------------------------------------------------
+
+
+def _routes(op: HessianOperator) -> dict[str, tuple[object, list[float]]]:
+    """Route name -> (a call returning Eigenpairs or a (largest, smallest) pair, the eigenvalues it must find)."""
+    return {
+        "exact largest": (lambda: eigenpairs(op, 3, which="largest"), TOP[:3]),
+        "exact smallest": (lambda: eigenpairs(op, 3, which="smallest"), BOTTOM[:3]),
+        "eigsh largest": (lambda: eigenpairs(op, 3, which="largest", exact_threshold=0, seed=4), TOP[:3]),
+        "eigsh smallest": (lambda: eigenpairs(op, 3, which="smallest", exact_threshold=0, seed=4), BOTTOM[:3]),
+        "extreme exact": (lambda: extreme_eigenpairs(op, 3), TOP[:3] + BOTTOM[:3]),
+        "extreme eigsh": (lambda: extreme_eigenpairs(op, 3, exact_threshold=0, seed=4), TOP[:3] + BOTTOM[:3]),
+        "power": (lambda: power_iteration(op, 3, tol=1e-12, maxiter=5000, seed=4), TOP[:3]),
+        "power shifted": (lambda: power_iteration(op, 2, tol=1e-12, maxiter=5000, shift=10.0, seed=4), BOTTOM[:2]),
+    }
+
+
+ROUTES = ["exact largest", "exact smallest", "eigsh largest", "eigsh smallest", "extreme exact", "extreme eigsh",
+          "power", "power shifted"]  # fmt: skip
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_every_spectrum_route_returns_unit_eigenvectors_its_label_and_its_cost(quad: Quadratic, route: str) -> None:
+    """Values most extreme first, (n, k) float64 unit columns with H v = lambda v, the route's method label, and
+    hvps equal to the products the operator counted (the exact route's shared dense build on the first result)."""
+    op = HessianOperator(quad.loss, quad.params)
+    routes = _routes(op)
+    assert sorted(routes) == sorted(ROUTES)
+    call, want = routes[route]
+    before = op.hvp_count
+    out = call()  # type: ignore[operator]
+    spent = op.hvp_count - before
+    pairs = list(out) if isinstance(out, tuple) else [out]
+    label = {"exact": "exact", "eigsh": "eigsh", "extreme": None, "power": "power"}[route.split()[0]]
+    label = label or route.split()[1]
+    got = torch.cat([p.values for p in pairs])
+    torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), rtol=0, atol=1e-7)
+    for p in pairs:
+        assert p.method == label and p.values.dtype == torch.float64
+        assert p.vectors is not None and p.vectors.shape == (quad.n, p.values.numel())
+        torch.testing.assert_close(p.vectors.norm(dim=0), torch.ones(p.values.numel(), dtype=torch.float64))
+        torch.testing.assert_close(quad.a @ p.vectors, p.vectors * p.values, rtol=0, atol=1e-5)
+    assert sum(p.hvps for p in pairs) == spent
+    if route == "extreme exact":
+        assert (pairs[0].hvps, pairs[1].hvps) == (quad.n, 0)
+    elif len(pairs) == 2:
+        assert pairs[0].hvps > 0 and pairs[1].hvps > 0
+
+
+def test_seeded_spectrum_routes_repeat_bit_for_bit(quad: Quadratic) -> None:
+    op = HessianOperator(quad.loss, quad.params)
+    for call in (
+        lambda s: power_iteration(op, 2, tol=1e-3, seed=s),
+        lambda s: eigenpairs(op, 2, exact_threshold=0, seed=s),
+    ):
+        a, b, other = call(7), call(7), call(8)
+        assert torch.equal(a.values, b.values) and a.vectors is not None and b.vectors is not None
+        assert torch.equal(a.vectors, b.vectors) and a.hvps == b.hvps
+        assert other.vectors is not None and not torch.equal(a.vectors, other.vectors)  # the seed is used
+
+
+def test_power_iteration_spends_maxiter_products_per_vector_when_never_converged(quad: Quadratic) -> None:
+    """tol = 0 never counts as converged, so each vector costs exactly maxiter products (default 1000)."""
+    op = HessianOperator(quad.loss, quad.params)
+    assert power_iteration(op, 2, tol=0.0, maxiter=7).hvps == 14
+    assert power_iteration(op, 1, tol=0.0).hvps == 1000
+    assert power_iteration(op, 1, tol=1e-3).hvps < 1000
+
+
+def test_eigsh_default_tolerance_follows_the_operator_s_precision(pol: SmallPolicy, quad: Quadratic) -> None:
+    """1e-5 for float32 products (above their round-off), 1e-8 for float64: the default is exactly that value."""
+    op32 = HessianOperator(pol.loss, pol.params)
+    assert op32.dtype == torch.float32
+    default = eigenpairs(op32, 5, which="smallest", exact_threshold=0, seed=1)
+    assert default.hvps == eigenpairs(op32, 5, which="smallest", exact_threshold=0, seed=1, tol=1e-5).hvps
+    assert default.hvps != eigenpairs(op32, 5, which="smallest", exact_threshold=0, seed=1, tol=1e-8).hvps
+    op64 = HessianOperator(quad.loss, quad.params)
+    d64 = eigenpairs(op64, 4, which="smallest", exact_threshold=0, seed=1)
+    assert torch.equal(d64.values, eigenpairs(op64, 4, which="smallest", exact_threshold=0, seed=1, tol=1e-8).values)
+
+
+def test_density_of_one_eigenvalue_and_refusal_of_none() -> None:
+    one = density_from_eigenvalues(torch.tensor([2.0]), grid_size=101)
+    assert one.nodes.shape == (1, 1) and float(one.weights.sum()) == 1.0
+    assert float(one.grid[torch.argmax(one.density)]) == pytest.approx(2.0, abs=4 * one.sigma)
+    for bad in (torch.tensor([]), torch.ones(2, 2)):
+        with pytest.raises(RlflatError, match="^eigenvalues must be a non-empty 1-D tensor$"):
+            density_from_eigenvalues(bad)

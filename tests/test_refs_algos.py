@@ -410,3 +410,16 @@ def test_ppo_keeps_n_updates_out_of_tensorboard_as_sb3_does() -> None:
     pg = PG("MlpPolicy", make_vec_env("CartPole-v1", n_envs=1), n_steps=8, seed=0)
     pg.learn(8)
     assert pg.logger.name_to_excluded["train/n_updates"] == ("tensorboard",)
+
+
+def test_pg_on_a_continuous_task_logs_the_policy_std_and_keeps_its_sde_settings() -> None:
+    """A Gaussian policy's PG update logs train/std = mean exp(log_std), as SB3's A2C/PPO do; gSDE's resampling
+    period reaches SB3 (it would otherwise sample fresh exploration noise every step)."""
+    env = make_vec_env("Pendulum-v1", n_envs=1)
+    model = PG("MlpPolicy", env, n_steps=8, seed=0, policy_kwargs={"net_arch": [8]})
+    model.learn(8)
+    logged = model.logger.name_to_value
+    assert logged["train/std"] == pytest.approx(th.exp(model.policy.log_std).mean().item(), rel=1e-6)
+    sde = PG("MlpPolicy", env, n_steps=8, seed=0, use_sde=True, sde_sample_freq=4)
+    assert (sde.use_sde, sde.sde_sample_freq) == (True, 4)
+    sde.learn(8)

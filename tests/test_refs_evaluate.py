@@ -158,10 +158,11 @@ def test_noise_levels_collapse_on_a_linear_axis() -> None:
 # -- return confidence intervals ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("level", [0.95, 0.8])
-def test_return_cis_match_scipy_t_interval(level: float) -> None:
+@pytest.mark.parametrize(("level", "n"), [(0.95, 9), (0.8, 9), (0.95, 2)])
+def test_return_cis_match_scipy_t_interval(level: float, n: int) -> None:
+    """From two episodes on (one degree of freedom), as scipy's t interval."""
     rng = np.random.default_rng(7)
-    returns = np.stack([rng.normal(100, 30, 9), rng.exponential(50, 9), rng.normal(-40, 2, 9)])
+    returns = np.stack([rng.normal(100, 30, n), rng.exponential(50, n), rng.normal(-40, 2, n)])
     low, high = episodes_ci(returns, level)
     for i, sample in enumerate(returns):
         ref = stats.t.interval(level, len(sample) - 1, loc=sample.mean(), scale=stats.sem(sample))

@@ -324,22 +324,27 @@ def test_worst_case_returns_are_those_of_its_maximisers_and_eta_belongs_to_the_a
         np.testing.assert_array_equal(arrays["worst_case_returns"][2 * b].mean(), own)
 
 
-def test_worst_case_defaults_are_the_probe_s_defaults(two_policies: tuple[FunctionalPolicy, FunctionalPolicy]) -> None:
-    """A caller of the library functions gets the measure the CLI reports (one set of defaults)."""
-    import inspect
-
+def test_library_defaults_are_the_probe_s_defaults(two_policies: tuple[FunctionalPolicy, FunctionalPolicy]) -> None:
+    """A caller of the library functions gets the measure the CLI reports (one set of defaults), seen through
+    what the calls return: radii, eta, ascent steps, directions and episodes per evaluated policy."""
     from rlflat.probe.options import ProbeOptions
     from rlflat.probe.worst_case import pgd_sharpness
 
     options = ProbeOptions()
     policy, _ = two_policies
     params, obs, loss = _actor_setup(policy)
-    scalars, _ = worst_case(policy, None, loss, params, obs)
+    scalars, arrays = worst_case(policy, CARTPOLE, loss, params, obs)
     assert (scalars["raw"]["rho"], scalars["adaptive"]["rho"], scalars["adaptive"]["eta"]) == (
         options.rho, options.adaptive_rho, options.eta)  # fmt: skip
     assert scalars["raw"]["multi_step"]["grad_evals"] == 1 + options.ascent_steps  # the SAM gradient, then the steps
+    assert arrays["worst_case_returns"].shape == (4, options.episodes)
+    _, curves = average_case(policy, CARTPOLE, loss, params, obs, [0.1], kinds=("filter",))
+    assert curves["perturbation_filter_returns"].shape == (options.n_directions, 1, options.episodes)
     for fn in (sam_sharpness, pgd_sharpness):
-        assert inspect.signature(fn).parameters["eta"].default == options.eta
+        found = fn(loss, params, 0.5, adaptive=True)
+        scale = {k: v.abs() + options.eta for k, v in params.items()}  # the ASAM ball |theta| + eta
+        norm = sum(float(((found.perturbation[k] / scale[k]) ** 2).sum()) for k in params) ** 0.5
+        assert norm == pytest.approx(0.5, rel=1e-6)
 
 
 def test_average_case_standard_errors_are_over_directions_at_each_sigma(
@@ -454,3 +459,82 @@ def test_one_lanczos_step_is_the_rayleigh_quotient_of_the_start() -> None:
     assert float(one.alpha[0]) == pytest.approx(float(q @ known.h @ q), rel=1e-12)
     with pytest.raises(RlflatError, match="^lanczos needs a 1-D start vector and steps >= 1$"):
         lanczos(lambda v: v, v0, 0)
+
+
+# -- edges (survivors of the fourth mutation sample) ------------------------------------------------------------
+
+
+def test_layer_directions_honour_ignore_1d() -> None:
+    params = {"w": torch.randn(3, 2, generator=torch.Generator().manual_seed(0)), "b": torch.tensor([1.0, -2.0, 2.0])}
+    layer_zeroed = random_direction(params, "layer", seed=0, ignore_1d=True)
+    layer_kept = random_direction(params, "layer", seed=0)
+    assert torch.count_nonzero(layer_zeroed["b"]) == 0 and torch.equal(layer_zeroed["w"], layer_kept["w"])
+    assert float(layer_kept["b"].norm()) == pytest.approx(float(params["b"].norm()), rel=1e-6)
+
+
+def test_mismatched_dicts_are_refused_naming_the_keys_or_the_shape() -> None:
+    from rlflat.probe.directions import add_scaled, dict_dot
+
+    a = {"w": torch.ones(2, 2), "b": torch.ones(2)}
+    with pytest.raises(RlflatError, match=r"^dicts have different keys: \['b', 'x'\]$"):
+        add_scaled(a, {"w": torch.ones(2, 2), "x": torch.ones(2)}, 1.0)
+    with pytest.raises(RlflatError, match=r"^dicts have different keys: \['b'\]$"):
+        dict_dot(a, {"w": torch.ones(2, 2)})
+    with pytest.raises(RlflatError, match=r"^tensor 'b': shape \(2,\) vs \(3,\)$"):
+        add_scaled(a, {"w": torch.ones(2, 2), "b": torch.ones(3)}, 1.0)
+
+
+def test_average_case_arrays_and_its_refusals(two_policies: tuple[FunctionalPolicy, FunctionalPolicy]) -> None:
+    from rlflat.probe.perturbation import draw_directions
+
+    policy, _ = two_policies
+    params, obs, loss = _actor_setup(policy)
+    _, arrays = average_case(policy, None, loss, params, obs, [0.1, 0.3], kinds=("filter",), n_directions=2)
+    assert sorted(arrays) == ["perturbation_filter_action_change", "perturbation_filter_kl",
+                              "perturbation_filter_loss_increase", "perturbation_sigmas"]  # fmt: skip
+    np.testing.assert_array_equal(arrays["perturbation_sigmas"], [0.1, 0.3])
+    with pytest.raises(RlflatError, match=r"^unknown direction kind 'ring'"):
+        draw_directions(params, "ring", 1, seed=0)
+
+
+class _QuarticValley:
+    """L = ||x||^4 around theta over two tensors: the gradient at theta is exactly zero, so both one-step searches
+    (raw and adaptive) fall back; projected ascent must start from the fallback point, not from theta."""
+
+    def __init__(self) -> None:
+        self.params: Params = {"w": torch.tensor([[0.5, -1.0], [2.0, 0.25]], dtype=torch.float64),
+                               "b": torch.tensor([1.5, -0.75], dtype=torch.float64)}  # fmt: skip
+
+    def loss(self, p: Params) -> torch.Tensor:
+        return sum(((p[k] - self.params[k]) ** 2).sum() for k in p) ** 2  # type: ignore[return-value]
+
+
+def test_multi_step_searches_start_from_the_fallback_at_a_stationary_point() -> None:
+    """At a zero gradient, plain ascent from theta would never move (sharpness 0); both balls' projected ascent
+    must reach the sphere: rho^4 in the raw ball, and a positive value in the adaptive one."""
+    f = _QuarticValley()
+    from rlflat.probe.worst_case import pgd_sharpness
+
+    for adaptive in (False, True):
+        found = pgd_sharpness(f.loss, f.params, 0.3, steps=3, adaptive=adaptive, seed=2)
+        assert found.start == "random" and found.sharpness > 0
+    raw = pgd_sharpness(f.loss, f.params, 0.3, steps=3, seed=2)
+    assert raw.sharpness == pytest.approx(0.3**4, rel=1e-9)
+
+
+def test_every_worst_case_search_gets_the_fallback_direction(
+    two_policies: tuple[FunctionalPolicy, FunctionalPolicy],
+) -> None:
+    """At a stationary point (the kl loss at theta0 is one) all four searches, one-step and projected ascent in
+    both balls, start from the given fallback direction."""
+    policy, _ = two_policies
+    params, obs, _ = _actor_setup(policy)
+
+    def valley(p: Params) -> torch.Tensor:
+        return sum(((p[k] - params[k]) ** 2).sum() for k in p) ** 2  # type: ignore[return-value]
+
+    direction = {k: torch.ones_like(v) for k, v in params.items()}
+    scalars, _ = worst_case(policy, None, valley, params, obs, rho=0.2, adaptive_rho=0.2, steps=2, direction=direction)
+    starts = {(ball, search): scalars[ball][search]["start"] for ball in ("raw", "adaptive")
+              for search in ("one_step", "multi_step")}  # fmt: skip
+    assert set(starts.values()) == {"eigenvector"}, starts

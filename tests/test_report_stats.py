@@ -410,3 +410,22 @@ def test_report_settings_forbid_unknown_keys_and_read_study_yaml(tmp_path: Path)
     (tmp_path / "study.yaml").write_text("name: s\nreport:\n  seed: 3\n  comparisons: [[pg_sam, pg]]\n")
     loaded = load_report_settings([tmp_path])
     assert loaded.seed == 3 and loaded.comparisons == [("pg_sam", "pg")]
+
+
+def test_granulated_kendall_names_each_factor_whose_psi_is_undefined() -> None:
+    """A factor no group varies with a defined tau (here hp.rho: one value per algorithm) gets its own note."""
+    runs = _granulated_table()
+    runs = runs[runs["hp.rho"] == runs.groupby("algo")["hp.rho"].transform("min")]
+    runs = pd.concat([runs, runs.assign(algo="algo9", measure=runs.measure + 1, metric=runs.metric - 1)])
+    g = S.granulated_kendall(runs, "measure", "metric", ["algo", "hp.rho"])
+    assert "psi[hp.rho] undefined: no group varies hp.rho with a defined tau" in g.notes
+    assert all(isinstance(n, str) for n in g.notes)
+
+
+def test_counts_of_one_are_allowed_and_zero_refused() -> None:
+    from rlflat.report.stats._common import check_count
+
+    check_count("n_boot", 1)
+    for bad in (0, -3, 2.0, True):
+        with pytest.raises(RlflatError, match=rf"^n_boot must be a positive integer, got {bad!r}$"):
+            check_count("n_boot", bad)  # type: ignore[arg-type]

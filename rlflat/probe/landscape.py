@@ -20,8 +20,12 @@ from rlflat.errors import RlflatError
 from rlflat.policy import FunctionalPolicy, Params
 from rlflat.probe.directions import dict_norm
 from rlflat.probe.losses import LossFn
+from rlflat.probe.options import ProbeOptions
 from rlflat.probe.perturbation import perturbed_returns
 from rlflat.tasks import TaskSpec
+
+_DEFAULTS = ProbeOptions()
+"""The CLI's defaults (episodes per evaluated point), as in :mod:`rlflat.probe.perturbation`."""
 
 __all__ = ["barrier", "check_same_architecture", "interpolate", "plane", "scaled_to", "slice_1d", "slice_2d"]
 
@@ -63,7 +67,7 @@ def slice_1d(
     direction: Params,
     alphas: Sequence[float] | np.ndarray,
     *,
-    episodes: int = 3,
+    episodes: int = _DEFAULTS.episodes,
     eval_seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(loss, mean return) at theta + alpha d for each alpha (return None when ``task`` is None)."""
@@ -80,7 +84,7 @@ def slice_2d(
     d2: Params,
     alphas: Sequence[float] | np.ndarray,
     *,
-    episodes: int = 3,
+    episodes: int = _DEFAULTS.episodes,
     eval_seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(loss, mean return) grids of shape (len(alphas), len(alphas)) at theta + a d1 + b d2, rows indexed by a."""
@@ -128,7 +132,7 @@ def interpolate(
     loss_fn: LossFn,
     alphas: Sequence[float] | np.ndarray,
     *,
-    episodes: int = 3,
+    episodes: int = _DEFAULTS.episodes,
     eval_seed: int = 0,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Loss (on A's batch) and return along (1 - alpha) theta_A + alpha theta_B over all parameters.
