@@ -602,3 +602,46 @@ def test_density_of_one_eigenvalue_and_refusal_of_none() -> None:
     for bad in (torch.tensor([]), torch.ones(2, 2)):
         with pytest.raises(RlflatError, match="^eigenvalues must be a non-empty 1-D tensor$"):
             density_from_eigenvalues(bad)
+
+
+def test_hutchinson_is_exact_on_a_diagonal_hessian_and_keeps_float64() -> None:
+    """z^T D z = tr(D) for every Rademacher z: each sample is the trace, so the estimate equals sum(d) to float64
+    round-off (a float32 store would miss by ~1e-7 relative) and the standard error is 0."""
+    d = torch.linspace(0.3, 7.1, 37, dtype=torch.float64) * torch.tensor([1.0, -1.0]).repeat(19)[:37]
+    params = {"a": torch.zeros(20, dtype=torch.float64), "b": torch.zeros(17, dtype=torch.float64)}
+
+    def loss(p: Params) -> torch.Tensor:
+        x = torch.cat([p["a"], p["b"]])
+        return 0.5 * (d * x * x).sum()
+
+    op = HessianOperator(loss, params)
+    est = hutchinson_trace(op, 5, seed=3)
+    assert est.estimate == pytest.approx(float(d.sum()), rel=1e-13) and est.stderr == 0.0
+    assert (est.n_probes, est.hvps) == (5, 5)
+    with pytest.raises(RlflatError, match="^n_probes must be >= 2 to give a standard error; got 1$"):
+        hutchinson_trace(op, 1)
+
+
+def test_negative_mass_fraction_by_hand() -> None:
+    nodes, ones = torch.tensor([-0.25, 0.75]), torch.ones(2)
+    assert negative_abs_mass_fraction(nodes, ones) == pytest.approx(0.25)  # total |lambda| happens to be 1
+    assert negative_abs_mass_fraction(torch.tensor([-1.0, 2.0, -3.0]), torch.tensor([0.5, 0.25, 0.25])) == (
+        pytest.approx((0.5 + 0.75) / (0.5 + 0.5 + 0.75)))  # fmt: skip
+    assert negative_abs_mass_fraction(torch.zeros(3), torch.ones(3)) is None
+
+
+def test_extreme_pairs_without_vectors_charge_the_dense_build_once(quad: Quadratic) -> None:
+    op = HessianOperator(quad.loss, quad.params)
+    top, bottom = extreme_eigenpairs(op, 2, vectors=False)
+    assert (top.hvps, bottom.hvps) == (quad.n, 0) and top.vectors is None and bottom.vectors is None
+    torch.testing.assert_close(torch.cat([top.values, bottom.values]), torch.tensor(TOP[:2] + BOTTOM[:2],
+                               dtype=torch.float64), rtol=0, atol=1e-10)  # fmt: skip
+
+
+def test_spectrum_refusals_say_what_to_change(quad: Quadratic) -> None:
+    op = HessianOperator(quad.loss, quad.params)
+    with pytest.raises(RlflatError, match=r"^unknown which 'middle'; valid choices: largest, smallest$"):
+        eigenpairs(op, 3, which="middle")  # type: ignore[arg-type]
+    with pytest.raises(RlflatError, match=r"^eigsh did not converge for k=5 largest \(tol=1e-12, maxiter=1\); "
+                       r"raise maxiter or tol, or use the exact route$"):  # fmt: skip
+        eigenpairs(op, 5, exact_threshold=0, tol=1e-12, maxiter=1)

@@ -423,3 +423,50 @@ def test_pg_on_a_continuous_task_logs_the_policy_std_and_keeps_its_sde_settings(
     sde = PG("MlpPolicy", env, n_steps=8, seed=0, use_sde=True, sde_sample_freq=4)
     assert (sde.use_sde, sde.sde_sample_freq) == (True, 4)
     sde.learn(8)
+
+
+def test_ppo_value_clipping_by_hand_and_its_schedule() -> None:
+    """clip_range_vf clips the new value to old_value +- eps_vf on both sides (OpenAI baselines), with eps_vf read
+    from its schedule at the current progress."""
+    model = build_model("ppo", make_vec_env("CartPole-v1", n_envs=2), {"n_steps": 32, "batch_size": 64, "n_epochs": 1,
+                        "clip_range_vf": "lin_0.3", "policy_kwargs": {"net_arch": [8]}}, seed=1)  # fmt: skip
+    model.learn(96)  # two updates, the second at progress remaining 1 - 128/96 < 0, where lin_ holds at 0
+    assert model.clip_range_vf(0.5) == pytest.approx(0.15)  # type: ignore[operator]
+    logged = model.logger.name_to_value["train/clip_range_vf"]
+    assert logged == model.clip_range_vf(model._current_progress_remaining) == 0.0  # type: ignore[operator]
+    eps_vf = 0.05
+    batch = next(model.rollout_buffer.get(64))
+    with th.no_grad():
+        for p in model.policy.value_net.parameters():
+            p.add_(0.5 * th.randn(p.shape, generator=th.Generator().manual_seed(2)))
+        shift = (model.policy.predict_values(batch.observations).flatten() - batch.old_values).median()
+        model.policy.value_net.bias.sub_(shift)  # centre the moves: some up, some down
+        values = model.policy.predict_values(batch.observations).flatten()
+        moved = values - batch.old_values
+        assert bool((moved > eps_vf).any()) and bool((moved < -eps_vf).any())  # both sides clip
+        clipped = batch.old_values + moved.clamp(-eps_vf, eps_vf)
+        expected = th.nn.functional.mse_loss(batch.returns, clipped)
+        value_loss = model._loss_terms(batch, 0.2, eps_vf)[2]
+    assert float(value_loss) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_ppo_without_an_analytic_entropy_uses_minus_mean_log_prob() -> None:
+    """gSDE with a squashed output has no closed-form entropy: the entropy loss is then -E[-log p] = mean log p."""
+    model = build_model("ppo", make_vec_env("Pendulum-v1", n_envs=1), {"n_steps": 16, "batch_size": 16, "n_epochs": 1,
+                        "use_sde": True, "policy_kwargs": {"net_arch": [8], "squash_output": True}}, seed=0)  # fmt: skip
+    model.learn(16)
+    batch = next(model.rollout_buffer.get(16))
+    with th.no_grad():
+        _, log_prob, entropy = model.policy.evaluate_actions(batch.observations, batch.actions)
+        entropy_loss = model._loss_terms(batch, 0.2, None)[3]
+    assert entropy is None and float(entropy_loss) == pytest.approx(float(log_prob.mean()), rel=1e-5)
+
+
+def test_ppo_says_when_it_stops_early_only_when_verbose(capsys: pytest.CaptureFixture[str]) -> None:
+    for verbose in (0, 1):
+        model = build_model("ppo", make_vec_env("CartPole-v1", n_envs=1), {"n_steps": 32, "batch_size": 16,
+                            "n_epochs": 3, "target_kl": 1e-12}, seed=0)  # fmt: skip
+        model.verbose = verbose
+        model.learn(32)
+        out = capsys.readouterr().out
+        assert ("Early stopping at step" in out) == (verbose == 1), out

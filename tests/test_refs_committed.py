@@ -16,10 +16,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from rlflat.evaluate import robustness_block
+from rlflat.evaluate.metrics import normalization
 from rlflat.tasks import load_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,9 +61,14 @@ def test_committed_robustness_blocks_re_derive_from_their_tables(run_dir: Path) 
     config = json.loads((run_dir / "config.json").read_text())
     task = load_task(config.get("task") or config["env"])
     want = {k: v for k, v in committed.items() if k not in CALLER_KEYS}
-    got = json.loads(json.dumps(robustness_block(pd.read_parquet(run_dir / "robustness.parquet"), task,
-                                                 committed["collapse_frac"])))  # fmt: skip
+    table = pd.read_parquet(run_dir / "robustness.parquet")
+    got = json.loads(json.dumps(robustness_block(table, task, committed["collapse_frac"])))
     _assert_close(got, want, run_dir.name)
+    # the table's own normalisation: its recorded scale and every normalised return, from the raw mean returns
+    recorded = table.attrs["normalization"]
+    scale = normalization(task, table.attrs["nominal_return"], recorded["mode"])
+    _assert_close(json.loads(json.dumps(scale.block())), recorded, f"{run_dir.name} normalization")
+    np.testing.assert_allclose(scale.apply(table["return_mean"].to_numpy()), table["normalized_return"], rtol=1e-12)
 
 
 _NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")

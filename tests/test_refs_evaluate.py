@@ -329,3 +329,26 @@ def test_stacked_parameter_sets_are_checked_with_errors_that_name_the_tensor(car
         with pytest.raises(RlflatError) as err:
             rollout_returns(cartpole_policy, task, [{}], episodes=1, params=params)  # type: ignore[arg-type]
         assert str(err.value) == message
+
+
+def test_severity_returns_at_the_ends_of_the_evaluated_range_are_read_not_dropped() -> None:
+    """A declared severity equal to the smallest or the largest evaluated factor is inside the curve (its own
+    row); only factors beyond the ends are None."""
+    from rlflat.evaluate.metrics import _at_severities, severity_tag
+
+    rows = pd.DataFrame({"factor": [0.5, 1.0, 2.0, 4.0], "normalized_return": [0.2, 1.0, 0.6, 0.3]})
+    got = _at_severities(rows, [0.5, 4.0, 2.0**1.5, 8.0, 0.25])
+    assert got[f"severity_return_{severity_tag(0.5)}"] == 0.2 and got[f"severity_return_{severity_tag(4.0)}"] == 0.3
+    assert got[f"severity_return_{severity_tag(2.0**1.5)}"] == pytest.approx(0.45)  # halfway in log-factor
+    assert got[f"severity_return_{severity_tag(8.0)}"] is None and got[f"severity_return_{severity_tag(0.25)}"] is None
+
+
+def test_censored_minimum_without_an_acting_parameter_is_all_null() -> None:
+    from rlflat.evaluate.metrics import censored_minimum
+
+    empty = dict.fromkeys(("collapse_log_factor_min", "collapse_log_factor_min_parameter",
+                           "collapse_log_factor_min_bracket_low", "collapse_log_factor_min_bracket_high", "censored"))  # fmt: skip
+    assert censored_minimum({}) == empty
+    assert (
+        censored_minimum({"length": {"inert": True, "collapsed_within_range": False, "max_log_factor": 1.0}}) == empty
+    )

@@ -3,6 +3,8 @@ policies through a loss with a known bump, and eigenvectors checked as H v = lam
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -493,6 +495,10 @@ def test_average_case_arrays_and_its_refusals(two_policies: tuple[FunctionalPoli
     assert sorted(arrays) == ["perturbation_filter_action_change", "perturbation_filter_kl",
                               "perturbation_filter_loss_increase", "perturbation_sigmas"]  # fmt: skip
     np.testing.assert_array_equal(arrays["perturbation_sigmas"], [0.1, 0.3])
+    scalars, whole = average_case(policy, None, loss, params, obs, [0, 1], kinds=("filter",), n_directions=1)
+    assert whole["perturbation_sigmas"].dtype == np.float64 and all(type(s) is float for s in scalars["sigmas"])
+    with pytest.raises(RlflatError, match="^sigmas must not be empty$"):
+        average_case(policy, None, loss, params, obs, [], n_directions=1)
     with pytest.raises(RlflatError, match=r"^unknown direction kind 'ring'"):
         draw_directions(params, "ring", 1, seed=0)
 
@@ -520,6 +526,15 @@ def test_multi_step_searches_start_from_the_fallback_at_a_stationary_point() -> 
         assert found.start == "random" and found.sharpness > 0
     raw = pgd_sharpness(f.loss, f.params, 0.3, steps=3, seed=2)
     assert raw.sharpness == pytest.approx(0.3**4, rel=1e-9)
+    # the random start's seed defaults to 0 in both searches
+    for fn in (pgd_sharpness, sam_sharpness):
+        default, zero, one = (
+            fn(f.loss, f.params, 0.3),
+            fn(f.loss, f.params, 0.3, seed=0),
+            fn(f.loss, f.params, 0.3, seed=1),
+        )
+        assert all(torch.equal(default.perturbation[k], zero.perturbation[k]) for k in f.params)
+        assert not all(torch.equal(default.perturbation[k], one.perturbation[k]) for k in f.params)
 
 
 def test_every_worst_case_search_gets_the_fallback_direction(
@@ -538,3 +553,55 @@ def test_every_worst_case_search_gets_the_fallback_direction(
     starts = {(ball, search): scalars[ball][search]["start"] for ball in ("raw", "adaptive")
               for search in ("one_step", "multi_step")}  # fmt: skip
     assert set(starts.values()) == {"eigenvector"}, starts
+
+
+# -- edges (survivors of the fifth mutation sample) -------------------------------------------------------------
+
+
+def test_slices_with_a_task_return_the_mean_return_of_each_point(
+    two_policies: tuple[FunctionalPolicy, FunctionalPolicy],
+) -> None:
+    """slice_1d/2d evaluate theta + a d (+ b d2) on the task: the mean over the same episodes (eval_seed 0 unless
+    told) of perturbed_returns at those points; the loss is the loss there."""
+    policy, _ = two_policies
+    params = dict(policy.params)
+    d = random_direction(params, "filter", seed=1)
+    alphas = np.array([0.0, 0.7])
+    loss = make_loss(policy, collect_batch(policy, CARTPOLE, 64, seed=0, n_envs=2), "nll")
+    losses, returns = slice_1d(policy, CARTPOLE, loss, params, d, alphas, episodes=2)
+    points = [{k: v + a * d[k] for k, v in params.items()} for a in alphas]
+    want = perturbed_returns(policy, CARTPOLE, points, 2, seed=0).mean(-1)
+    assert returns is not None
+    np.testing.assert_array_equal(returns, want)
+    np.testing.assert_allclose(losses, [float(loss(p)) for p in points], rtol=1e-6)
+    _, grid_returns = slice_2d(policy, CARTPOLE, loss, params, d, d, np.array([0.0, 0.35]), episodes=2)
+    assert grid_returns is not None and grid_returns[1, 1] == pytest.approx(float(want[1]))  # 0.35 d + 0.35 d
+
+
+def test_eigen_direction_is_typed_like_the_parameters() -> None:
+    from rlflat.probe.landscape import eigen_direction
+
+    params = {"w": torch.zeros(2, 2), "b": torch.zeros(3)}  # float32, as SB3's
+    vectors = torch.arange(14, dtype=torch.float64).reshape(7, 2)
+    out = eigen_direction(vectors, 1, params)
+    assert {k: v.dtype for k, v in out.items()} == {"w": torch.float32, "b": torch.float32}
+    assert out["w"].tolist() == [[1.0, 3.0], [5.0, 7.0]] and out["b"].tolist() == [9.0, 11.0, 13.0]
+    with pytest.raises(RlflatError, match="^eigenvector length 7 does not match 6 parameters$"):
+        eigen_direction(vectors, 0, {"w": torch.zeros(2, 3)})
+
+
+def test_interpolation_refusal_names_only_the_parameters_that_differ(
+    two_policies: tuple[FunctionalPolicy, FunctionalPolicy], tmp_path: Path
+) -> None:
+    from rlflat.probe.landscape import check_same_architecture
+
+    a, _ = two_policies
+    path = tmp_path / "wide.zip"
+    PPO("MlpPolicy", make_env(CARTPOLE), seed=0, policy_kwargs={"net_arch": {"pi": [8], "vf": [16]}}).save(path)
+    wider_critic = load_policy(path)
+    differ = sorted(k for k in a.params if a.params[k].shape != wider_critic.params.get(k, a.params[k]).shape)
+    assert differ and len(differ) < len(a.params)
+    with pytest.raises(RlflatError) as err:
+        check_same_architecture(a, wider_critic)
+    assert str(err.value) == f"cannot interpolate policies of different architectures: parameters differ at {differ[:4]}" + (
+        f" and {len(differ) - 4} more" if len(differ) > 4 else "")  # fmt: skip

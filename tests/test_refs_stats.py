@@ -203,3 +203,73 @@ def test_correlation_without_one_complete_pair_is_undefined_and_says_why() -> No
         r = S.rank_correlation(x, y, seed=0, strata=strata)
         assert (r.n, r.n_strata, r.reason) == (0, n_strata, reason)
         assert all(math.isnan(v) for v in (r.estimate, r.ci_low, r.ci_high, r.p_value))
+
+
+# -- the median route, censored wording, defaults and refusals (survivors of the fifth mutation sample) ----------
+
+
+def _two_algos(a: np.ndarray, b: np.ndarray, metric: str = "robustness.auc_mean") -> pd.DataFrame:
+    return pd.DataFrame({"task": "CartPole", "algo": ["x"] * a.size + ["y"] * b.size, metric: np.r_[a, b]})
+
+
+def test_median_summaries_are_numpy_s_median_without_an_interval() -> None:
+    a, b = np.array([0.1, 0.9, 0.35, 0.4]), np.array([0.2, 0.25, 0.8, 0.3, 0.6])
+    runs = _two_algos(a, b)
+    agg = S.aggregate_table(runs, ["robustness.auc_mean"], seed=0, stat="median").set_index("algo")
+    assert agg.loc["x", "estimate"] == np.median(a) and agg.loc["y", "estimate"] == np.median(b)
+    assert agg["ci_low"].isna().all() and agg["ci_high"].isna().all() and set(agg["ci_method"]) == {"no interval"}
+    row = S.compare_algorithms(runs, ["robustness.auc_mean"], "x", "y", seed=0, stat="median").iloc[0]
+    assert (row.algo_value, row.baseline_value, row.difference) == (np.median(a), np.median(b),
+                                                                     np.median(a) - np.median(b))  # fmt: skip
+    assert math.isnan(row.diff_ci_low) and math.isnan(row.diff_ci_high) and row.diff_method == ""
+
+
+def test_the_bootstrap_default_is_2000_resamples() -> None:
+    """The documented default: the same seed with n_boot=2000 spelled out gives the same intervals."""
+    rng = np.random.default_rng(4)
+    runs = _two_algos(rng.normal(0.7, 0.1, 7), rng.normal(0.5, 0.1, 6))
+    kw = {"seed": 3, "stat": "iqm"}
+    default = S.compare_algorithms(runs, ["robustness.auc_mean"], "x", "y", **kw).iloc[0]  # type: ignore[arg-type]
+    spelled = S.compare_algorithms(runs, ["robustness.auc_mean"], "x", "y", n_boot=2000, **kw).iloc[0]  # type: ignore[arg-type]
+    assert (default.diff_ci_low, default.diff_ci_high) == (spelled.diff_ci_low, spelled.diff_ci_high)
+    agg = S.aggregate_table(runs, ["robustness.auc_mean"], **kw)  # type: ignore[arg-type]
+    pd.testing.assert_frame_equal(agg, S.aggregate_table(runs, ["robustness.auc_mean"], n_boot=2000, **kw))  # type: ignore[arg-type]
+
+
+def test_one_censored_run_switches_the_sentence_to_medians_and_counts() -> None:
+    """A single never-collapsed run is enough for the censored wording (median, k/n never collapsed)."""
+    metric = "robustness.collapse_log_factor_min"
+    a, b = np.array([1.0, 0.8, 1.2, 0.9]), np.array([0.5, 0.7, 0.6, 0.4])
+    runs = _two_algos(a, b, metric)
+    flags = pd.Series([True] + [False] * 7, index=runs.index)
+    table = S.compare_algorithms(runs, [metric], "x", "y", seed=0, censored={metric: flags})
+    text = S.describe_comparison(table, task="CartPole")
+    assert "had median" in text and "1/4 vs 0/4 runs never collapsed" in text, text
+
+
+def test_describe_comparison_refusals_name_the_bad_value() -> None:
+    runs = pd.concat([_two_algos(np.array([1.0, 2.0, 3.0]), np.array([2.0, 3.0, 4.0])),
+                      _two_algos(np.array([1.0, 2.5, 3.0]), np.array([2.0, 3.0, 4.0])).replace({"x": "z"})])  # fmt: skip
+    table = pd.concat([S.compare_algorithms(runs, ["robustness.auc_mean"], a, "y", seed=0) for a in ("x", "z")])
+    with pytest.raises(RlflatError, match=r"^rows compare several algorithms \['x', 'z'\]; filter to one$"):
+        S.describe_comparison(table, task="CartPole")
+    one = table[table["algo"] == "x"]
+    with pytest.raises(RlflatError, match=r"unknown metric 'robustness.nope'.*robustness.auc_mean"):
+        S.describe_comparison(one, task="CartPole", metrics=["robustness.nope"])
+    assert "x lowered auc_mean" in S.describe_comparison(one, task="CartPole", metrics=["robustness.auc_mean"])
+
+
+def test_partial_spearman_drops_runs_with_a_missing_value_on_either_side() -> None:
+    """A NaN in x (or y) drops that run even when its confounds are known: the estimate is that of the rest."""
+    from rlflat.report.stats.partial import partial_spearman
+
+    rng = np.random.default_rng(8)
+    x, y, conf = rng.normal(size=14), rng.normal(size=14), rng.normal(size=(14, 1))
+    y = y + 0.8 * x
+    holed_x, holed_y = x.copy(), y.copy()
+    holed_x[2], holed_y[5] = np.nan, np.nan
+    keep = np.ones(14, dtype=bool)
+    keep[[2, 5]] = False
+    got = partial_spearman(holed_x, holed_y, seed=0, confounds=conf, n_perm=199)
+    want = partial_spearman(x[keep], y[keep], seed=0, confounds=conf[keep], n_perm=199)
+    assert got.n == 12 and got.estimate == pytest.approx(want.estimate, rel=1e-12)

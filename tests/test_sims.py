@@ -319,3 +319,15 @@ def test_mountain_car_continuous_at_the_goal_with_zero_velocity_terminates_as_gy
     ref_obs, _, ref_terminated, _, _ = env.step(np.zeros(1, dtype=np.float64))
     assert ref_obs[1] == 0.0 and obs[0, 1] == 0.0
     assert ref_terminated and bool(terminated[0])
+
+
+@pytest.mark.parametrize(("env_id", "n"), [("CartPole-v1", 2), ("Acrobot-v1", 3), ("MountainCar-v0", 3)])
+def test_every_discrete_simulator_accepts_exactly_its_actions(env_id: str, n: int) -> None:
+    """Discrete(n) as Gymnasium's action space: n - 1 is stepped, n is refused naming the valid choices."""
+    assert gym.make(env_id).action_space.n == n  # type: ignore[attr-defined]
+    sim = make_simulator(env_id, {}, 2)
+    sim.reset(np.array([0, 1]))
+    sim.step(np.array([n - 1, 0]))
+    valid = ", ".join(map(str, range(n)))
+    with pytest.raises(RlflatError, match=rf"^invalid action {n}; valid choices: {valid}$"):
+        sim.step(np.array([0, n]))
