@@ -79,3 +79,24 @@ def test_partial_spearman_on_strata_is_the_correlation_of_group_centred_ranks() 
     assert sps.spearmanr(x, y).statistic < -0.5 and result.p_value > 0.05  # pooled: strong; within: nothing
     assert math.isnan(partial_spearman(x[:5], y[:5], seed=0, strata=groups[:5]).estimate) is False
     assert math.isnan(partial_spearman(x[:4], y[:4], seed=0, confounds=np.ones((4, 1))).estimate)
+
+
+def test_power_formula_by_hand_for_both_coefficients() -> None:
+    """Phi(z - c) + Phi(-z - c), z = atanh|rho| / se, c = z_{1 - alpha/2}; se^2 = (1 + rho^2/2)/(n - 3) (Spearman,
+    Bonett & Wright) or 0.437/(n - 4) (Kendall, Fieller et al.); no power below the offset; |rho| capped at 0.999."""
+
+    def by_hand(rho: float, n: float, method: str, alpha: float) -> float:
+        se = math.sqrt((1 + rho**2 / 2) / (n - 3)) if method == "spearman" else math.sqrt(0.437 / (n - 4))
+        z, c = math.atanh(min(abs(rho), 0.999)) / se, sps.norm.ppf(1 - alpha / 2)
+        return float(sps.norm.cdf(z - c) + sps.norm.cdf(-z - c))
+
+    for rho, n, method, alpha in ((0.3, 20, "spearman", 0.05), (-0.45, 11.5, "kendall", 0.01), (1.0, 8, "kendall", 0.05),
+                                  (0.6, 7, "spearman", 0.1)):  # fmt: skip
+        assert correlation_power(rho, n, method, alpha) == pytest.approx(by_hand(rho, n, method, alpha), rel=1e-12)
+    assert math.isnan(correlation_power(0.5, 3, "spearman")) and math.isnan(correlation_power(0.5, 4, "kendall"))
+    assert correlation_power(0.5, 4.5, "kendall") == pytest.approx(by_hand(0.5, 4.5, "kendall", 0.05), rel=1e-12)
+    assert (
+        math.isnan(min_detectable_rho(3.5))
+        and 0.9 < min_detectable_rho(5) < 0.999
+        and min_detectable_rho(30, "kendall") < min_detectable_rho(30, alpha=0.01)
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.func import functional_call
@@ -645,3 +646,45 @@ def test_spectrum_refusals_say_what_to_change(quad: Quadratic) -> None:
     with pytest.raises(RlflatError, match=r"^eigsh did not converge for k=5 largest \(tol=1e-12, maxiter=1\); "
                        r"raise maxiter or tol, or use the exact route$"):  # fmt: skip
         eigenpairs(op, 5, exact_threshold=0, tol=1e-12, maxiter=1)
+
+
+def test_density_is_the_gaussian_mixture_of_its_nodes() -> None:
+    """phi(t) = mean_i N(t; lambda_i, sigma) on [min - 8 sigma, max + 8 sigma] (scipy's normal pdf), for more
+    nodes than one chunk of the kernel sum, with a given sigma and with the default sigma^2 = 1e-5 x half-range^2."""
+    from scipy import stats as sps
+
+    eigs = torch.from_numpy(np.random.default_rng(5).gamma(2.0, 1.0, 300) - 1.5)
+    for sigma in (0.05, None):
+        d = density_from_eigenvalues(eigs, grid_size=501, sigma=sigma)
+        want_sigma = 0.05 if sigma else math.sqrt(1e-5) * 0.5 * float(eigs.max() - eigs.min())
+        assert d.sigma == pytest.approx(want_sigma, rel=1e-12)
+        assert float(d.grid[0]) == pytest.approx(float(eigs.min()) - 8 * want_sigma)
+        assert float(d.grid[-1]) == pytest.approx(float(eigs.max()) + 8 * want_sigma)
+        want = sps.norm.pdf(d.grid.numpy()[:, None], eigs.numpy()[None], want_sigma).mean(1)
+        np.testing.assert_allclose(d.density.numpy(), want, rtol=1e-10, atol=1e-12)
+        assert d.hvps == 0 and torch.equal(d.weights, torch.full((1, 300), 1 / 300, dtype=torch.float64))
+
+
+def test_lanczos_quadrature_reproduces_the_start_vector_s_moments(quad: Quadratic) -> None:
+    """s steps of Lanczos give a Gauss rule exact to degree 2s - 1: sum_j w_j theta_j^k = q^T H^k q."""
+    v0 = torch.from_numpy(np.random.default_rng(2).normal(size=quad.n))
+    q = v0 / v0.norm()
+    res = lanczos(lambda v: quad.a @ v, v0, 6)
+    nodes, weights = res.ritz()
+    assert nodes.shape == weights.shape == (6,) and float(weights.sum()) == pytest.approx(1.0, rel=1e-12)
+    hk_q = q.clone()
+    for k in range(12):
+        assert float((weights * nodes**k).sum()) == pytest.approx(float(q @ hk_q), rel=1e-8, abs=1e-10), k
+        hk_q = quad.a @ hk_q
+    torch.testing.assert_close(res.basis @ res.basis.T, torch.eye(6, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def test_slq_first_moment_is_hutchinson_with_the_same_probes(quad: Quadratic) -> None:
+    """Each SLQ probe is a normalised Rademacher z drawn as Hutchinson draws it, so n sum_j w_j theta_j = z^T H z:
+    averaged over probes, exactly the Hutchinson estimate with the same seed."""
+    op = HessianOperator(quad.loss, quad.params)
+    sd = slq_density(op, n_probes=5, steps=8, grid_size=50, seed=9)
+    assert sd.hvps == 5 * 8 and sd.nodes.shape == sd.weights.shape == (5, 8)
+    torch.testing.assert_close(sd.weights.sum(1), torch.ones(5, dtype=torch.float64))
+    per_probe = quad.n * (sd.weights * sd.nodes).sum(1)
+    assert float(per_probe.mean()) == pytest.approx(hutchinson_trace(op, 5, seed=9).estimate, rel=1e-10)

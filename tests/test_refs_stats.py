@@ -273,3 +273,44 @@ def test_partial_spearman_drops_runs_with_a_missing_value_on_either_side() -> No
     got = partial_spearman(holed_x, holed_y, seed=0, confounds=conf, n_perm=199)
     want = partial_spearman(x[keep], y[keep], seed=0, confounds=conf[keep], n_perm=199)
     assert got.n == 12 and got.estimate == pytest.approx(want.estimate, rel=1e-12)
+
+
+def test_pooled_comparison_averages_oriented_per_task_probabilities_by_hand() -> None:
+    """Three tasks of unequal sizes (and one task with a single algorithm, left out and named): each task's P is
+    scipy's Mann-Whitney U / (m n), oriented by the metric (lower lambda_max is better); the pooled row averages
+    them, takes Newcombe's interval over the tasks' sizes, pools no raw values, and reads as one sentence."""
+    from rlflat.report.stats.comparison import poi_interval
+
+    rng = np.random.default_rng(12)
+    sizes = {"A": (5, 4), "B": (3, 6), "C": (7, 7)}
+    rows = []
+    for task, (m, n) in sizes.items():
+        scale = {"A": 1.0, "B": 30.0, "C": 0.01}[task]
+        rows += [{"task": task, "algo": "x", "probe.lambda_max": scale * v} for v in rng.normal(1.0, 0.5, m)]
+        rows += [{"task": task, "algo": "y", "probe.lambda_max": scale * v} for v in rng.normal(1.2, 0.5, n)]
+    rows += [{"task": "D", "algo": "x", "probe.lambda_max": 1.0}, {"task": "D", "algo": "x", "probe.lambda_max": 2.0}]
+    runs = pd.DataFrame(rows)
+    table = S.compare_algorithms(runs, ["probe.lambda_max"], "x", "y", seed=0)
+    per_task = {}
+    for task in sizes:
+        a = runs[(runs.task == task) & (runs.algo == "x")]["probe.lambda_max"].to_numpy()
+        b = runs[(runs.task == task) & (runs.algo == "y")]["probe.lambda_max"].to_numpy()
+        per_task[task] = 1.0 - sps.mannwhitneyu(a, b).statistic / (a.size * b.size)  # P(x flatter) = P(x lower)
+        row = table[table.task == task].iloc[0]
+        assert row.poi == pytest.approx(per_task[task], rel=1e-12) and row.better == -1 and row.n_tasks == 1
+    pooled = table[table.task == S.POOLED].iloc[0]
+    theta = float(np.mean(list(per_task.values())))
+    assert pooled.poi == pytest.approx(theta, rel=1e-12)
+    assert (pooled.poi_ci_low, pooled.poi_ci_high) == pytest.approx(
+        poi_interval(theta, list(sizes.values())), rel=1e-12
+    )
+    assert (pooled.n_algo, pooled.n_baseline, pooled.n_tasks) == (15, 17, 3)
+    assert math.isnan(pooled.algo_value) and math.isnan(pooled.difference) and math.isnan(pooled.diff_ci_low)
+    assert pooled.diff_method == "not pooled (scales differ across tasks): P(improvement) only"
+    assert pooled.reason == "tasks without both algorithms left out: ['D']"
+    assert "D" not in set(table.task)
+    text = S.describe_comparison(table, task=S.POOLED)
+    assert text.startswith("x vs y across 3 tasks (15 vs 17 runs; per-task P(improvement) averaged): "
+                           f"P(flatter on lambda_max) = {theta:.2g} [CI ")  # fmt: skip
+    seeds = S.describe_comparison(table, task="B")
+    assert seeds.endswith("relative to y on B (3 vs 6 seeds)"), seeds
