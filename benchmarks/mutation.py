@@ -93,6 +93,24 @@ def generate() -> None:
     create_mutants(2)
 
 
+def refresh_stale_stats() -> None:
+    """Make mutmut re-record which tests call which function whenever the test files changed since it last did.
+
+    mutmut re-records coverage only for test *names* it has not seen: a test edited to call more of the core keeps
+    its old record, so mutants of the newly called functions would not run it (a kill missed, never a kill
+    invented). A hash of the test files, kept beside mutmut's record, says when deleting the record (and so a full
+    re-recording, a few minutes) is due.
+    """
+    import hashlib
+
+    stats, stamp = MUTANTS / "mutmut-stats.json", MUTANTS / "rlflat-tests.sha256"
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted((ROOT / "tests").glob("*.py")))).hexdigest()
+    if stats.exists() and (not stamp.exists() or stamp.read_text() != digest):
+        print("mutation: the tests changed since mutmut recorded their coverage: recording it again", flush=True)
+        stats.unlink()
+    stamp.write_text(digest)
+
+
 def draw(n: int, seed: int) -> dict[str, list[str]]:
     """A seeded sample of ``n`` mutant names per module (all of them where a module has fewer)."""
     import random
@@ -227,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         report(None if args.all else load_sample(), show=args.show_survivors)
         return 0
     generate()
+    refresh_stale_stats()
     if args.survivors:
         sample = load_sample()
         if sample is None:
