@@ -100,3 +100,9 @@ def test_power_formula_by_hand_for_both_coefficients() -> None:
         and 0.9 < min_detectable_rho(5) < 0.999
         and min_detectable_rho(30, "kendall") < min_detectable_rho(30, alpha=0.01)
     )
+
+
+def test_partial_spearman_without_complete_runs_is_undefined() -> None:
+    nan = [math.nan] * 6
+    out = partial_spearman(nan, list(range(6)), seed=0, confounds=np.arange(6.0)[:, None])
+    assert out.n == 0 and math.isnan(out.estimate) and out.reason == "n=0 too few for 1 covariates"

@@ -688,3 +688,30 @@ def test_slq_first_moment_is_hutchinson_with_the_same_probes(quad: Quadratic) ->
     torch.testing.assert_close(sd.weights.sum(1), torch.ones(5, dtype=torch.float64))
     per_probe = quad.n * (sd.weights * sd.nodes).sum(1)
     assert float(per_probe.mean()) == pytest.approx(hutchinson_trace(op, 5, seed=9).estimate, rel=1e-10)
+
+
+def test_extreme_pairs_solve_float32_hessians_in_float64(pol: SmallPolicy) -> None:
+    """The dense route casts the float32 Hessian to float64 before the solve, as eigenpairs() does: both give the
+    same numbers to float64 round-off (a float32 solve would differ at ~1e-6)."""
+    op = HessianOperator(pol.loss, pol.params)
+    top, bottom = extreme_eigenpairs(op, 3)
+    torch.testing.assert_close(top.values, eigenpairs(op, 3).values, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(bottom.values, eigenpairs(op, 3, which="smallest").values, rtol=1e-12, atol=1e-14)
+    assert top.values.dtype == bottom.values.dtype == torch.float64
+
+
+def test_power_iteration_on_a_zero_hessian_returns_zero_eigenvalues() -> None:
+    """A linear loss has H = 0: the first product is the zero vector and iteration stops with lambda = 0."""
+    params = {"w": torch.ones(3, dtype=torch.float64), "b": torch.ones(2, dtype=torch.float64)}
+    op = HessianOperator(lambda p: 2.0 * p["w"].sum() - p["b"].sum(), params)
+    out = power_iteration(op, 2, seed=1)
+    assert out.method == "power" and out.values.tolist() == [0.0, 0.0] and out.hvps == 2
+    assert out.vectors is not None and out.vectors.shape == (5, 2)
+
+
+def test_layer_normalize_keeps_one_d_tensors_by_default() -> None:
+    params = {"w": torch.full((2, 2), 3.0), "b": torch.tensor([3.0, 4.0])}
+    direction = {"w": torch.ones(2, 2), "b": torch.tensor([1.0, 0.0])}
+    out = layer_normalize(direction, params)
+    assert out["b"].tolist() == [5.0, 0.0] and torch.allclose(out["w"], torch.full((2, 2), 3.0))
+    assert layer_normalize(direction, params, ignore_1d=True)["b"].tolist() == [0.0, 0.0]

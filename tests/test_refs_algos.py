@@ -470,3 +470,55 @@ def test_ppo_says_when_it_stops_early_only_when_verbose(capsys: pytest.CaptureFi
         model.learn(32)
         out = capsys.readouterr().out
         assert ("Early stopping at step" in out) == (verbose == 1), out
+
+
+def test_pg_passes_buffer_kwargs_and_log_dir_on_and_has_its_documented_defaults(tmp_path: Any) -> None:
+    from stable_baselines3.common.buffers import RolloutBuffer
+
+    class TaggedBuffer(RolloutBuffer):
+        def __init__(self, *args: Any, tag: int = 0, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.tag = tag
+
+    env = make_vec_env("CartPole-v1", n_envs=1)
+    model = PG("MlpPolicy", env, n_steps=8, rollout_buffer_class=TaggedBuffer, rollout_buffer_kwargs={"tag": 7},
+               tensorboard_log=str(tmp_path))  # fmt: skip
+    assert model.rollout_buffer.tag == 7 and model.tensorboard_log == str(tmp_path)  # type: ignore[attr-defined]
+    default = PG("MlpPolicy", env)
+    # the class docstring's defaults: one full-batch step per 256-step rollout, Adam at 1e-3, no entropy bonus
+    assert (default.n_steps, default.learning_rate, default.ent_coef) == (256, 1e-3, 0.0)
+
+
+def test_pg_without_an_analytic_entropy_uses_minus_mean_log_prob() -> None:
+    model = PG("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=1), n_steps=16, seed=0, use_sde=True,
+               policy_kwargs={"net_arch": [8], "squash_output": True})  # fmt: skip
+    model.learn(16)
+    batch = next(model.rollout_buffer.get(None))
+    with th.no_grad():
+        _, log_prob, entropy = model.policy.evaluate_actions(batch.observations, batch.actions)
+        entropy_loss = model._loss_terms(batch)[3]
+    assert entropy is None and float(entropy_loss) == pytest.approx(float(log_prob.mean()), rel=1e-5)
+
+
+def test_ppo_objective_terms_read_the_clip_schedule_at_the_current_progress() -> None:
+    model = build_model("ppo", make_vec_env("CartPole-v1", n_envs=1), {"n_steps": 32, "batch_size": 32, "n_epochs": 1,
+                        "clip_range": "lin_0.4", "policy_kwargs": {"net_arch": [8]}}, seed=3)  # fmt: skip
+    model.learn(32)
+    model._current_progress_remaining = 0.25  # the clip range is then 0.1
+    batch = next(model.rollout_buffer.get(32))
+    with th.no_grad():
+        for p in model.policy.action_net.parameters():
+            p.add_(0.3 * th.randn(p.shape, generator=th.Generator().manual_seed(1)))
+        terms = model.objective_terms(batch)
+        want = model._loss_terms(batch, 0.1, None)[1]
+        other = model._loss_terms(batch, 0.4, None)[1]
+    assert float(terms["surrogate"]) == pytest.approx(float(want), rel=1e-6) and float(want) != float(other)
+
+
+def test_ppo_trains_in_training_mode() -> None:
+    model = build_model("ppo", make_vec_env("CartPole-v1", n_envs=1), {"n_steps": 16, "batch_size": 16,
+                        "n_epochs": 1}, seed=0)  # fmt: skip
+    model.learn(16)
+    model.policy.set_training_mode(False)
+    model.train()
+    assert model.policy.training

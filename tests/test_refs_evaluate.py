@@ -352,3 +352,41 @@ def test_censored_minimum_without_an_acting_parameter_is_all_null() -> None:
     assert (
         censored_minimum({"length": {"inert": True, "collapsed_within_range": False, "max_log_factor": 1.0}}) == empty
     )
+
+
+def test_distinct_settings_keep_noise_levels_apart_when_dynamics_are_grouped() -> None:
+    """With the evaluator's dynamics groups, rows are compared on (group, action noise, obs noise): two noise
+    levels on nominal dynamics are two settings, and the nominal point (group of nominal, no noise) is dropped."""
+    from rlflat.evaluate.metrics import distinct_settings
+
+    table = pd.DataFrame({"family": ["nominal", "obs_noise", "obs_noise", "action_noise", "length", "length"],
+                          "dynamics_group": [0, 0, 0, 0, 1, 1], "action_noise": [0.0, 0.0, 0.0, 0.2, 0.0, 0.0],
+                          "obs_noise": [0.0, 0.1, 0.3, 0.0, 0.0, 0.0], "length": [0.5, 0.5, 0.5, 0.5, 2.0, 4.0],
+                          "return_mean": [500.0, 400.0, 300.0, 200.0, 100.0, 100.0]})  # fmt: skip
+    table.attrs["quantity_columns"] = ["length", "action_noise", "obs_noise"]
+    got = distinct_settings(table)
+    assert got["family"].tolist() == ["obs_noise", "obs_noise", "action_noise", "length"]  # 4.0 saturates with 2.0
+
+
+def test_nominal_normalisation_block_says_what_one_means() -> None:
+    from rlflat.evaluate.metrics import normalization
+
+    task = load_task("CartPole")
+    nominal = normalization(task, 250.0, "nominal").block()
+    assert (
+        nominal["above_one"] == "a return above nominal" and nominal["formula"] == "(R - floor) / (R_nominal - floor)"
+    )
+    assert (nominal["zero"], nominal["one"], nominal["mode"]) == (0.0, 250.0, "nominal")
+    assert normalization(task, 250.0).block()["above_one"] == "a return above R_ref (not capped)"
+
+
+def test_unknown_stacked_parameter_names_the_valid_ones(cartpole_policy: FunctionalPolicy) -> None:
+    import torch
+
+    from rlflat.errors import RlflatError
+    from rlflat.evaluate.rollout import rollout_returns
+
+    with pytest.raises(RlflatError) as err:
+        rollout_returns(cartpole_policy, load_task("CartPole"), [{}], episodes=1, params={"nope": torch.zeros(1, 2)})
+    assert str(err.value).startswith("unknown policy parameter 'nope'; valid choices: ")
+    assert all(name in str(err.value) for name in cartpole_policy.params)

@@ -605,3 +605,42 @@ def test_interpolation_refusal_names_only_the_parameters_that_differ(
         check_same_architecture(a, wider_critic)
     assert str(err.value) == f"cannot interpolate policies of different architectures: parameters differ at {differ[:4]}" + (
         f" and {len(differ) - 4} more" if len(differ) > 4 else "")  # fmt: skip
+
+
+def test_average_case_returns_per_sigma_and_an_unlisted_task_s_floor(
+    two_policies: tuple[FunctionalPolicy, FunctionalPolicy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per kind, ``return`` is the mean over directions of each direction's mean return at each sigma, and the
+    floor comes from the nominal return when the task has no known worst return (0 for a positive nominal)."""
+    policy, _ = two_policies
+    params, obs, loss = _actor_setup(policy)
+    from rlflat.evaluate import metrics
+
+    monkeypatch.delitem(metrics.RETURN_FLOORS, "CartPole-v1")  # as for a task without a known worst return
+    scalars, arrays = average_case(policy, CARTPOLE, loss, params, obs, [0.2, 1.0], kinds=("filter",), n_directions=2,
+                                   episodes=2)  # fmt: skip
+    per_direction = arrays["perturbation_filter_returns"].mean(-1)
+    np.testing.assert_allclose(scalars["filter"]["return"], per_direction.mean(0), rtol=1e-12)
+    assert scalars["return_floor"] == 0.0 and scalars["nominal_return"] > 0
+    with pytest.raises(RlflatError, match=r"^sigmas must be a list of finite values >= 0, got \[-1.0\]$"):
+        average_case(policy, None, loss, params, obs, [-1.0], n_directions=1)
+
+
+def test_action_change_of_a_box_policy_clips_both_actions_to_the_bounds(tmp_path: Path) -> None:
+    """Mean |a - b| / (high - low) on clipped actions: a reference beyond the bound counts from the bound."""
+    from rlflat.probe.perturbation import action_change
+
+    task = load_task("Pendulum")
+    path = tmp_path / "pendulum.zip"
+    PPO("MlpPolicy", make_env(task), seed=0, policy_kwargs={"net_arch": [8]}).save(path)
+    policy = load_policy(path)
+    obs = policy.preprocess(np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32))
+    with torch.no_grad():
+        actions = policy.mode(policy.params, obs).clamp(-2.0, 2.0)
+    far_above = torch.full_like(actions, 50.0)
+    want = float(((actions - 2.0).abs() / 4.0).mean())
+    assert action_change(policy, obs, far_above, policy.params) == pytest.approx(want, rel=1e-6)
+    far_below = torch.full_like(actions, -50.0)
+    assert action_change(policy, obs, far_below, policy.params) == pytest.approx(
+        float(((actions + 2.0) / 4.0).mean()), rel=1e-6
+    )

@@ -331,3 +331,13 @@ def test_every_discrete_simulator_accepts_exactly_its_actions(env_id: str, n: in
     valid = ", ".join(map(str, range(n)))
     with pytest.raises(RlflatError, match=rf"^invalid action {n}; valid choices: {valid}$"):
         sim.step(np.array([0, n]))
+
+
+def test_simulator_refusals_name_the_bad_value() -> None:
+    with pytest.raises(RlflatError, match=r"^unknown env id 'Nope-v0'; valid choices: "):
+        make_simulator("Nope-v0", {}, 1)
+    sim = make_simulator("CartPole-v1", {}, 2)
+    with pytest.raises(
+        RlflatError, match=r"^seeds must be an integer array of shape \(2,\), got dtype float64 shape \(2,\)$"
+    ):
+        sim.reset(np.array([0.0, 1.0]))

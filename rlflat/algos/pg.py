@@ -27,7 +27,11 @@ from rlflat.algos.base import FlatOnPolicyAlgorithm
 
 
 class PG(FlatOnPolicyAlgorithm):
-    """Vanilla policy gradient with a value baseline; one (plain / SAM / ASAM) step per rollout."""
+    """Vanilla policy gradient with a value baseline; one (plain / SAM / ASAM) step per rollout.
+
+    Defaults: 256-step rollouts, Adam at learning rate 1e-3, no entropy bonus (``ent_coef`` 0), gamma 0.99 and
+    GAE lambda 0.95 (PPO's), vf_coef 0.5 and max_grad_norm 0.5 (A2C's). The task specs set their own.
+    """
 
     base_name = "pg"
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
