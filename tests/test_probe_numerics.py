@@ -715,3 +715,34 @@ def test_layer_normalize_keeps_one_d_tensors_by_default() -> None:
     out = layer_normalize(direction, params)
     assert out["b"].tolist() == [5.0, 0.0] and torch.allclose(out["w"], torch.full((2, 2), 3.0))
     assert layer_normalize(direction, params, ignore_1d=True)["b"].tolist() == [0.0, 0.0]
+
+
+def test_route_choice_at_its_boundaries_and_without_vectors(quad: Quadratic) -> None:
+    """n <= exact_threshold and k >= n take the dense route (eigsh cannot give k = n pairs); without vectors the
+    dense route still labels itself and orders values most extreme first; eigsh passes ncv on."""
+    op = HessianOperator(quad.loss, quad.params)
+    n = quad.n
+    assert eigenpairs(op, 2, exact_threshold=n).method == "exact"
+    assert extreme_eigenpairs(op, 2, exact_threshold=n)[0].method == "exact"
+    everything = eigenpairs(op, n, exact_threshold=0, vectors=False)
+    assert everything.method == "exact" and torch.allclose(everything.values, quad.eigs.flip(0), atol=1e-9)
+    both = extreme_eigenpairs(op, n, exact_threshold=0, vectors=False)
+    assert both[0].method == both[1].method == "exact"
+    for which, want in (("largest", TOP[:3]), ("smallest", BOTTOM[:3])):
+        out = eigenpairs(op, 3, which=which, vectors=False)  # type: ignore[arg-type]
+        assert out.method == "exact" and out.vectors is None
+        torch.testing.assert_close(out.values, torch.tensor(want, dtype=torch.float64), rtol=0, atol=1e-9)
+    narrow = eigenpairs(op, 2, exact_threshold=0, ncv=5, seed=1)
+    assert narrow.hvps != eigenpairs(op, 2, exact_threshold=0, seed=1).hvps  # default ncv is 20 here
+    torch.testing.assert_close(narrow.values, torch.tensor(TOP[:2], dtype=torch.float64), rtol=0, atol=1e-7)
+
+
+def test_exact_eigenvalues_of_a_float32_hessian_are_solved_in_float64(pol: SmallPolicy) -> None:
+    op = HessianOperator(pol.loss, pol.params)
+    want = torch.linalg.eigvalsh(op.dense().to(torch.float64))
+    torch.testing.assert_close(exact_eigenvalues(op), want, rtol=0, atol=1e-14)
+
+
+def test_negative_fraction_with_a_unit_scale() -> None:
+    assert negative_count_fraction(torch.tensor([-1.0, 0.5]), torch.ones(2)) == 0.5
+    assert negative_count_fraction(torch.zeros(2), torch.ones(2)) is None

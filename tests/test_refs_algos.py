@@ -522,3 +522,25 @@ def test_ppo_trains_in_training_mode() -> None:
     model.policy.set_training_mode(False)
     model.train()
     assert model.policy.training
+
+
+def test_ppo_loss_adds_the_weighted_entropy_and_value_terms_and_objective_terms_clip_values() -> None:
+    """loss = policy_loss + ent_coef * entropy_loss + vf_coef * value_loss, with a non-zero entropy weight; and
+    objective_terms applies the value clipping the update uses."""
+    model = build_model("ppo", make_vec_env("CartPole-v1", n_envs=1), {"n_steps": 32, "batch_size": 32, "n_epochs": 1,
+                        "ent_coef": 0.3, "vf_coef": 0.7, "clip_range_vf": 0.05,
+                        "policy_kwargs": {"net_arch": [8]}}, seed=2)  # fmt: skip
+    model.learn(32)
+    batch = next(model.rollout_buffer.get(32))
+    with th.no_grad():
+        for p in model.policy.value_net.parameters():
+            p.add_(0.5 * th.randn(p.shape, generator=th.Generator().manual_seed(4)))
+        loss, policy_loss, value_loss, entropy_loss = model._loss_terms(batch, 0.2, 0.05)[:4]
+        assert float(loss) == pytest.approx(float(policy_loss + 0.3 * entropy_loss + 0.7 * value_loss), rel=1e-6)
+        unclipped = model._loss_terms(batch, 0.2, None)[0]
+        terms = model.objective_terms(batch)
+    assert float(unclipped) != pytest.approx(float(loss), rel=1e-6)  # the clip matters here
+    clip = model.clip_range(model._current_progress_remaining)  # type: ignore[operator]
+    with th.no_grad():
+        want = model._loss_terms(batch, clip, 0.05)[0]
+    assert float(terms["loss"]) == pytest.approx(float(want), rel=1e-6)

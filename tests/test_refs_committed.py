@@ -91,15 +91,14 @@ def _same_printed_number(got: str, want: str) -> bool:
     return abs(g - w) <= unit * 1.0001
 
 
-def test_committed_report_re_derives_from_the_study(tmp_path: Path) -> None:
-    """Pendulum's report: report.md word for word (every sentence, verdict and table layout) with every number to
-    its printed digit, and every table to 1e-7. One test, no fixture: the render is its cost (mutmut times tests
-    without their fixtures' setup)."""
+def _check_report_re_derives(study: str, out_root: Path) -> None:
+    """report.md word for word (every sentence, verdict and table layout) with every number to its printed digit,
+    and every table to 1e-7, rendered afresh from the study's per-run files."""
     from rlflat.report.render import build_report
 
     with contextlib.chdir(REPO):  # the report names its study as given: the relative path it was rendered from
-        out = build_report(["results/pendulum_sam"], tmp_path)
-    committed = REPO / "results/pendulum_sam/report"
+        out = build_report([f"results/{study}"], out_root)
+    committed = REPO / "results" / study / "report"
     want_numbers, want_words = _numbers_and_words((committed / "report.md").read_text())
     got_numbers, got_words = _numbers_and_words((out / "report.md").read_text())
     assert got_words == want_words
@@ -111,3 +110,16 @@ def test_committed_report_re_derives_from_the_study(tmp_path: Path) -> None:
     for path in tables:
         want, got = pd.read_csv(path), pd.read_csv(out / "tables" / path.name)
         pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-7, atol=1e-12, obj=path.name)
+
+
+def test_committed_report_re_derives_from_the_study(tmp_path: Path) -> None:
+    """Pendulum's report (the quickest to render, ~30 s). One test, no fixture: the render is its cost (mutmut
+    times tests without their fixtures' setup)."""
+    _check_report_re_derives("pendulum_sam", tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("study", ["cartpole_sam", "cartpole_v2", "hopper_sam"])
+def test_every_other_committed_report_re_derives(study: str, tmp_path: Path) -> None:
+    """The other committed reports (1-2 min each: `pytest -m slow tests/test_refs_committed.py`)."""
+    _check_report_re_derives(study, tmp_path)

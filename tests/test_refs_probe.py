@@ -644,3 +644,83 @@ def test_action_change_of_a_box_policy_clips_both_actions_to_the_bounds(tmp_path
     assert action_change(policy, obs, far_below, policy.params) == pytest.approx(
         float(((actions + 2.0) / 4.0).mean()), rel=1e-6
     )
+
+
+def test_random_fallback_start_is_the_gradient_at_a_float64_gaussian_point_of_the_sphere() -> None:
+    """On L = 0.5 x^T A x around theta (zero gradient at theta), the random fallback draws n ~ N(0, I) in float64
+    from the seed, takes g = A (rho n / ||n||) and steps rho g / ||g||: reproduced here with torch's own draws. The
+    +rho and -rho points tie on a quadratic, and the first (+) is kept."""
+    known = _KnownHessian()
+    x0 = {k: v.clone() for k, v in known.params.items()}
+
+    def loss(p: Params) -> torch.Tensor:
+        return known.loss({k: p[k] - x0[k] for k in p})
+
+    rho = 0.3
+    found = sam_sharpness(loss, x0, rho, seed=5)
+    gen = torch.Generator().manual_seed(5)
+    noise = torch.cat([torch.randn(x0[k].shape, generator=gen, dtype=torch.float64).reshape(-1) for k in x0])
+    g = known.h @ (rho * noise / noise.norm())
+    want = rho * g / g.norm()
+    got = torch.cat([found.perturbation[k].reshape(-1) for k in x0])
+    assert found.start == "random" and found.adaptive is False
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_adaptive_fallback_moves_along_the_given_direction_in_raw_space() -> None:
+    """ASAM ball: the fallback along d puts eps parallel to d (not to d scaled by T^2) with ||eps / T|| = rho."""
+    f = _StationaryCubic(c=2.0, k=0.0)
+    rho, eta = 0.2, 0.01
+    found = sam_sharpness(f.loss, f.params, rho, adaptive=True, eta=eta, direction=f.direction())
+    assert found.start == "eigenvector" and found.adaptive is True
+    eps = torch.cat([found.perturbation["w"].reshape(-1), found.perturbation["b"]])
+    scale = torch.cat([f.params["w"].reshape(-1), f.params["b"]]).abs() + eta
+    assert float((eps / scale).norm()) == pytest.approx(rho, rel=1e-12)
+    cosine = float(eps @ f.u / eps.norm())
+    assert abs(cosine) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_worst_case_refusals_name_what_is_wrong() -> None:
+    known = _KnownHessian()
+
+    def stationary(p: Params) -> torch.Tensor:  # zero gradient at theta: the fallback direction is consulted
+        return sum(((p[k] - known.params[k]) ** 2).sum() for k in p)  # type: ignore[return-value]
+
+    with pytest.raises(RlflatError, match=r"^direction keys \['w'\] differ from the parameters' \['b', 'w'\]$"):
+        sam_sharpness(stationary, known.params, 0.1, direction={"w": torch.ones(2, 3)})
+    with pytest.raises(RlflatError, match=r"^direction 'b' has shape \(3,\); expected \(4,\)$"):
+        sam_sharpness(stationary, known.params, 0.1, direction={"w": torch.ones(2, 3), "b": torch.ones(3)})
+    with pytest.raises(RlflatError, match="^loss_fn must return a scalar tensor$"):
+        sam_sharpness(lambda p: p["b"], known.params, 0.1)
+
+
+def test_interpolation_refusals_count_the_differences_and_name_the_spaces(
+    two_policies: tuple[FunctionalPolicy, FunctionalPolicy], tmp_path: Path
+) -> None:
+    from rlflat.probe.landscape import check_same_architecture
+
+    a, _ = two_policies
+    path = tmp_path / "deep.zip"
+    PPO("MlpPolicy", make_env(CARTPOLE), seed=0, policy_kwargs={"net_arch": [16, 16, 16]}).save(path)
+    deep = load_policy(path)
+    differ = sorted(k for k in a.params.keys() | deep.params.keys() if a.params.get(k) is None
+                    or deep.params.get(k) is None or a.params[k].shape != deep.params[k].shape)  # fmt: skip
+    assert len(differ) > 5
+    with pytest.raises(RlflatError) as err:
+        check_same_architecture(a, deep)
+    assert str(err.value).endswith(f"parameters differ at {differ[:4]} and {len(differ) - 4} more")
+    pend = tmp_path / "pendulum.zip"
+    PPO("MlpPolicy", make_env(load_task("Pendulum")), seed=0, policy_kwargs={"net_arch": [8]}).save(pend)
+    other = load_policy(pend)
+    other.params = dict(a.params)  # same names and shapes, other spaces
+    with pytest.raises(RlflatError, match=r"^cannot interpolate policies with different spaces: \(Box"):
+        check_same_architecture(a, other)
+
+
+def test_interpolation_alphas_are_floats_whatever_they_are_given_as(
+    two_policies: tuple[FunctionalPolicy, FunctionalPolicy],
+) -> None:
+    a, b = two_policies
+    params, _, loss = _actor_setup(a)
+    scalars, arrays = interpolate(a, b, None, lambda p: loss({k: v for k, v in p.items() if k in params}), [0, 1])
+    assert all(type(x) is float for x in scalars["alphas"]) and arrays["interpolation_alphas"].dtype == np.float64

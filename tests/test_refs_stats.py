@@ -314,3 +314,57 @@ def test_pooled_comparison_averages_oriented_per_task_probabilities_by_hand() ->
                            f"P(flatter on lambda_max) = {theta:.2g} [CI ")  # fmt: skip
     seeds = S.describe_comparison(table, task="B")
     assert seeds.endswith("relative to y on B (3 vs 6 seeds)"), seeds
+
+
+def test_welch_interval_from_two_runs_a_side_is_scipy_s() -> None:
+    from rlflat.report.stats.comparison import welch_interval
+
+    a, b = np.array([1.0, 1.6]), np.array([0.2, 0.5, 0.4])
+    ref = sps.ttest_ind(a, b, equal_var=False).confidence_interval(0.9)
+    assert welch_interval(a, b, 0.9) == pytest.approx((ref.low, ref.high), rel=1e-12)
+    assert all(np.isnan(welch_interval(a[:1], b)))
+
+
+def test_censored_aggregates_have_nan_not_none_intervals() -> None:
+    metric = "robustness.collapse_log_factor_min"
+    runs = _two_algos(np.array([1.0, 0.8, 1.2]), np.array([0.5, 0.7, 0.6]), metric)
+    flags = pd.Series([True, False, False, False, False, True], index=runs.index)
+    agg = S.aggregate_table(runs, [metric], seed=0, censored={metric: flags})
+    assert all(math.isnan(v) for v in [*agg["ci_low"], *agg["ci_high"]])
+    assert set(agg["ci_method"]) == {"censored median (no interval)"}
+
+
+def test_a_metric_without_a_dotted_prefix_is_named_as_it_is() -> None:
+    runs = pd.DataFrame({"task": "CartPole", "algo": ["x"] * 3 + ["y"] * 3, "score": [3.0, 4.0, 5.0, 1.0, 2.0, 2.5]})
+    text = S.describe_comparison(S.compare_algorithms(runs, ["score"], "x", "y", seed=0), task="CartPole")
+    assert text.startswith("x raised score by "), text
+
+
+def test_correlation_table_names_a_missing_algorithm_column() -> None:
+    runs = pd.DataFrame({"task": ["a"] * 5, "probe.trace": np.arange(5.0), "robustness.auc_mean": np.arange(5.0)})
+    with pytest.raises(RlflatError, match="algo"):
+        S.correlation_table(runs, ["probe.trace"], ["robustness.auc_mean"], seed=0, algo_col="algo")
+
+
+def test_partial_spearman_says_why_it_is_undefined() -> None:
+    from rlflat.report.stats.partial import partial_spearman
+
+    x = np.arange(8.0)
+    strata = np.repeat([0, 1], 4)
+    # y explained exactly by the covariates (constant within strata; constant beside a confound): its residuals are
+    # rounding noise, whose "correlation" once came out as 0.74
+    for y, kw in ((strata * 3.0, {"strata": strata}), (np.full(8, 2.0), {"confounds": x[:, None]})):
+        const = partial_spearman(x, y, seed=0, n_perm=9, **kw)  # type: ignore[arg-type]
+        assert const.reason == "a side is constant given covariates" and math.isnan(const.estimate)
+        assert math.isnan(const.ci_high) and math.isnan(const.p_value)
+    few = partial_spearman(x[:4], x[:4], seed=0, confounds=x[:4, None], n_perm=9)
+    assert few.reason == "n=4 too few for 1 covariates" and math.isnan(few.ci_low) and math.isnan(few.ci_high)
+
+
+def test_min_detectable_rho_honours_alpha() -> None:
+    from rlflat.report.stats.power import correlation_power, min_detectable_rho
+
+    for alpha in (0.05, 0.01):
+        rho = min_detectable_rho(25, alpha=alpha)
+        assert correlation_power(rho, 25, alpha=alpha) == pytest.approx(0.8, abs=1e-6)
+    assert min_detectable_rho(25, alpha=0.01) > min_detectable_rho(25, alpha=0.05)

@@ -341,3 +341,21 @@ def test_simulator_refusals_name_the_bad_value() -> None:
         RlflatError, match=r"^seeds must be an integer array of shape \(2,\), got dtype float64 shape \(2,\)$"
     ):
         sim.reset(np.array([0.0, 1.0]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_mountain_car_continuous_at_full_throttle_and_top_speed_matches_gymnasium(dtype: type) -> None:
+    """Actions of exactly +-1 (the clip bounds: not clipped) and a strong engine that drives the car into its speed
+    limit: the clipped velocity's float kind then decides the next sums, as in Gymnasium."""
+    rng = np.random.default_rng(1)
+    n = 4
+    params = {"power": np.full(n, 0.0045), "max_speed": np.full(n, 0.03)}
+    sim = make_simulator("MountainCarContinuous-v0", params, n)
+    speeds: list[float] = []
+
+    def bang_bang(obs: npt.NDArray[np.float32]) -> npt.NDArray[Any]:
+        speeds.append(float(np.abs(obs[:, 1]).max()))
+        return np.where(obs[:, 1:2] >= 0, 1.0, -1.0).astype(dtype)  # push along the velocity: it saturates
+
+    run_side_by_side("MountainCarContinuous-v0", sim, params, np.arange(n), rng, policy=bang_bang)
+    assert max(speeds) == pytest.approx(0.03, rel=1e-6)  # the speed limit was reached

@@ -26,6 +26,9 @@ from rlflat.report.stats.correlation import fisher_z_interval
 
 __all__ = ["PartialResult", "partial_spearman"]
 
+_RESIDUAL_RTOL = 1e-9
+"""Residual norm, relative to the norm of the ranks, below which a side counts as fully explained by the covariates."""
+
 
 @dataclass(frozen=True)
 class PartialResult:
@@ -48,13 +51,24 @@ def _design(strata: np.ndarray, confounds: np.ndarray) -> np.ndarray:
 
 
 def _residual_r(design: np.ndarray, rx: np.ndarray, ry: np.ndarray) -> np.ndarray:
-    """Pearson r of residuals of rx and of each row of ry (B, n) on ``design``."""
+    """Pearson r of residuals of rx and of each row of ry (B, n) on ``design``; NaN where a side is explained by it.
+
+    A side the covariates explain exactly (y constant within strata, or a function of a confound's ranks) leaves
+    residuals at rounding level, ~1e-16 of the ranks, not zero: their direction is noise, and correlating it gave
+    arbitrary values (0.74 for a constant y beside one confound). Residuals below ``_RESIDUAL_RTOL`` of the ranks'
+    norm therefore count as zero.
+    """
     q, _ = np.linalg.qr(design)
     ex = rx - q @ (q.T @ rx)
     ey = ry - (ry @ q) @ q.T
-    den = np.sqrt((ex @ ex) * np.einsum("ij,ij->i", ey, ey))
+    sx = float(ex @ ex)
+    sy = np.einsum("ij,ij->i", ey, ey)
+    if sx <= _RESIDUAL_RTOL**2 * float(rx @ rx):
+        sx = 0.0
+    sy = np.where(sy <= _RESIDUAL_RTOL**2 * np.einsum("ij,ij->i", ry, ry), 0.0, sy)
+    den = np.sqrt(sx * sy)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.asarray((ey @ ex) / den)
+        return np.asarray(np.where(den > 0, (ey @ ex) / np.where(den > 0, den, 1.0), np.nan))
 
 
 def partial_spearman(
