@@ -45,7 +45,7 @@ test: lint
 	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -n auto --maxprocesses 4 --dist loadfile
 
 # Mutation score of the numeric core per module (benchmarks/mutation.py; not part of `make test`: it takes
-# hours for every mutant, so MUTATION_ARGS defaults to a seeded sample of 30 mutants per module).
-MUTATION_ARGS ?= --sample 30
+# hours for every mutant, so MUTATION_ARGS defaults to a seeded sample of 30 mutants per module, run in one pass).
+MUTATION_ARGS ?= --sample 30 --together
 mutation: $(VENV)/.installed-test
 	OMP_NUM_THREADS=1 $(PY) benchmarks/mutation.py $(MUTATION_ARGS)
