@@ -7,14 +7,15 @@ when every test passes. The score of a module is killed / (tried - equivalent): 
 suite catches. Equivalent mutants (no behaviour change: nothing any test could catch) are listed with the reason
 in ``benchmarks/mutation_equivalent.toml`` and left out of the denominator.
 
-Running every mutant of the core (~7,000) takes hours on 2 cores, so ``--sample N`` draws N mutants per module
+Running every mutant of the core (~8,600) takes hours on 2 cores, so ``--sample N`` draws N mutants per module
 with a fixed seed and the score is stated with its Wilson 95% interval over that sample. Modules run one at a
 time, each mutant in a forked child (mutmut), under ``nice``.
 
-    python benchmarks/mutation.py --sample 30          # draw, run the drawn mutants not yet killed, report
+    python benchmarks/mutation.py --sample 30 --seed 8 --together   # draw, run the drawn mutants not yet killed, report
+    python benchmarks/mutation.py --modules algos/pg.py --together  # every mutant of a module: its exact score
     python benchmarks/mutation.py --survivors          # re-run only the sampled mutants that survived
     python benchmarks/mutation.py --report             # report the stored results, run nothing
-    python benchmarks/mutation.py --show-survivors     # the diff of every sampled survivor
+    python benchmarks/mutation.py --report --show-survivors  # the diff of every sampled survivor
 """
 
 from __future__ import annotations
@@ -186,14 +187,16 @@ def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def report(sample: dict[str, list[str]] | None, show: bool = False) -> list[str]:
-    """Print the per-module table; return the survivors' names."""
+def report(sample: dict[str, list[str]] | None, show: bool = False, labels: Iterable[str] | None = None) -> list[str]:
+    """Print the per-module table (of ``labels``, default every module); return the survivors' names."""
     equivalent = load_equivalent()
     survivors: list[str] = []
     print(f"{'module':22s} {'tried':>6s} {'equiv':>6s} {'killed':>7s} {'score':>7s}  95% CI (Wilson)   not run"
           "  timeouts")  # fmt: skip
     total_k = total_n = 0
     for label, source in MODULES.items():
+        if labels is not None and label not in labels:
+            continue
         results = _results(source)
         names = sample[label] if sample is not None else sorted(results)
         equiv = [m for m in names if m in equivalent]  # known equivalent: left out, whether or not it was run
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sample is not None and args.sample < 1:
         parser.error(f"--sample must be a positive number of mutants, got {args.sample}")
     if args.report:
-        report(None if args.all else load_sample(), show=args.show_survivors)
+        report(None if args.all else load_sample(), show=args.show_survivors, labels=args.modules)
         return 0
     generate()
     refresh_stale_stats()
@@ -277,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             seconds = run_module(label, todo.get(label, []), args.max_children)
             print(f"mutation: {label}: {seconds:.0f} s", flush=True)
     print(f"mutation: total {time.monotonic() - start:.0f} s wall\n")
-    report(sample)
+    report(sample, labels=labels if sample is None else None)  # a whole-module run reports those modules only
     return 0
 
 
