@@ -20,12 +20,9 @@ from rlflat.errors import RlflatError
 from rlflat.policy import FunctionalPolicy, Params
 from rlflat.probe.directions import dict_norm
 from rlflat.probe.losses import LossFn
-from rlflat.probe.options import ProbeOptions
+from rlflat.probe.options import ProbeOptions  # the defaults below are the CLI's: the same measure either way
 from rlflat.probe.perturbation import perturbed_returns
 from rlflat.tasks import TaskSpec
-
-_DEFAULTS = ProbeOptions()
-"""The CLI's defaults (episodes per evaluated point), as in :mod:`rlflat.probe.perturbation`."""
 
 __all__ = ["barrier", "check_same_architecture", "interpolate", "plane", "scaled_to", "slice_1d", "slice_2d"]
 
@@ -67,7 +64,7 @@ def slice_1d(
     direction: Params,
     alphas: Sequence[float] | np.ndarray,
     *,
-    episodes: int = _DEFAULTS.episodes,
+    episodes: int = ProbeOptions.episodes,
     eval_seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(loss, mean return) at theta + alpha d for each alpha (return None when ``task`` is None)."""
@@ -84,7 +81,7 @@ def slice_2d(
     d2: Params,
     alphas: Sequence[float] | np.ndarray,
     *,
-    episodes: int = _DEFAULTS.episodes,
+    episodes: int = ProbeOptions.episodes,
     eval_seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(loss, mean return) grids of shape (len(alphas), len(alphas)) at theta + a d1 + b d2, rows indexed by a."""
@@ -132,7 +129,7 @@ def interpolate(
     loss_fn: LossFn,
     alphas: Sequence[float] | np.ndarray,
     *,
-    episodes: int = _DEFAULTS.episodes,
+    episodes: int = ProbeOptions.episodes,
     eval_seed: int = 0,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Loss (on A's batch) and return along (1 - alpha) theta_A + alpha theta_B over all parameters.

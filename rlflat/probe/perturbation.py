@@ -34,13 +34,10 @@ from rlflat.errors import RlflatError
 from rlflat.policy import FunctionalPolicy, Params
 from rlflat.probe.directions import KINDS, add_scaled, random_direction
 from rlflat.probe.losses import LossFn, mean_kl
-from rlflat.probe.options import ProbeOptions
+from rlflat.probe.options import ProbeOptions  # the defaults below are the CLI's: the same measure either way
 from rlflat.probe.seeding import subseed
 from rlflat.probe.worst_case import Direction, WorstCase, pgd_sharpness, sam_sharpness
 from rlflat.tasks import TaskSpec
-
-_DEFAULTS = ProbeOptions()
-"""The CLI's defaults, so a caller of these functions gets the measure ``python -m rlflat.probe`` reports."""
 
 __all__ = [
     "action_change",
@@ -200,8 +197,8 @@ def average_case(
     sigmas: Sequence[float],
     *,
     kinds: Sequence[str] = ("filter", "raw"),
-    n_directions: int = _DEFAULTS.n_directions,
-    episodes: int = _DEFAULTS.episodes,
+    n_directions: int = ProbeOptions.n_directions,
+    episodes: int = ProbeOptions.episodes,
     seed: int = 0,
     eval_seed: int = 0,
     ignore_1d: bool | None = None,
@@ -277,11 +274,11 @@ def worst_case(
     params: Params,
     obs: Tensor,
     *,
-    rho: float = _DEFAULTS.rho,
-    adaptive_rho: float = _DEFAULTS.adaptive_rho,
-    steps: int = _DEFAULTS.ascent_steps,
-    eta: float = _DEFAULTS.eta,
-    episodes: int = _DEFAULTS.episodes,
+    rho: float = ProbeOptions.rho,
+    adaptive_rho: float = ProbeOptions.adaptive_rho,
+    steps: int = ProbeOptions.ascent_steps,
+    eta: float = ProbeOptions.eta,
+    episodes: int = ProbeOptions.episodes,
     eval_seed: int = 0,
     nominal_return: float | None = None,
     direction: Direction = None,
