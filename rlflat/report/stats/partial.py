@@ -67,8 +67,8 @@ def _residual_r(design: np.ndarray, rx: np.ndarray, ry: np.ndarray) -> np.ndarra
         sx = 0.0
     sy = np.where(sy <= _RESIDUAL_RTOL**2 * np.einsum("ij,ij->i", ry, ry), 0.0, sy)
     den = np.sqrt(sx * sy)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.asarray(np.where(den > 0, (ey @ ex) / np.where(den > 0, den, 1.0), np.nan))
+    defined = den > 0
+    return np.asarray(np.where(defined, (ey @ ex) / np.where(defined, den, 1.0), np.nan))
 
 
 def partial_spearman(
