@@ -4,6 +4,7 @@ policies through a loss with a known bump, and eigenvectors checked as H v = lam
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,22 +21,30 @@ from rlflat.probe.losses import make_loss, scope_params
 from rlflat.probe.perturbation import average_case, perturbed_returns, stack_params, worst_case
 from rlflat.probe.spectrum import eigenpairs, extreme_eigenpairs
 from rlflat.probe.worst_case import sam_sharpness
-from rlflat.tasks import load_task, make_env
+from rlflat.tasks import TaskSpec, load_task, make_env
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 CARTPOLE = load_task("CartPole")
 
 
-def _policy(tmp_path_factory: pytest.TempPathFactory, seed: int) -> FunctionalPolicy:
-    path = tmp_path_factory.mktemp(f"interp{seed}") / "model.zip"
-    PPO("MlpPolicy", make_env(CARTPOLE), seed=seed, policy_kwargs={"net_arch": [8]}).save(path)
+def _saved_policy(path: Path, task: TaskSpec = CARTPOLE, seed: int = 0, net_arch: Any = None) -> FunctionalPolicy:
+    """An untrained SB3 PPO of ``task`` (one hidden layer of 8 unless told), saved to ``path`` and loaded back as
+    the probe loads a run's model."""
+    PPO("MlpPolicy", make_env(task), seed=seed, policy_kwargs={"net_arch": net_arch or [8]}).save(path)
     return load_policy(path)
 
 
 @pytest.fixture(scope="module")
 def two_policies(tmp_path_factory: pytest.TempPathFactory) -> tuple[FunctionalPolicy, FunctionalPolicy]:
-    return _policy(tmp_path_factory, 1), _policy(tmp_path_factory, 2)
+    one, two = (tmp_path_factory.mktemp(f"interp{seed}") / "model.zip" for seed in (1, 2))
+    return _saved_policy(one, seed=1), _saved_policy(two, seed=2)
+
+
+def _actor_setup(policy: FunctionalPolicy) -> tuple[Params, torch.Tensor, Any]:
+    """The actor's parameters, a 64-transition batch's observations and its nll loss: the probe's inputs."""
+    batch = collect_batch(policy, CARTPOLE, 64, seed=0, n_envs=2)
+    return scope_params(policy, "actor"), policy.preprocess(batch.observations), make_loss(policy, batch, "nll")
 
 
 def _flat(params: Params) -> torch.Tensor:
@@ -174,10 +183,7 @@ def test_worst_case_reports_the_kl_and_action_change_of_each_maximiser(
     """At the raw one-step maximiser: KL(pi_theta || pi_point) by hand from the two softmaxes, and the fraction of
     states whose greedy action changed."""
     policy, _ = two_policies
-    batch = collect_batch(policy, CARTPOLE, 64, seed=0, n_envs=2)
-    loss = make_loss(policy, batch, "nll")
-    params = scope_params(policy, "actor")
-    obs = policy.preprocess(batch.observations)
+    params, obs, loss = _actor_setup(policy)
     scalars, arrays = worst_case(policy, None, loss, params, obs, rho=2.0, adaptive_rho=0.5, steps=2)
     assert arrays == {}
     found = sam_sharpness(loss, params, 2.0)
@@ -211,10 +217,7 @@ def test_average_case_keeps_the_nominal_returns_it_measured_against(
 ) -> None:
     """theta0's own returns (same evaluation episodes) are stored beside the curves, and are the nominal return."""
     policy, _ = two_policies
-    batch = collect_batch(policy, CARTPOLE, 64, seed=0, n_envs=2)
-    params = scope_params(policy, "actor")
-    obs = policy.preprocess(batch.observations)
-    loss = make_loss(policy, batch, "nll")
+    params, obs, loss = _actor_setup(policy)
     scalars, arrays = average_case(policy, CARTPOLE, loss, params, obs, [0.5], n_directions=1, episodes=3,
                                    eval_seed=7)  # fmt: skip
     own = perturbed_returns(policy, CARTPOLE, [params], 3, seed=7)[0]
@@ -297,11 +300,6 @@ def test_exact_density_takes_no_hvps_and_bad_inputs_name_the_rule() -> None:
 
 
 # -- edges (survivors of the third mutation sample) -------------------------------------------------------------
-
-
-def _actor_setup(policy: FunctionalPolicy) -> tuple[Params, torch.Tensor, object]:
-    batch = collect_batch(policy, CARTPOLE, 64, seed=0, n_envs=2)
-    return scope_params(policy, "actor"), policy.preprocess(batch.observations), make_loss(policy, batch, "nll")
 
 
 def test_worst_case_returns_are_those_of_its_maximisers_and_eta_belongs_to_the_adaptive_ball(
@@ -503,38 +501,40 @@ def test_average_case_arrays_and_its_refusals(two_policies: tuple[FunctionalPoli
         draw_directions(params, "ring", 1, seed=0)
 
 
-class _QuarticValley:
-    """L = ||x||^4 around theta over two tensors: the gradient at theta is exactly zero, so both one-step searches
-    (raw and adaptive) fall back; projected ascent must start from the fallback point, not from theta."""
+def _quartic_valley(centre: Params) -> Any:
+    """L = ||theta - centre||^4 over every tensor: the gradient at the centre is exactly zero (a stationary point,
+    as the kl loss at theta0 is), so the one-step searches fall back, and projected ascent must start there."""
 
-    def __init__(self) -> None:
-        self.params: Params = {"w": torch.tensor([[0.5, -1.0], [2.0, 0.25]], dtype=torch.float64),
-                               "b": torch.tensor([1.5, -0.75], dtype=torch.float64)}  # fmt: skip
+    def loss(p: Params) -> torch.Tensor:
+        return sum(((p[k] - centre[k]) ** 2).sum() for k in p) ** 2  # type: ignore[return-value]
 
-    def loss(self, p: Params) -> torch.Tensor:
-        return sum(((p[k] - self.params[k]) ** 2).sum() for k in p) ** 2  # type: ignore[return-value]
+    return loss
+
+
+_VALLEY_CENTRE: Params = {"w": torch.tensor([[0.5, -1.0], [2.0, 0.25]], dtype=torch.float64),
+                          "b": torch.tensor([1.5, -0.75], dtype=torch.float64)}  # fmt: skip
 
 
 def test_multi_step_searches_start_from_the_fallback_at_a_stationary_point() -> None:
     """At a zero gradient, plain ascent from theta would never move (sharpness 0); both balls' projected ascent
     must reach the sphere: rho^4 in the raw ball, and a positive value in the adaptive one."""
-    f = _QuarticValley()
     from rlflat.probe.worst_case import pgd_sharpness
 
+    centre, valley = _VALLEY_CENTRE, _quartic_valley(_VALLEY_CENTRE)
     for adaptive in (False, True):
-        found = pgd_sharpness(f.loss, f.params, 0.3, steps=3, adaptive=adaptive, seed=2)
+        found = pgd_sharpness(valley, centre, 0.3, steps=3, adaptive=adaptive, seed=2)
         assert found.start == "random" and found.sharpness > 0
-    raw = pgd_sharpness(f.loss, f.params, 0.3, steps=3, seed=2)
+    raw = pgd_sharpness(valley, centre, 0.3, steps=3, seed=2)
     assert raw.sharpness == pytest.approx(0.3**4, rel=1e-9)
     # the random start's seed defaults to 0 in both searches
     for fn in (pgd_sharpness, sam_sharpness):
         default, zero, one = (
-            fn(f.loss, f.params, 0.3),
-            fn(f.loss, f.params, 0.3, seed=0),
-            fn(f.loss, f.params, 0.3, seed=1),
+            fn(valley, centre, 0.3),
+            fn(valley, centre, 0.3, seed=0),
+            fn(valley, centre, 0.3, seed=1),
         )
-        assert all(torch.equal(default.perturbation[k], zero.perturbation[k]) for k in f.params)
-        assert not all(torch.equal(default.perturbation[k], one.perturbation[k]) for k in f.params)
+        assert all(torch.equal(default.perturbation[k], zero.perturbation[k]) for k in centre)
+        assert not all(torch.equal(default.perturbation[k], one.perturbation[k]) for k in centre)
 
 
 def test_every_worst_case_search_gets_the_fallback_direction(
@@ -544,12 +544,10 @@ def test_every_worst_case_search_gets_the_fallback_direction(
     both balls, start from the given fallback direction."""
     policy, _ = two_policies
     params, obs, _ = _actor_setup(policy)
-
-    def valley(p: Params) -> torch.Tensor:
-        return sum(((p[k] - params[k]) ** 2).sum() for k in p) ** 2  # type: ignore[return-value]
-
     direction = {k: torch.ones_like(v) for k, v in params.items()}
-    scalars, _ = worst_case(policy, None, valley, params, obs, rho=0.2, adaptive_rho=0.2, steps=2, direction=direction)
+    scalars, _ = worst_case(
+        policy, None, _quartic_valley(params), params, obs, rho=0.2, adaptive_rho=0.2, steps=2, direction=direction
+    )
     starts = {(ball, search): scalars[ball][search]["start"] for ball in ("raw", "adaptive")
               for search in ("one_step", "multi_step")}  # fmt: skip
     assert set(starts.values()) == {"eigenvector"}, starts
@@ -596,9 +594,7 @@ def test_interpolation_refusal_names_only_the_parameters_that_differ(
     from rlflat.probe.landscape import check_same_architecture
 
     a, _ = two_policies
-    path = tmp_path / "wide.zip"
-    PPO("MlpPolicy", make_env(CARTPOLE), seed=0, policy_kwargs={"net_arch": {"pi": [8], "vf": [16]}}).save(path)
-    wider_critic = load_policy(path)
+    wider_critic = _saved_policy(tmp_path / "wide.zip", net_arch={"pi": [8], "vf": [16]})
     differ = sorted(k for k in a.params if a.params[k].shape != wider_critic.params.get(k, a.params[k]).shape)
     assert differ and len(differ) < len(a.params)
     with pytest.raises(RlflatError) as err:
@@ -630,10 +626,7 @@ def test_action_change_of_a_box_policy_clips_both_actions_to_the_bounds(tmp_path
     """Mean |a - b| / (high - low) on clipped actions: a reference beyond the bound counts from the bound."""
     from rlflat.probe.perturbation import action_change
 
-    task = load_task("Pendulum")
-    path = tmp_path / "pendulum.zip"
-    PPO("MlpPolicy", make_env(task), seed=0, policy_kwargs={"net_arch": [8]}).save(path)
-    policy = load_policy(path)
+    policy = _saved_policy(tmp_path / "pendulum.zip", load_task("Pendulum"))
     obs = policy.preprocess(np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32))
     with torch.no_grad():
         actions = policy.mode(policy.params, obs).clamp(-2.0, 2.0)
@@ -682,10 +675,7 @@ def test_adaptive_fallback_moves_along_the_given_direction_in_raw_space() -> Non
 
 def test_worst_case_refusals_name_what_is_wrong() -> None:
     known = _KnownHessian()
-
-    def stationary(p: Params) -> torch.Tensor:  # zero gradient at theta: the fallback direction is consulted
-        return sum(((p[k] - known.params[k]) ** 2).sum() for k in p)  # type: ignore[return-value]
-
+    stationary = _quartic_valley(known.params)  # zero gradient at theta: the fallback direction is consulted
     with pytest.raises(RlflatError, match=r"^direction keys \['w'\] differ from the parameters' \['b', 'w'\]$"):
         sam_sharpness(stationary, known.params, 0.1, direction={"w": torch.ones(2, 3)})
     with pytest.raises(RlflatError, match=r"^direction 'b' has shape \(3,\); expected \(4,\)$"):
@@ -700,18 +690,14 @@ def test_interpolation_refusals_count_the_differences_and_name_the_spaces(
     from rlflat.probe.landscape import check_same_architecture
 
     a, _ = two_policies
-    path = tmp_path / "deep.zip"
-    PPO("MlpPolicy", make_env(CARTPOLE), seed=0, policy_kwargs={"net_arch": [16, 16, 16]}).save(path)
-    deep = load_policy(path)
+    deep = _saved_policy(tmp_path / "deep.zip", net_arch=[16, 16, 16])
     differ = sorted(k for k in a.params.keys() | deep.params.keys() if a.params.get(k) is None
                     or deep.params.get(k) is None or a.params[k].shape != deep.params[k].shape)  # fmt: skip
     assert len(differ) > 5
     with pytest.raises(RlflatError) as err:
         check_same_architecture(a, deep)
     assert str(err.value).endswith(f"parameters differ at {differ[:4]} and {len(differ) - 4} more")
-    pend = tmp_path / "pendulum.zip"
-    PPO("MlpPolicy", make_env(load_task("Pendulum")), seed=0, policy_kwargs={"net_arch": [8]}).save(pend)
-    other = load_policy(pend)
+    other = _saved_policy(tmp_path / "pendulum.zip", load_task("Pendulum"))
     other.params = dict(a.params)  # same names and shapes, other spaces
     with pytest.raises(RlflatError, match=r"^cannot interpolate policies with different spaces: \(Box"):
         check_same_architecture(a, other)
