@@ -188,19 +188,26 @@ def test_rollout_stats_count_the_steps_the_returns_imply(tmp_path: Path) -> None
     assert stats == {"rows": 10, "steps": int(returns.max()), "env_steps": int(returns.sum())}
 
 
-def test_gym_rows_in_passes_return_what_one_pass_returns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """CartPole through the Gymnasium fallback (``backend="gym"``), first in one pass, then two settings a pass:
-    common random numbers make the split invisible (discrete actions: exactly)."""
+@pytest.fixture(scope="module")
+def cartpole_policy(tmp_path_factory: pytest.TempPathFactory) -> FunctionalPolicy:
     from stable_baselines3 import PPO
 
-    from rlflat.evaluate import budget, rollout_returns
-    from rlflat.policy import load_policy
     from rlflat.tasks import make_env
 
+    path = tmp_path_factory.mktemp("policy") / "model.zip"
+    PPO("MlpPolicy", make_env(load_task("CartPole")), seed=0, policy_kwargs={"net_arch": [8]}).save(path)
+    return load_policy(path)
+
+
+def test_gym_rows_in_passes_return_what_one_pass_returns(
+    cartpole_policy: FunctionalPolicy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CartPole through the Gymnasium fallback (``backend="gym"``), first in one pass, then two settings a pass:
+    common random numbers make the split invisible (discrete actions: exactly)."""
+    from rlflat.evaluate import budget, rollout_returns
+
     task = load_task("CartPole")
-    path = tmp_path / "model.zip"
-    PPO("MlpPolicy", make_env(task), seed=0, policy_kwargs={"net_arch": [8]}).save(path)
-    policy = load_policy(path)
+    policy = cartpole_policy
     settings = [{"length": task.parameters["length"].nominal * f} for f in (0.5, 0.7, 1.0, 1.6, 2.0)]
     kwargs = {"episodes": 3, "seed": 1, "action_noise": 0.3, "rng_seed": 5, "backend": "gym", "workers": 1}
     whole_stats: dict[str, int] = {}
@@ -254,17 +261,6 @@ def test_return_floor_of_a_task_without_a_known_floor() -> None:
     assert return_floor(task, 12.5) == 0.0
     assert return_floor(task, -3.0) is None and return_floor(task, 0.0) is None
     assert return_floor(load_task("Acrobot"), 12.5) == RETURN_FLOORS["Acrobot-v1"]
-
-
-@pytest.fixture(scope="module")
-def cartpole_policy(tmp_path_factory: pytest.TempPathFactory) -> FunctionalPolicy:
-    from stable_baselines3 import PPO
-
-    from rlflat.tasks import make_env
-
-    path = tmp_path_factory.mktemp("policy") / "model.zip"
-    PPO("MlpPolicy", make_env(load_task("CartPole")), seed=0, policy_kwargs={"net_arch": [8]}).save(path)
-    return load_policy(path)
 
 
 def test_discrete_action_noise_is_a_probability_up_to_and_including_1(cartpole_policy: FunctionalPolicy) -> None:
