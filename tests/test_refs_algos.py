@@ -450,16 +450,19 @@ def test_ppo_value_clipping_by_hand_and_its_schedule() -> None:
     assert float(value_loss) == pytest.approx(float(expected), rel=1e-5)
 
 
-def test_ppo_without_an_analytic_entropy_uses_minus_mean_log_prob() -> None:
+@pytest.mark.parametrize("algo", ["pg", "ppo"])
+def test_without_an_analytic_entropy_the_loss_uses_minus_mean_log_prob(algo: str) -> None:
     """gSDE with a squashed output has no closed-form entropy: the entropy loss is then -E[-log p] = mean log p."""
-    model = build_model("ppo", make_vec_env("Pendulum-v1", n_envs=1), {"n_steps": 16, "batch_size": 16, "n_epochs": 1,
-                        "use_sde": True, "policy_kwargs": {"net_arch": [8], "squash_output": True}}, seed=0)  # fmt: skip
+    hyperparameters = {"n_steps": 16, "use_sde": True, "policy_kwargs": {"net_arch": [8], "squash_output": True}}
+    if algo == "ppo":
+        hyperparameters |= {"batch_size": 16, "n_epochs": 1}
+    model = build_model(algo, make_vec_env("Pendulum-v1", n_envs=1), hyperparameters, seed=0)
     model.learn(16)
-    batch = next(model.rollout_buffer.get(16))
+    batch = next(model.rollout_buffer.get(None))
     with th.no_grad():
         _, log_prob, entropy = model.policy.evaluate_actions(batch.observations, batch.actions)
-        entropy_loss = model._loss_terms(batch, 0.2, None)[3]
-    assert entropy is None and float(entropy_loss) == pytest.approx(float(log_prob.mean()), rel=1e-5)
+        terms = model._loss_terms(batch) if algo == "pg" else model._loss_terms(batch, 0.2, None)  # type: ignore[call-arg]
+    assert entropy is None and float(terms[3]) == pytest.approx(float(log_prob.mean()), rel=1e-5)
 
 
 def test_ppo_says_when_it_stops_early_only_when_verbose(capsys: pytest.CaptureFixture[str]) -> None:
@@ -487,17 +490,6 @@ def test_pg_passes_buffer_kwargs_and_log_dir_on_and_has_its_documented_defaults(
     default = PG("MlpPolicy", env)
     # the class docstring's defaults: one full-batch step per 256-step rollout, Adam at 1e-3, no entropy bonus
     assert (default.n_steps, default.learning_rate, default.ent_coef) == (256, 1e-3, 0.0)
-
-
-def test_pg_without_an_analytic_entropy_uses_minus_mean_log_prob() -> None:
-    model = PG("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=1), n_steps=16, seed=0, use_sde=True,
-               policy_kwargs={"net_arch": [8], "squash_output": True})  # fmt: skip
-    model.learn(16)
-    batch = next(model.rollout_buffer.get(None))
-    with th.no_grad():
-        _, log_prob, entropy = model.policy.evaluate_actions(batch.observations, batch.actions)
-        entropy_loss = model._loss_terms(batch)[3]
-    assert entropy is None and float(entropy_loss) == pytest.approx(float(log_prob.mean()), rel=1e-5)
 
 
 def test_ppo_objective_terms_read_the_clip_schedule_at_the_current_progress() -> None:
