@@ -132,12 +132,17 @@ def test_kendall_rows_above_the_vector_limit_match_scipy_on_a_narrow_range() -> 
     np.testing.assert_allclose(got, [sps.kendalltau(a, b).statistic for a, b in zip(x, y, strict=True)], rtol=1e-12)
 
 
+def _two_algos(a: np.ndarray, b: np.ndarray, metric: str = "robustness.auc_mean") -> pd.DataFrame:
+    """Runs of algorithm x (values a) and y (values b) on one task."""
+    return pd.DataFrame({"task": "CartPole", "algo": ["x"] * a.size + ["y"] * b.size, metric: np.r_[a, b]})
+
+
 def test_iqm_comparison_matches_scipy_trim_mean_and_bootstrap() -> None:
     """stat='iqm': the difference of scipy trim_mean(0.25) values, and a percentile-bootstrap interval matching
     scipy.stats.bootstrap's (two independent samples) within Monte Carlo error."""
     rng = np.random.default_rng(6)
     a, b = rng.gamma(2.0, 1.5, size=9) + 1.0, rng.normal(2.0, 0.7, size=7)
-    runs = pd.DataFrame({"task": "CartPole", "algo": ["x"] * 9 + ["y"] * 7, "probe.trace": np.r_[a, b]})
+    runs = _two_algos(a, b, "probe.trace")
     row = S.compare_algorithms(runs, ["probe.trace"], "x", "y", seed=1, stat="iqm", n_boot=20_000).iloc[0]
     iqm_a, iqm_b = sps.trim_mean(a, 0.25), sps.trim_mean(b, 0.25)
     assert (row.algo_value, row.baseline_value) == pytest.approx((iqm_a, iqm_b), rel=1e-12)
@@ -156,14 +161,14 @@ def test_mean_comparison_states_both_means_and_words_small_differences_by_sign()
     for shift, verb in ((0.4, "raised"), (-0.4, "lowered")):
         a = np.array([1.0, 1.2, 0.9, 1.1, 1.3]) + shift
         b = np.array([1.0, 1.2, 0.9, 1.1, 1.3, 1.05])
-        runs = pd.DataFrame({"task": "CartPole", "algo": ["x"] * 5 + ["y"] * 6, "robustness.auc_mean": np.r_[a, b]})
+        runs = _two_algos(a, b)
         table = S.compare_algorithms(runs, ["robustness.auc_mean"], "x", "y", seed=0)
         row = table.iloc[0]
         assert (row.algo_value, row.baseline_value) == pytest.approx((a.mean(), b.mean()), rel=1e-12)
         assert row.difference == pytest.approx(a.mean() - b.mean(), rel=1e-12)
         text = S.describe_comparison(table, task="CartPole")
         assert f"x {verb} auc_mean by {abs(a.mean() - b.mean()):.3g}" in text, text
-    same = pd.DataFrame({"task": "CartPole", "algo": ["x"] * 3 + ["y"] * 3, "robustness.auc_mean": [0.2, 0.4, 0.3] * 2})
+    same = _two_algos(np.array([0.2, 0.4, 0.3]), np.array([0.2, 0.4, 0.3]))
     text = S.describe_comparison(S.compare_algorithms(same, ["robustness.auc_mean"], "x", "y", seed=0), task="CartPole")
     assert "left auc_mean unchanged (difference 0" in text and "lowered" not in text, text
 
@@ -190,8 +195,7 @@ def test_stats_refusals_name_the_argument() -> None:
 
 def test_iqm_comparison_is_worded_as_the_iqm() -> None:
     rng = np.random.default_rng(3)
-    runs = pd.DataFrame({"task": "CartPole", "algo": ["x"] * 6 + ["y"] * 6,
-                         "robustness.auc_mean": np.r_[rng.normal(0.8, 0.05, 6), rng.normal(0.6, 0.05, 6)]})  # fmt: skip
+    runs = _two_algos(rng.normal(0.8, 0.05, 6), rng.normal(0.6, 0.05, 6))
     table = S.compare_algorithms(runs, ["robustness.auc_mean"], "x", "y", seed=0, stat="iqm", n_boot=500)
     assert "x raised the IQM of auc_mean by" in S.describe_comparison(table, task="CartPole")
 
@@ -206,10 +210,6 @@ def test_correlation_without_one_complete_pair_is_undefined_and_says_why() -> No
 
 
 # -- the median route, censored wording, defaults and refusals (survivors of the fifth mutation sample) ----------
-
-
-def _two_algos(a: np.ndarray, b: np.ndarray, metric: str = "robustness.auc_mean") -> pd.DataFrame:
-    return pd.DataFrame({"task": "CartPole", "algo": ["x"] * a.size + ["y"] * b.size, metric: np.r_[a, b]})
 
 
 def test_median_summaries_are_numpy_s_median_without_an_interval() -> None:
@@ -335,7 +335,7 @@ def test_censored_aggregates_have_nan_not_none_intervals() -> None:
 
 
 def test_a_metric_without_a_dotted_prefix_is_named_as_it_is() -> None:
-    runs = pd.DataFrame({"task": "CartPole", "algo": ["x"] * 3 + ["y"] * 3, "score": [3.0, 4.0, 5.0, 1.0, 2.0, 2.5]})
+    runs = _two_algos(np.array([3.0, 4.0, 5.0]), np.array([1.0, 2.0, 2.5]), "score")
     text = S.describe_comparison(S.compare_algorithms(runs, ["score"], "x", "y", seed=0), task="CartPole")
     assert text.startswith("x raised score by "), text
 
