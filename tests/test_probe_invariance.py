@@ -28,7 +28,7 @@ from rlflat.tasks import load_task, make_env
 
 torch.set_num_threads(1)
 CARTPOLE = load_task("CartPole")
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "measures.md"
 
 CONDITIONS = {k: v for inv in INVARIANCE.values() for k, v in inv.condition.items()}
 OPTIONS: dict[str, Any] = {
@@ -128,7 +128,7 @@ def _relative(a: float, b: float) -> float:
 
 def test_readme_shows_the_invariance_table() -> None:
     assert invariance_markdown() in README.read_text(), (
-        "README's table is stale: paste the output of python -m rlflat.probe.invariance"
+        "docs/measures.md's table is stale: paste the output of python -m rlflat.probe.invariance"
     )
 
 
