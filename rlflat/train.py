@@ -140,8 +140,12 @@ def train_run(
     progress: bool = True,
     command: Sequence[str] | None = None,
     force: bool = False,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Train the run ``config`` (from :func:`resolve_run_config`) and return its directory.
+
+    ``extra``: keys added to ``config.json`` outside the hashed part (e.g. the population engine's
+    ``engine`` and ``population_id``); they never change the run id.
 
     ``config.json`` is ``config`` plus the run id, versions, command line, device and, in a block of its own
     that the run id does not hash, ``effective_hyperparameters``: every value the model trains with, SB3's
@@ -166,6 +170,7 @@ def train_run(
         "device": device,
         "torch_threads": torch.get_num_threads(),
         "reproducibility": REPRODUCIBILITY,
+        **(extra or {}),
     }
     diverged: algos.TrainingDiverged | None = None
     with staging_dir(out) as staging:  # a diverged run is published too, with its status: failed
