@@ -188,8 +188,13 @@ def test_an_existing_study_yaml_is_never_replaced_by_another_study(
     assert "holds a different study (seeds: [0], " in capsys.readouterr().err
     assert (out / "study.yaml").read_text() == kept and len(list(out.glob("ppo-*"))) == 1
     reported = _write(tmp_path / "report.yaml", {**yaml.safe_load(kept), "report": {"n_boot": 500}})
-    assert run_cli(main, [str(reported), *argv]) == 0  # report settings change no result: accepted
+    assert run_cli(main, [str(reported), *argv]) == 2  # changes no result, but a resume rewrites nothing
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "report: {} there, {'n_boot': 500} in " in err and "--force" in err
+    assert (out / "study.yaml").read_text() == kept
+    assert run_cli(main, [str(reported), *argv, "--force"]) == 0  # ... unless asked to replace it
     assert (out / "study.yaml").read_text() == reported.read_text()
+    assert run_cli(main, [str(other), *argv, "--force"]) == 2  # --force never mixes two studies' results
 
 
 def test_bad_flags_write_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -341,7 +346,8 @@ def test_a_stage_switched_off_before_may_be_switched_on(swept: tuple[Path, Path]
     assert main([str(trained_only), "--out", str(study), "--dry-run"]) == 0
     (study).mkdir()
     (study / "study.yaml").write_text(trained_only.read_text())
-    assert main([str(config), "--out", str(study), "--dry-run"]) == 0  # evaluate added: allowed
+    assert run_cli(main, [str(config), "--out", str(study), "--dry-run"]) == 2  # study.yaml is not rewritten ...
+    assert main([str(config), "--out", str(study), "--dry-run", "--force"]) == 0  # ... unless asked: evaluate added
     (study / "study.yaml").write_text(config.read_text())
     assert run_cli(main, [str(trained_only), "--out", str(study), "--dry-run"]) == 2  # dropping a ran stage is not
 

@@ -31,6 +31,8 @@ def _parser() -> ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="list the runs and which are done; run nothing")
     parser.add_argument("--collect", type=Path, metavar="STUDY_DIR", help="only rebuild STUDY_DIR/runs.parquet")
     parser.add_argument("--no-progress", action="store_true", help="no progress display")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing study.yaml that differs only in settings no result depends on")  # fmt: skip
     parser.add_argument("--strict", action="store_true",
                         help="with --collect: refuse (exit 2, nothing written) when a run folder is skipped")  # fmt: skip
     return parser
@@ -67,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=not args.no_progress,
         dry_run=args.dry_run,
         command=command,
+        force=args.force,
     )
     if args.dry_run:
         study_dir = args.out or default_study_dir(study)

@@ -31,7 +31,7 @@ from rlflat.sweep.config import (
 )
 from rlflat.sweep.executors import check_execution, connect, run_jobs
 from rlflat.sweep.pipeline import LOGS_DIR, RunJob, RunOutcome, remaining_stages, run_state
-from rlflat.sweep.table import RUNS_FILE, STUDY_FILE, collect, run_directories
+from rlflat.sweep.table import RUNS_FILE, STUDY_FILE, build_table, collect, run_directories
 
 RESULTS_DIR = Path("results")
 LOCK_FILE = ".sweep.lock"
@@ -56,6 +56,8 @@ class SweepResult:
     outcomes: list[RunOutcome] = field(default_factory=list)
     table: pd.DataFrame | None = None
     seconds: float = 0.0
+    stale_table: bool = False
+    """Nothing ran and ``runs.parquet`` differs from the run directories; it was left as it is."""
 
     @property
     def failed(self) -> list[RunOutcome]:
@@ -95,12 +97,16 @@ def run_sweep(
     progress: bool = True,
     dry_run: bool = False,
     command: Sequence[str] | None = None,
+    force: bool = False,
 ) -> SweepResult:
     """Run every unfinished run of ``study`` into ``out`` (default ``results/<name>``) and rebuild the table.
 
     Flags, the config and every resolved run are validated before anything is written, and an existing
-    ``study.yaml`` holding a different study is refused. Failed runs do not stop the sweep: they are recorded
-    (see ``SweepResult.failed``) and retried by the next sweep.
+    ``study.yaml`` holding a different study is refused. An existing ``study.yaml`` is never rewritten: one that
+    differs only where no result changes (the report settings, a stage never run before) is replaced with
+    ``force`` and refused without it. A sweep with nothing to do writes nothing (a committed study stays as it
+    is). Failed runs do not stop the sweep: they are recorded (see ``SweepResult.failed``) and retried by the
+    next sweep.
     """
     check_execution(backend, workers, address)
     loaded = study if isinstance(study, LoadedStudy) else load_study_config(study)
@@ -109,14 +115,13 @@ def run_sweep(
     check_stage_options(loaded)
     result = SweepResult(study_dir=study_dir, plan=plan)
     check_output_dir(study_dir)
-    _check_compatible(loaded, study_dir)  # a dry run refuses what the real run would refuse
+    _check_compatible(loaded, study_dir, force)  # a dry run refuses what the real run would refuse
     if dry_run:
         return result
     start = time.perf_counter()
     # a refused or unauthenticated Ray cluster: one line, nothing written
     with connect(backend, address), _locked(study_dir):
-        _check_compatible(loaded, study_dir)
-        if not (study_dir / STUDY_FILE).exists() or (study_dir / STUDY_FILE).read_text() != loaded.text:
+        if _check_compatible(loaded, study_dir, force):
             write_text(study_dir / STUDY_FILE, loaded.text)
         _remove_leftovers(study_dir, {p.spec.name for p in plan})
         config = loaded.config
@@ -152,7 +157,12 @@ def run_sweep(
                     on_done=on_done,
                 )
         finally:
-            result.table = collect(study_dir, config.stages, study_ids={p.spec.run_id for p in plan})
+            ids = {p.spec.run_id for p in plan}
+            if jobs or not (study_dir / RUNS_FILE).exists():
+                result.table = collect(study_dir, config.stages, study_ids=ids)
+            else:  # nothing ran: only read (a committed table stays byte for byte; --collect rebuilds it)
+                result.table = build_table(study_dir, config.stages, ids)
+                result.stale_table = not _same_table(result.table, pd.read_parquet(study_dir / RUNS_FILE))
             result.seconds = time.perf_counter() - start
     return result
 
@@ -177,17 +187,32 @@ def _locked(study_dir: Path) -> Any:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _check_compatible(study: LoadedStudy, study_dir: Path) -> None:
-    """Refuse a study directory whose ``study.yaml`` holds a different study (its ``report:`` block aside).
+def _same_table(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    """Whether two runs tables hold the same columns and values (row order by run id)."""
+    if list(a.columns) != list(b.columns) or a.shape != b.shape:
+        return False
+    key = "run_id" if "run_id" in a.columns else None
+    a, b = (t.sort_values(key).reset_index(drop=True) if key else t for t in (a, b))
+    try:
+        pd.testing.assert_frame_equal(a, b, check_dtype=False)
+    except AssertionError:
+        return False
+    return True
+
+
+def _check_compatible(study: LoadedStudy, study_dir: Path, force: bool = False) -> bool:
+    """Refuse a study directory whose ``study.yaml`` holds a different study; True when it must be written.
 
     The run id covers training only, so changed probe/evaluate settings would mix results in one table; a
-    changed grid, seed list or name would silently turn the directory into another study. Only the report
-    settings, which change no result, may differ (``study.yaml`` is then rewritten with them). A stage switched
-    off before (``probe: false``) may be switched on: no run has its block yet.
+    changed grid, seed list or name would silently turn the directory into another study: both are refused even
+    with ``force``. What changes no result (the report settings; a stage switched off before, ``probe: false``,
+    now switched on) is refused too unless ``force``: a command that only resumes a study must not rewrite it
+    (a committed study's ``report:`` block would be lost). The same study written differently (comments,
+    order) is left as it is.
     """
     path = study_dir / STUDY_FILE
     if not path.exists():
-        return
+        return True
     try:
         previous = parse_study_config(path.read_text(), source=str(path)).config
     except RlflatError as exc:
@@ -209,6 +234,25 @@ def _check_compatible(study: LoadedStudy, study_dir: Path) -> None:
                 f"{path} holds a different study ({key}: {value!r}, {study.source} has {now_dump[key]!r}); "
                 f"use another --out (or restore {key})"
             )
+    differences = [
+        f"{key}: {_short(getattr(previous, key))} there, {_short(getattr(study.config, key))} in {study.source}"
+        for key in ("report", "probe", "evaluate")
+        if getattr(previous, key) != getattr(study.config, key)
+    ]
+    if differences and not force:
+        raise RlflatError(
+            f"{path} differs from {study.source} ({'; '.join(differences)}); the sweep does not rewrite it: "
+            f"pass --force to replace it, or use another --out"
+        )
+    return bool(differences)
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    """A setting's value for a one-line message (pydantic models as their non-default fields)."""
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(exclude_defaults=True)
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _remove_leftovers(study_dir: Path, names: set[str]) -> None:
@@ -317,6 +361,11 @@ def summary_lines(result: SweepResult) -> list[str]:
         f"({len(result.ok)} ok, {len(result.failed)} failed) in {result.seconds:.1f} s",
         f"table: {result.study_dir / RUNS_FILE} ({rows} rows)",
     ]
+    if result.stale_table:
+        lines.append(
+            f"note: {RUNS_FILE} differs from what the run directories give now; left as it is "
+            f"(python -m rlflat.sweep --collect {result.study_dir} rebuilds it)"
+        )
     if result.failed:
         lines.append(f"{len(result.failed)} failed runs (rerun the same command to retry them):")
         for outcome in result.failed:
