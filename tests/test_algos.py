@@ -477,7 +477,7 @@ def test_nonfinite_parameters_after_update_raise() -> None:
 
 
 def test_names_compose_bases_and_rules() -> None:
-    assert ALGORITHM_NAMES == ["ppo", "ppo_sam", "ppo_asam", "pg", "pg_sam", "pg_asam"]
+    assert ALGORITHM_NAMES == ["ppo", "ppo_sam", "ppo_asam", "ppo_lysam", "pg", "pg_sam", "pg_asam", "pg_lysam"]
     assert parse_algorithm("ppo") == ("ppo", "plain")
     assert parse_algorithm("pg_asam") == ("pg", "asam")
     assert len(describe_algorithms()) == len(ALGORITHM_NAMES)
@@ -539,6 +539,7 @@ def test_only_checked_keys_are_settable() -> None:
     assert set(valid_keys("pg")) == {
         *("ent_coef", "gae_lambda", "gamma", "learning_rate", "max_grad_norm", "n_steps", "normalize_advantage"),
         *("policy_kwargs", "sde_sample_freq", "use_sde", "vf_coef", "weight_decay", "swa_start"),
+        *("dropout", "critic_dropout"),
         *("n_envs", "normalize", "total_timesteps", "track_sharpness"),
     }
     extra = {"batch_size", "n_epochs", "clip_range", "clip_range_vf", "target_kl"}

@@ -8,18 +8,22 @@ hyperparameters handled here: ``weight_decay`` (AdamW, Loshchilov & Hutter 2019)
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import pathlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import torch as th
 from gymnasium import spaces
+from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import RolloutBufferSamples
 from torch.optim.swa_utils import AveragedModel
 
+from rlflat.algos.dropout import ConsistentDropout, DropoutRolloutBuffer, check_rate
 from rlflat.algos.rules import RULE_DEFAULTS, RULES, SAM_SCOPES, TrainingDiverged, UpdateRule, make_rule
 from rlflat.errors import RlflatError, bad_choice
 from rlflat.scope import actor_parameter_names
@@ -68,6 +72,9 @@ class FlatOnPolicyAlgorithm(OnPolicyAlgorithm):
     _perturbed: list[th.nn.Parameter]
     _all_params: list[th.nn.Parameter]
     _swa_model: AveragedModel | None
+    dropout: float = 0.0
+    critic_dropout: float = 0.0
+    _dropout: ConsistentDropout | None = None
     update_observer: Callable[[FlatOnPolicyAlgorithm], None] | None = None
     """Called at the end of every ``train()`` (after the parameter check), e.g. to track sharpness along
     training; it must not change the parameters, the optimizer, the buffer or any RNG. Not saved."""
@@ -120,10 +127,48 @@ class FlatOnPolicyAlgorithm(OnPolicyAlgorithm):
         else:
             named = dict(self.policy.named_parameters())
             self._perturbed = [named[name] for name in actor_parameter_names(named)]
+        self._rule.bind(dict(self.policy.named_parameters()), self.sam_scope)
         self._swa_model = None
+        self._setup_dropout()
+
+    # -- consistent dropout (rlflat.algos.dropout) -----------------------------------------------------------
+
+    def _init_dropout(self, dropout: float, critic_dropout: float) -> None:
+        """Store the actor's and the critic's dropout rates (0: no dropout, SB3's network exactly)."""
+        self.dropout = check_rate("dropout", dropout)
+        self.critic_dropout = check_rate("critic_dropout", critic_dropout)
+
+    def _setup_dropout(self) -> None:
+        """With a rate > 0: mask hooks on the policy, and a rollout buffer that stores each transition's masks."""
+        if self._dropout is not None:
+            self._dropout.remove()
+            self._dropout = None
+        if not (self.dropout > 0 or self.critic_dropout > 0):
+            return
+        if type(self.rollout_buffer) is not RolloutBuffer:
+            raise RlflatError("dropout needs SB3's plain RolloutBuffer (no dict observations, no custom buffer)")
+        seed = int(np.random.SeedSequence([0 if self.seed is None else self.seed, 0xD0]).generate_state(1)[0])
+        self._dropout = ConsistentDropout(self.policy, {"pi": self.dropout, "vf": self.critic_dropout}, seed)
+        self.rollout_buffer = DropoutRolloutBuffer(
+            self.n_steps,
+            self.observation_space,
+            self.action_space,
+            dropout=self._dropout,
+            device=self.device,
+            gamma=self.gamma,
+            gae_lambda=self.gae_lambda,
+            n_envs=self.n_envs,
+        )
+
+    def collect_rollouts(self, *args: Any, **kwargs: Any) -> bool:
+        """SB3's rollout; with dropout each acting forward pass draws the masks stored with its transitions."""
+        if self._dropout is None:
+            return bool(super().collect_rollouts(*args, **kwargs))
+        with self._dropout.rollout():
+            return bool(super().collect_rollouts(*args, **kwargs))
 
     def _excluded_save_params(self) -> list[str]:
-        excluded = ["_rule", "_perturbed", "_all_params", "_swa_model", "update_observer"]
+        excluded = ["_rule", "_perturbed", "_all_params", "_swa_model", "update_observer", "_dropout"]
         return [*super()._excluded_save_params(), *excluded]
 
     def objective_terms(self, batch: RolloutBufferSamples) -> dict[str, th.Tensor]:
@@ -163,7 +208,8 @@ class FlatOnPolicyAlgorithm(OnPolicyAlgorithm):
         actions = batch.actions
         if isinstance(self.action_space, spaces.Discrete):
             actions = actions.long().flatten()
-        values, log_prob, entropy = self.policy.evaluate_actions(batch.observations, actions)
+        with self._dropout.replay(batch) if self._dropout is not None else contextlib.nullcontext():
+            values, log_prob, entropy = self.policy.evaluate_actions(batch.observations, actions)
         advantages = batch.advantages
         if normalize and len(advantages) > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)

@@ -18,6 +18,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor
 
 from rlflat.algos.base import FlatOnPolicyAlgorithm
+from rlflat.algos.dropout import check_rate
 from rlflat.algos.names import BASES, parse_algorithm
 from rlflat.algos.rules import RULE_DEFAULTS, RULE_KEYS, SAM_SCOPES
 from rlflat.algos.schedules import normalize_schedule, parse_schedule
@@ -27,7 +28,7 @@ from rlflat.tasks import TaskSpec
 RUN_KEYS = ("total_timesteps", "n_envs", "normalize", "track_sharpness")
 """Keys train.py consumes (vec env, learn() and its observers); build_model ignores them. ``track_sharpness``
 (measure sharpness every N updates) changes no parameter, but it changes what the run directory holds."""
-FLATNESS_KEYS = ("weight_decay", "swa_start")
+FLATNESS_KEYS = ("weight_decay", "swa_start", "dropout", "critic_dropout")
 """Flatness knobs valid with every rule."""
 _NOT_USER_KEYS = {
     "self",
@@ -61,7 +62,9 @@ _NONNEG_FLOATS = {"rho", "weight_decay", "vf_coef"}
 _POSITIVE_FLOATS = {"max_grad_norm", "asam_eta"}
 _FLOATS = {"ent_coef"}
 _OPTIONAL_POSITIVE_FLOATS = {"target_kl"}
-_OTHER_CHECKED = {"swa_start", "sam_scope", "policy_kwargs"}
+_DROPOUT_RATES = {"dropout", "critic_dropout"}
+"""Dropout probabilities 0 <= p < 1 of the actor's and the critic's hidden layers (:mod:`rlflat.algos.dropout`)."""
+_OTHER_CHECKED = {"swa_start", "sam_scope", "policy_kwargs"} | _DROPOUT_RATES
 _CHECKED_KEYS = (
     set(_SCHEDULE_KEYS)
     | _POSITIVE_INTS
@@ -254,6 +257,8 @@ def _validate_value(key: str, value: Any) -> Any:
         if key in _POSITIVE_FLOATS and number <= 0:
             raise RlflatError(f"{key} must be > 0, got {value!r}")
         return number
+    if key in _DROPOUT_RATES:
+        return check_rate(key, value)
     if key == "sam_scope":
         if value not in SAM_SCOPES:
             raise bad_choice("sam_scope", value, SAM_SCOPES)
@@ -271,6 +276,8 @@ def validate_hyperparameters(algo: str, hyperparameters: dict[str, Any]) -> dict
         if key not in valid:
             raise bad_choice(f"hyperparameter for {algo}", key, valid)
         checked[key] = _validate_value(key, value)
+    if parse_algorithm(algo)[1] == "lysam" and checked.get("rho") == 0:
+        raise RlflatError(f"rho must be > 0 for {algo} (its finite-difference step), got {hyperparameters['rho']!r}")
     return checked
 
 

@@ -20,17 +20,20 @@ Invariants the tests pin down:
   so plain and SAM runs differ only in where the gradient is taken;
 * with ``rho = 0`` SAM reproduces the plain rule;
 * a non-finite loss at the perturbed point stops training (:class:`TrainingDiverged`) with theta restored.
+
+``lysam`` is the step Lee & Yoon's (2025) public training script applies (:class:`LeeYoonSAM`); it is not
+Foret's SAM but a finite-difference gradient-norm penalty, kept beside it so the two can be compared.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar
 
 import torch as th
 
 from rlflat.errors import RlflatError
-from rlflat.scope import adaptive_scale
+from rlflat.scope import actor_parameter_names, adaptive_scale
 
 Closure = Callable[[], th.Tensor]
 
@@ -55,6 +58,9 @@ class UpdateRule:
 
     name: ClassVar[str] = "plain"
     description: ClassVar[str] = "plain gradient step of the base optimizer"
+
+    def bind(self, named: Mapping[str, th.nn.Parameter], scope: str) -> None:
+        """Told the policy's parameters by name once they exist; only rules that group them need it."""
 
     def step(
         self,
@@ -150,7 +156,98 @@ class ASAM(SAM):
         return [t * s * factor for t, s in zip(scales, scaled, strict=True)]
 
 
-RULES: dict[str, type[UpdateRule]] = {"plain": UpdateRule, "sam": SAM, "asam": ASAM}
+CRITIC_PREFIXES = ("mlp_extractor.value_net.", "value_net.")
+"""Name prefixes of SB3's critic; every other parameter (log_std included) is the policy network's."""
+
+
+class LeeYoonSAM(UpdateRule):
+    """The step of Lee & Yoon's (ICLR 2025) public SAM+PPO training code (``sam_ppo_continuous_efficient.py``).
+
+    Per network, with ``g`` the minibatch gradient, ``s = rho / (||g|| + 1e-12)`` and ``e = s g`` (norm rho):
+    the gradient handed to the base optimizer is ``g + (g(theta + e) - g) / s``. The difference quotient is
+    ``H g + O(rho)``, so the step follows ``grad(L + ||grad L||^2 / 2)``, a gradient-norm penalty of weight one
+    (Drucker & LeCun 1992; Barrett & Dherin 2021): rho sets only the finite-difference step, not the strength
+    of the penalty, unlike Foret's SAM where rho is the radius of the worst case. Their code applies it to the
+    actor and, with its own SAM optimiser and the same rho, to the critic: with ``sam_scope: all`` (the
+    default) the policy network (every parameter outside the critic, ``log_std`` included) and the critic are
+    two groups, each with its own ``s``; with ``actor``, the actor scope (:mod:`rlflat.scope`) is the one
+    group and the critic steps plainly. The groups are independent only for separate actor and critic
+    networks (SB3's default); with shared layers each group's perturbation moves the other's loss.
+
+    Two departures from their code, both rlflat invariants: theta is restored by copying (they subtract
+    ``e``, which leaves rounding), and ``max_grad_norm`` clips the final gradient as in the plain rule (their
+    SAM path does not clip).
+    """
+
+    name: ClassVar[str] = "lysam"
+    description: ClassVar[str] = "Lee & Yoon (2025)'s step: g + (g(theta + e) - g)/s, e = s g, s = rho/||g||"
+
+    def __init__(self, rho: float) -> None:
+        if not rho > 0:
+            raise RlflatError(f"rho must be > 0 for lysam (the finite-difference step), got {rho!r}")
+        self.rho = rho
+        self.groups: list[list[th.nn.Parameter]] | None = None
+
+    def bind(self, named: Mapping[str, th.nn.Parameter], scope: str) -> None:
+        if scope == "all":
+            critic = [p for n, p in named.items() if n.startswith(CRITIC_PREFIXES)]
+            policy = [p for n, p in named.items() if not n.startswith(CRITIC_PREFIXES)]
+            self.groups = [g for g in (policy, critic) if g]
+        else:
+            self.groups = [[named[n] for n in actor_parameter_names(named)]]
+
+    def step(
+        self,
+        optimizer: th.optim.Optimizer,
+        loss: th.Tensor,
+        closure: Closure,
+        params: Sequence[th.nn.Parameter],
+        perturbed: Sequence[th.nn.Parameter],
+        max_grad_norm: float | None,
+    ) -> None:
+        """``perturbed`` is the one group unless :meth:`bind` gave the policy's groups; every other parameter
+        steps with its gradient at theta (their critic and actor have separate optimisers)."""
+        optimizer.zero_grad()
+        loss.backward()
+        groups = self.groups if self.groups is not None else [list(perturbed)]
+        with th.no_grad():
+            at_theta = [None if p.grad is None else p.grad.detach().clone() for p in params]
+            scale_of: dict[int, th.Tensor] = {}
+            for group in groups:
+                live = [p for p in group if p.grad is not None]
+                if live:
+                    norm = th.linalg.vector_norm(th.stack([th.linalg.vector_norm(p.grad) for p in live]))  # type: ignore[arg-type]
+                    scale_of.update({id(p): self.rho / (norm + _NORM_EPS) for p in live})
+            moved = [p for p in params if id(p) in scale_of]
+            saved = [p.detach().clone() for p in moved]
+            for p in moved:
+                p.add_(p.grad * scale_of[id(p)])  # type: ignore[operator]
+        optimizer.zero_grad()
+        perturbed_loss = closure()
+        finite = bool(th.isfinite(perturbed_loss))
+        if finite:
+            perturbed_loss.backward()
+        with th.no_grad():
+            for p, original in zip(moved, saved, strict=True):
+                p.copy_(original)  # exact restore
+        if not finite:
+            optimizer.zero_grad()
+            raise TrainingDiverged(
+                f"loss at the LYSAM-perturbed point is {perturbed_loss.item()} "
+                f"(rho={self.rho}; the loss at theta was {loss.item():.4g})"
+            )
+        with th.no_grad():
+            for p, g in zip(params, at_theta, strict=True):
+                if g is None or id(p) not in scale_of:
+                    p.grad = g
+                else:
+                    at_e = p.grad if p.grad is not None else th.zeros_like(g)
+                    p.grad = g + (at_e - g) / scale_of[id(p)]
+        _clip(params, max_grad_norm)
+        optimizer.step()
+
+
+RULES: dict[str, type[UpdateRule]] = {"plain": UpdateRule, "sam": SAM, "asam": ASAM, "lysam": LeeYoonSAM}
 
 RULE_DEFAULTS: dict[str, dict[str, object]] = {
     "plain": {},
@@ -159,6 +256,8 @@ RULE_DEFAULTS: dict[str, dict[str, object]] = {
     "sam": {"rho": 0.05, "sam_scope": "actor"},
     # Kwon et al. use rho ~10x SAM's (0.5 with eta 0.01 for CIFAR): T-scaling shrinks the step by ~|theta|.
     "asam": {"rho": 0.5, "sam_scope": "actor", "asam_eta": 0.01},
+    # Lee & Yoon's public Hopper config (rho 0.01); their code steps the actor and the critic (scope all).
+    "lysam": {"rho": 0.01, "sam_scope": "all"},
 }
 
 RULE_KEYS: dict[str, tuple[str, ...]] = {rule: tuple(keys) for rule, keys in RULE_DEFAULTS.items()}
@@ -172,5 +271,7 @@ def make_rule(name: str, rho: float | None = None, asam_eta: float | None = None
     radius = float(rho if rho is not None else defaults["rho"])  # type: ignore[arg-type]
     if name == "sam":
         return SAM(radius)
+    if name == "lysam":
+        return LeeYoonSAM(radius)
     eta = float(asam_eta if asam_eta is not None else defaults["asam_eta"])  # type: ignore[arg-type]
     return ASAM(radius, eta)
