@@ -70,10 +70,13 @@ class PG(FlatOnPolicyAlgorithm):
         asam_eta: float | None = None,
         weight_decay: float = 0.0,
         swa_start: float | None = None,
+        dropout: float = 0.0,
+        critic_dropout: float = 0.0,
     ) -> None:
         policy_kwargs = self._init_flatness(
             update_rule, rho, sam_scope, asam_eta, weight_decay, swa_start, policy_kwargs
         )
+        self._init_dropout(dropout, critic_dropout)
         super().__init__(
             policy,
             env,

@@ -28,7 +28,8 @@ class RlflatPPO(FlatOnPolicyAlgorithm, PPO):
     """SB3 PPO whose minibatch updates go through an update rule (plain / SAM / ASAM).
 
     Extra keyword arguments beyond SB3's PPO: ``update_rule``, ``rho``, ``sam_scope``, ``asam_eta``,
-    ``weight_decay``, ``swa_start`` (see :mod:`rlflat.algos`).
+    ``weight_decay``, ``swa_start``, ``dropout`` and ``critic_dropout`` (consistent dropout,
+    :mod:`rlflat.algos.dropout`; see :mod:`rlflat.algos`).
     """
 
     base_name = "ppo"
@@ -44,11 +45,14 @@ class RlflatPPO(FlatOnPolicyAlgorithm, PPO):
         asam_eta: float | None = None,
         weight_decay: float = 0.0,
         swa_start: float | None = None,
+        dropout: float = 0.0,
+        critic_dropout: float = 0.0,
         **kwargs: Any,
     ) -> None:
         kwargs["policy_kwargs"] = self._init_flatness(
             update_rule, rho, sam_scope, asam_eta, weight_decay, swa_start, kwargs.get("policy_kwargs")
         )
+        self._init_dropout(dropout, critic_dropout)
         super().__init__(policy, env, **kwargs)
 
     def _setup_model(self) -> None:
