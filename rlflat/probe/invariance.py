@@ -107,7 +107,12 @@ INVARIANCE: dict[str, Invariance] = {
         "exact",
         _FISHER,
     ),
-    "fisher_trace": Invariance("trace of the Fisher (Hutchinson)", False, "monte_carlo", _FISHER),
+    "fisher_trace": Invariance(
+        "trace of the Fisher, exact from per-sample Jacobians (Hutchinson in probe files without trace_method)",
+        False,
+        "exact",
+        _FISHER,
+    ),
     "fisher_rao_norm": Invariance(
         "Fisher-Rao norm theta^T F theta (Liang et al., 2019)",
         True,
@@ -122,7 +127,7 @@ INVARIANCE: dict[str, Invariance] = {
         _FISHER_ADAPTIVE,
     ),
     "fisher_adaptive_trace": Invariance(
-        "trace of D F D = sum_i theta_i^2 F_ii (Hutchinson)", True, "monte_carlo", _FISHER_ADAPTIVE
+        "trace of D F D = sum_i theta_i^2 F_ii, exact as fisher_trace", True, "exact", _FISHER_ADAPTIVE
     ),
     "entropy": Invariance("confound: mean policy entropy on the probe batches", True, "exact", "a function of pi only"),
     "max_action_prob": Invariance(
@@ -217,6 +222,7 @@ NOT_MEASURES: frozenset[str] = frozenset(
         "directions",
         "hessian_method",
         "density_method",
+        "fisher_trace_method",
         "wall_seconds",
         "param_norm.<name>",
     }

@@ -147,7 +147,8 @@ def metrics_block(
     trace > 0), ``lambda_max_over_abs_sum`` (whole spectrum only), ``negative_mass_fraction`` (sum |lambda| of
     negative eigenvalues / sum |lambda|), ``negative_count_fraction`` (spectral mass below -1e-3 max|lambda|);
     of the Fisher (:mod:`rlflat.probe.fisher`): ``fisher_lambda_max``, ``fisher_trace``, ``fisher_rao_norm``,
-    ``fisher_adaptive_lambda_max``, ``fisher_adaptive_trace``; confounds: ``entropy`` (mean policy entropy on the
+    ``fisher_adaptive_lambda_max``, ``fisher_adaptive_trace``, ``fisher_trace_method`` (``exact``; ``hutchinson`` for
+    older probe files); confounds: ``entropy`` (mean policy entropy on the
     batch), ``max_action_prob`` (Discrete) or ``log_std`` (Box), ``param_norm.<parameter>`` (no SE: fixed);
     ``nominal_return``, ``return_halving_sigma`` (configured kind), ``return_halving_sigma_raw``; per reference sigma s
     (0.1 -> ``0p1``) along the configured kind: ``kl_sigma<s>`` (mean KL of perturbed vs original policy),
@@ -182,6 +183,8 @@ def metrics_block(
         _with_se(block, key, hess, key)
     for key in _FISHER_KEYS:
         _with_se(block, f"fisher_{key}", result.get("fisher"), key)
+    if result.get("fisher"):  # absent in older probe files, whose Fisher traces are Hutchinson estimates
+        block["fisher_trace_method"] = result["fisher"].get("trace_method", "hutchinson")
     confounds = result.get("confounds") or {}
     for key in _CONFOUND_KEYS:
         if key in confounds:

@@ -298,7 +298,7 @@ def _replicate(
     if "fisher" in measures:
         result["fisher"] = run(
             "fisher",
-            lambda: fisher_measures(policy, batch, params, trace_probes=opts.trace_probes, seed=opts.seed),
+            lambda: fisher_measures(policy, batch, params, seed=opts.seed),
         )
     perturbation: dict[str, Any] = {"average": None, "worst_case": None}
     eval_seed = subseed(opts.seed, "evaluation")

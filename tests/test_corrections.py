@@ -1,0 +1,148 @@
+"""Issue 20's corrections: the exact Fisher trace against a dense float64 Fisher built from explicit per-sample
+score outer products (enumerated actions for Discrete, Gauss-Hermite quadrature for Box, exact for the
+polynomial scores of a Gaussian), and a Hutchinson estimate's standard error covering its own error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import PPO
+
+from rlflat.policy import FunctionalPolicy, load_policy
+from rlflat.probe.batch import collect_batch
+from rlflat.probe.fisher import exact_fisher_traces, fisher_measures
+from rlflat.probe.losses import scope_params
+from rlflat.probe.spectrum import hutchinson_trace
+from rlflat.tasks import load_task, make_env
+
+torch.set_num_threads(1)
+
+
+def _saved_policy(directory: Path, task: str, steps: int) -> FunctionalPolicy:
+    spec = load_task(task)
+    model = PPO("MlpPolicy", make_env(spec), seed=0, n_steps=64, batch_size=32, policy_kwargs={"net_arch": [8, 8]})
+    model.learn(steps)
+    model.save(directory / "model.zip")
+    return load_policy(directory / "model.zip")
+
+
+def _score(policy: FunctionalPolicy, params: dict[str, torch.Tensor], obs: torch.Tensor, action: torch.Tensor):
+    """grad_theta log pi(action | obs) in float64, flattened in ``params``' order."""
+    live = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    logp = policy.log_prob(live, obs[None], action[None]).sum()
+    grads = torch.autograd.grad(logp, list(live.values()), allow_unused=True)
+    return torch.cat(
+        [(torch.zeros_like(v) if g is None else g).reshape(-1) for v, g in zip(live.values(), grads, strict=True)]
+    )
+
+
+def _dense_fisher_discrete(policy: FunctionalPolicy, params: dict[str, torch.Tensor], obs: torch.Tensor):
+    """F = mean_s sum_a p(a|s) g_a g_a^T, g_a the score of action a: every action enumerated."""
+    fisher = 0.0
+    for o in obs:
+        probs = policy.distribution(params, o[None]).probs[0]  # type: ignore[attr-defined]
+        for a in range(probs.shape[0]):
+            g = _score(policy, params, o, torch.tensor(float(a)))
+            fisher = fisher + float(probs[a]) * torch.outer(g, g)
+    return fisher / len(obs)
+
+
+def _dense_fisher_gaussian(policy: FunctionalPolicy, params: dict[str, torch.Tensor], obs: torch.Tensor):
+    """F = mean_s E_{a ~ N(mu, sigma)}[g g^T] by 6-node Gauss-Hermite quadrature (one action dimension): the
+    scores are polynomials of degree <= 2 in a, so their outer products (degree <= 4) are integrated exactly."""
+    nodes, weights = np.polynomial.hermite_e.hermegauss(6)
+    weights = weights / weights.sum()
+    fisher = 0.0
+    for o in obs:
+        dist = policy.distribution(params, o[None])
+        mu, sigma = float(dist.loc[0, 0]), float(dist.scale[0, 0])  # type: ignore[attr-defined]
+        for x, w in zip(nodes, weights, strict=True):
+            g = _score(policy, params, o, torch.tensor([mu + sigma * x], dtype=torch.float64))
+            fisher = fisher + float(w) * torch.outer(g, g)
+    return fisher / len(obs)
+
+
+def _double(policy: FunctionalPolicy, scope: str) -> dict[str, torch.Tensor]:
+    """The policy in float64 throughout (SB3's preprocessing casts observations to float32: bypassed for these
+    flat Box observations)."""
+    policy.policy.double()
+    policy.policy.extract_features = lambda obs, *_: obs.reshape(obs.shape[0], -1)  # type: ignore[method-assign]
+    policy.params = {k: v.double() for k, v in policy.params.items()}
+    return scope_params(policy, scope)
+
+
+def test_exact_fisher_trace_equals_a_dense_float64_fisher_from_score_outer_products_discrete(tmp_path: Path) -> None:
+    policy = _saved_policy(tmp_path, "CartPole", 128)
+    obs = policy.preprocess(collect_batch(policy, load_task("CartPole"), 64, seed=1).observations)[:24].double()
+    params = _double(policy, "actor")
+    dense = _dense_fisher_discrete(policy, params, obs)
+    theta = torch.cat([v.reshape(-1) for v in params.values()])
+    trace, adaptive = exact_fisher_traces(policy, obs, params)
+    assert trace == pytest.approx(float(torch.trace(dense)), rel=1e-9)
+    assert adaptive == pytest.approx(float((theta**2 * torch.diagonal(dense)).sum()), rel=1e-9)
+    assert trace >= float(torch.linalg.eigvalsh(dense)[-1])  # PSD: the trace bounds the top eigenvalue
+
+
+@pytest.mark.parametrize("scope", ["actor", "all"])  # "all" holds log_std: its curvature enters through sigma
+def test_exact_fisher_trace_equals_a_dense_float64_fisher_from_score_outer_products_gaussian(
+    tmp_path: Path, scope: str
+) -> None:
+    policy = _saved_policy(tmp_path, "Pendulum", 64)
+    obs = policy.preprocess(collect_batch(policy, load_task("Pendulum"), 32, seed=1).observations)[:16].double()
+    params = _double(policy, scope)
+    dense = _dense_fisher_gaussian(policy, params, obs)
+    theta = torch.cat([v.reshape(-1) for v in params.values()])
+    trace, adaptive = exact_fisher_traces(policy, obs, params)
+    assert trace == pytest.approx(float(torch.trace(dense)), rel=1e-9)
+    assert adaptive == pytest.approx(float((theta**2 * torch.diagonal(dense)).sum()), rel=1e-9)
+    if scope == "all":  # log_std's own Fisher entry is 2 (one action dimension), the critic's rows are zero
+        names = list(params)
+        offset = sum(params[n].numel() for n in names[: names.index("log_std")])
+        assert float(dense[offset, offset]) == pytest.approx(2.0, rel=1e-9)
+
+
+def test_the_probe_reports_the_exact_trace_above_its_top_eigenvalue(tmp_path: Path) -> None:
+    policy = _saved_policy(tmp_path, "CartPole", 128)
+    batch = collect_batch(policy, load_task("CartPole"), 128, seed=2)
+    params = scope_params(policy, "actor")
+    out = fisher_measures(policy, batch, params, seed=0)
+    trace, adaptive = exact_fisher_traces(policy, policy.preprocess(batch.observations), params)
+    assert out["trace_method"] == "exact" and out["trace"] == trace and out["adaptive_trace"] == adaptive
+    assert out["trace"] >= out["lambda_max"] * (1 - 1e-4) and out["adaptive_trace"] >= out["adaptive_lambda_max"] * (
+        1 - 1e-4
+    )
+
+
+class _Dense:
+    """A fixed symmetric matrix as a matvec operator (the interface hutchinson_trace takes)."""
+
+    def __init__(self, matrix: torch.Tensor) -> None:
+        self.matrix, self.n, self.dtype, self.hvp_count = matrix, matrix.shape[0], matrix.dtype, 0
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        self.hvp_count += 1
+        return self.matrix @ v
+
+
+def _coverage(matrix: torch.Tensor, replicates: int, probes: int, se_factor: float) -> float:
+    op, truth = _Dense(matrix), float(torch.trace(matrix))
+    hits = 0
+    for r in range(replicates):
+        est = hutchinson_trace(op, probes, seed=r)
+        hits += abs(est.estimate - truth) <= 1.96 * se_factor * est.stderr
+    return hits / replicates
+
+
+def test_a_hutchinson_standard_error_covers_its_own_error_over_replicates() -> None:
+    """~95% of 400 replicate estimates lie within 1.96 SE of the true trace (binomial SD 1.1 points); the same
+    bounds fail for an SE half or twice as large, so the test can tell a wrong SE."""
+    gen = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(40, 40, generator=gen, dtype=torch.float64))
+    matrix = q @ torch.diag(torch.linspace(0.1, 3.0, 40, dtype=torch.float64)) @ q.T
+    lo, hi = 0.91, 0.985
+    assert lo <= _coverage(matrix, 400, 100, 1.0) <= hi
+    assert _coverage(matrix, 400, 100, 0.5) < lo
+    assert _coverage(matrix, 400, 100, 2.0) > hi
