@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno as _errno
+import functools
 import json
 import os
+import secrets
 import shutil
+import stat
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -23,7 +29,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.chmod(tmp_path, 0o666 & ~umask())  # mkstemp creates 0600; results should read like any other file
     try:
         yield tmp_path
-        os.replace(tmp_path, path)
+        _replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -36,41 +42,211 @@ def umask() -> int:
     return mask
 
 
+STAGING_SUFFIX = ".rlflat-staging"
+"""Every staging folder is ``.<out name>.<32 hex digits>.rlflat-staging`` beside ``out``."""
+STAGING_MARKER = ".rlflat-staging"
+"""A file inside each staging folder whose text names that folder (its random token included); cleanup removes a
+folder only when the marker is there with exactly that text, so a user's ``.run.backup`` or a copied marker never
+matches."""
+_NEW, _OLD = "new", "old"
+_TOKEN_HEX = 32
+
+
+def _marker_text(folder_name: str) -> str:
+    return f"rlflat staging folder {folder_name}; removed by the next rlflat command writing beside it\n"
+
+
+def _new_staging(out: Path) -> Path:
+    """Create ``.<out name>.<token>.rlflat-staging/`` beside ``out`` with its marker and an empty ``new/``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    mode = 0o777 & ~umask()
+    while True:
+        name = f".{out.name}.{secrets.token_hex(_TOKEN_HEX // 2)}{STAGING_SUFFIX}"
+        staging = out.parent / name
+        try:
+            staging.mkdir(mode=0o700)
+        except FileExistsError:  # pragma: no cover - 128 random bits
+            continue
+        break
+    (staging / STAGING_MARKER).write_text(_marker_text(name))
+    (staging / _NEW).mkdir()
+    (staging / _NEW).chmod(mode)  # results read like any other folder (not mkdir's 0700 under a 077 umask)
+    return staging
+
+
+def _is_staging(parent: Path, entry: str, out_name: str) -> bool:
+    """Whether ``parent/entry`` is a staging folder of ``out_name`` created by :func:`_new_staging` (literal
+    name match, a real directory, its marker present with exactly the expected text)."""
+    prefix = f".{out_name}."
+    if not (entry.startswith(prefix) and entry.endswith(STAGING_SUFFIX)):
+        return False
+    token = entry[len(prefix) : len(entry) - len(STAGING_SUFFIX)]
+    if len(token) != _TOKEN_HEX or any(c not in "0123456789abcdef" for c in token):
+        return False
+    path = parent / entry
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            return False
+        marker = path / STAGING_MARKER
+        if not stat.S_ISREG(os.lstat(marker).st_mode) or marker.stat().st_size > 4096:
+            return False
+        return marker.read_text() == _marker_text(entry)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+# -- renames: every one goes through _replace or _exchange, so a test can stop the program at any of them -----
+
+RENAME_HOOK: Callable[[str, Path, Path], None] | None = None
+"""Called before every rename this module makes (``"replace"`` or ``"exchange"``, source, destination): a fault
+hook for the tests that kill a writer at each rename in turn."""
+
+
+def _replace(src: Path, dst: Path) -> None:
+    if RENAME_HOOK is not None:
+        RENAME_HOOK("replace", src, dst)
+    os.replace(src, dst)
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap ``a`` and ``b`` in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    if RENAME_HOOK is not None:
+        RENAME_HOOK("exchange", a, b)
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    errno = ctypes.get_errno()
+    if errno in (_errno.EINVAL, _errno.ENOSYS, _errno.ENOTSUP, _errno.EOPNOTSUPP):
+        return False  # a file system without exchange: the caller falls back to two renames
+    raise OSError(errno, os.strerror(errno), str(b))
+
+
+@functools.cache
+def _renameat2() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Make ``staging/new`` be ``out``: one rename, or one exchange when ``out`` exists, then drop the staging
+    folder (holding the old set after an exchange). A kill at any point leaves ``out`` old or new, never a mix;
+    the staging folder it leaves is removed (or, after the two-rename fallback, put back) by
+    :func:`remove_stale_staging`."""
+    new = staging / _NEW
+    if not os.path.lexists(out):
+        _replace(new, out)
+    elif not _exchange(new, out):  # no atomic exchange here: two renames; a kill between is undone on cleanup
+        _replace(out, staging / _OLD)
+        try:
+            _replace(new, out)
+        except BaseException:
+            _replace(staging / _OLD, out)
+            raise
+    shutil.rmtree(staging, ignore_errors=True)
+
+
 @contextmanager
 def staging_dir(out: str | Path) -> Iterator[Path]:
-    """Yield a fresh hidden directory beside ``out``; publish it as ``out`` only if the block succeeds.
+    """Yield a fresh folder to fill; publish it as ``out`` (replacing an existing ``out``) if the block succeeds.
 
-    The directory is ``.<out name>.<random>`` in ``out``'s parent (so the final rename stays on one file
-    system), readable like any other folder (``0o777 & ~umask``, not mkdtemp's 0700). If the block raises, or
-    publishing fails, the staging directory is removed and ``out`` is left as it was.
+    The folder is ``new/`` inside a marked staging folder beside ``out`` (:data:`STAGING_SUFFIX`; same file
+    system, so publishing is a rename, or one atomic exchange when ``out`` exists). If the block raises, or
+    publishing fails, the staging folder is removed and ``out`` is left as it was.
     """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    staging.chmod(0o777 & ~umask())
+    staging = _new_staging(out)
     try:
         with _directory_lock(staging):  # held while in use: remove_stale_staging leaves a live one alone
-            yield staging
-        publish_dir(staging, out)
+            yield staging / _NEW
+            _publish(staging, out)
     finally:
         if staging.exists():
-            shutil.rmtree(staging)
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def update_dir(target: str | Path, build: Callable[[Path], Any]) -> Any:
+    """Change several files of the folder ``target`` as one unit; returns what ``build`` returns.
+
+    ``build`` gets a copy of ``target`` (hard links: no data copied) and writes or removes files in it; the copy
+    is then swapped in by one atomic exchange, so readers and a kill at any moment see the old set of files or
+    the new one, never a mix. ``build`` must replace files (the ``write_*`` helpers here rename a temporary
+    file), never write into an existing one, which would change the linked original too. Writers of one folder
+    are serialised by a lock on its parent, so concurrent updates (the probe's and the evaluator's metrics.json
+    blocks) cannot lose each other's files. ``target`` is created when missing.
+    """
+    target = Path(os.path.realpath(target))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _directory_lock(target.parent):
+        remove_stale_staging(target)
+        staging = _new_staging(target)
+        try:
+            with _directory_lock(staging):
+                if target.is_dir():
+                    _link_tree(target, staging / _NEW)
+                result = build(staging / _NEW)
+                _publish(staging, target)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+    return result
+
+
+def _link_tree(source: Path, dest: Path) -> None:
+    """Recreate ``source`` under ``dest`` (existing) with hard links to its files (a copy where links fail)."""
+    for entry in os.scandir(source):
+        target = dest / entry.name
+        if entry.is_dir(follow_symlinks=False):
+            target.mkdir()
+            shutil.copystat(entry.path, target)
+            _link_tree(Path(entry.path), target)
+        elif entry.is_symlink():
+            os.symlink(os.readlink(entry.path), target)
+        else:
+            try:
+                os.link(entry.path, target)
+            except OSError:
+                shutil.copy2(entry.path, target)
 
 
 def remove_stale_staging(out: str | Path) -> list[Path]:
-    """Remove what killed writers of ``out`` left: hidden ``.<out name>.<random>`` staging and trash folders.
+    """Remove what killed writers of ``out`` left: marked staging folders of ``out`` that no process holds.
 
-    A live :func:`staging_dir` holds an ``flock`` on its folder, which the kernel drops when its process dies
-    (even on ``kill -9``); a folder whose lock can be taken has no writer and goes. Returns what was removed.
+    Only folders :func:`staging_dir` / :func:`update_dir` created are touched: the name must be exactly
+    ``.<out name>.<32 hex>.rlflat-staging`` (compared as a string, never a glob pattern) and the folder must hold
+    its marker file naming it. A live writer holds an ``flock`` on its folder, which the kernel drops when its
+    process dies (even on ``kill -9``). A folder left between the two renames of the no-exchange fallback, with
+    ``out`` missing, holds the old set: it is put back as ``out`` rather than deleted. Returns what was removed.
     """
     out = Path(out)
-    if not out.parent.is_dir():
+    parent = out.parent
+    try:
+        entries = os.listdir(parent)
+    except OSError:
         return []
     removed = []
-    for path in out.parent.glob(f".{out.name}.*"):
-        if path.is_dir() and not path.is_symlink() and len(path.name) > len(out.name) + 2 and _unlocked(path):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
+    for entry in entries:
+        path = parent / entry
+        if not _is_staging(parent, entry, out.name) or not _unlocked(path):
+            continue
+        old = path / _OLD
+        if os.path.isdir(old) and not os.path.lexists(out):
+            os.replace(old, out)  # recovery: never counted as a rename of a publication
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
     return removed
 
 
@@ -118,32 +294,6 @@ def check_output_dir(out: str | Path, flag: str = "--out", *, published: bool = 
         raise RlflatError(
             f"{flag} {out}: cannot write in {ancestor} ({exc.strerror or exc}); choose another {flag}"
         ) from None
-    return out
-
-
-def publish_dir(staging: str | Path, out: str | Path) -> Path:
-    """Move the finished directory ``staging`` to ``out`` by rename; an existing ``out`` is replaced.
-
-    ``staging`` must be on ``out``'s file system (see :func:`staging_dir`). An existing ``out`` is first
-    renamed to a hidden ``.<out name>.<random>.old`` and deleted after: two renames, so a crash in between
-    leaves no ``out`` at all (and the hidden leftover to clean up), never a mix of old and new files.
-    """
-    staging, out = Path(staging), Path(out)
-    if not out.exists():
-        os.replace(staging, out)
-        return out
-    trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-    try:
-        os.replace(out, trash)  # POSIX rename may replace an empty directory
-    except BaseException:
-        trash.rmdir()
-        raise
-    try:
-        os.replace(staging, out)
-    except BaseException:
-        os.replace(trash, out)  # put the old one back
-        raise
-    shutil.rmtree(trash, ignore_errors=True)
     return out
 
 

@@ -151,8 +151,8 @@ def train_run(
     that the run id does not hash, ``effective_hyperparameters``: every value the model trains with, SB3's
     and the policy's defaults included (see :func:`rlflat.algos.effective_hyperparameters`).
 
-    On divergence (a non-finite loss or parameter) the run directory records ``status: failed`` and the error,
-    and holds no model; the error is re-raised for the caller. An existing, non-empty ``out`` is refused unless
+    On divergence (a non-finite loss or parameter) :class:`rlflat.algos.TrainingDiverged` is raised and nothing
+    is written (an existing ``out`` stays as it was; the sweep records its own ``failure.json``). An existing, non-empty ``out`` is refused unless
     ``force``, and then replaced only when the new run is complete (one rename; the old run stays until then).
     Staging folders of killed earlier trainings into ``out`` are removed first.
     """
@@ -172,16 +172,9 @@ def train_run(
         "reproducibility": REPRODUCIBILITY,
         **(extra or {}),
     }
-    diverged: algos.TrainingDiverged | None = None
-    with staging_dir(out) as staging:  # a diverged run is published too, with its status: failed
-        try:
-            metrics = _train_into(staging, spec, full_config, device, progress)
-            write_json(staging / "metrics.json", {"status": "ok", "train": metrics})
-        except algos.TrainingDiverged as exc:
-            write_json(staging / "metrics.json", {"status": "failed", "error": str(exc)})
-            diverged = exc
-    if diverged is not None:
-        raise diverged
+    with staging_dir(out) as staging:  # a diverged training raises here: nothing is published
+        metrics = _train_into(staging, spec, full_config, device, progress)
+        write_json(staging / "metrics.json", {"status": "ok", "train": metrics})
     return out
 
 
@@ -224,7 +217,7 @@ def _train_into(
         "return_mean": float(np.mean(returns)),
         "return_std": float(np.std(returns)),
         "episodes": len(returns),
-        "solved": bool(np.mean(returns) >= spec.solved_threshold),
+        "solved": spec.returns_solved(returns),
         "total_timesteps": int(model.num_timesteps),
         "wall_seconds": wall,
         "steps_per_second": model.num_timesteps / wall if wall > 0 else math.nan,

@@ -21,7 +21,7 @@ import yaml
 
 from rlflat.cli import run_cli
 from rlflat.errors import RlflatError
-from rlflat.io import publish_dir, read_json, staging_dir, umask, write_json
+from rlflat.io import read_json, staging_dir, umask, write_json
 from rlflat.sweep import (
     collect,
     executors,
@@ -243,15 +243,15 @@ def test_staging_dir_publishes_atomically_or_not_at_all(tmp_path: Path) -> None:
         raise ZeroDivisionError
     assert list(tmp_path.iterdir()) == []  # nothing published, no staging left
     with staging_dir(out) as staging:
-        assert staging.parent == tmp_path and staging.name.startswith(".run.")
+        assert staging.parent.parent == tmp_path and staging.parent.name.startswith(".run.")
         (staging / "a.txt").write_text("old")
     assert (out / "a.txt").read_text() == "old" and out.stat().st_mode & 0o777 == 0o777 & ~umask()
     with staging_dir(out) as staging:  # an existing directory is replaced as a whole
         (staging / "b.txt").write_text("new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and [p.name for p in out.iterdir()] == ["b.txt"]
-    other = tmp_path / "other"
-    other.mkdir()
-    assert publish_dir(other, out) == out and not other.exists() and list(out.iterdir()) == []
+    with staging_dir(out):  # an empty folder replaces it too
+        pass
+    assert list(out.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 def test_cli_errors_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
