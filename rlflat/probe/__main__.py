@@ -66,6 +66,13 @@ def _parser() -> ArgumentParser:
     p.add_argument("--landscape-points", type=int, help=f"1-D slice points (default {d.landscape_points})")
     p.add_argument("--landscape-span", type=float, help=f"slice half-width (default {d.landscape_span})")
     p.add_argument("--interpolate", metavar="RUN_B", help="also probe the linear path to this policy")
+    p.add_argument(
+        "--connect",
+        metavar="RUN_B",
+        help="instead of the sharpness probe: loss and return barriers along the line and a fitted Bezier curve "
+        "to this policy (rlflat.probe.connect; uses --batches, --batch, --seed, --episodes, --quick)",
+    )
+    p.add_argument("--connect-steps", type=int, help="Adam steps of the curve's control point (default 400)")
     p.add_argument("--quick", action="store_true", help="smaller sizes for smoke tests")
     p.add_argument("--no-metrics", action="store_true", help="do not add the probe block to metrics.json")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -103,6 +110,8 @@ _OPTION_FLAGS = (
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     set_torch_threads(args.threads)
+    if args.connect is not None:
+        return _connect(args)
     options: dict[str, Any] = {name: getattr(args, name) for name in _OPTION_FLAGS}
     options["quick"] = args.quick
     if args.normalize_1d:
@@ -122,6 +131,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         **options,
     )
     _print_summary(result, last_timing(), out_dir)
+    return 0
+
+
+_CONNECT_FLAGS = {
+    "batches": "batches",
+    "batch": "batch",
+    "seed": "seed",
+    "episodes": "episodes",
+    "connect_steps": "steps",
+}
+
+
+def _connect(args: argparse.Namespace) -> int:
+    """``--connect RUN_B``: the curve probe alone (rlflat.probe.connect), its JSON, NPZ and figure."""
+    from rlflat.errors import RlflatError
+    from rlflat.probe.connect import connect_runs
+    from rlflat.report.figures.curves import plot_connection
+    from rlflat.report.figures.style import save_figure
+
+    other = [
+        f"--{k.replace('_', '-')}" for k in _OPTION_FLAGS if k not in _CONNECT_FLAGS and getattr(args, k) is not None
+    ]
+    other += ["--normalize-1d"] * args.normalize_1d + ["--no-metrics"] * args.no_metrics
+    if other:
+        raise RlflatError(f"--connect runs the curve probe alone; {', '.join(other)} only apply to the sharpness probe")
+    options = {dest: getattr(args, k) for k, dest in _CONNECT_FLAGS.items() if getattr(args, k) is not None}
+    result, path = connect_runs(
+        args.path,
+        args.connect,
+        task=args.task,
+        out=args.out,
+        force=args.force,
+        trust=args.trust,
+        vecnormalize=args.vecnormalize,
+        quick=args.quick,
+        **options,
+    )
+    fig, _ = plot_connection(result, title=f"{Path(result['a']).name} to {Path(result['b']).name}")
+    figure = save_figure(fig, path.with_suffix(".png"))
+    print(f"connect ({result['config']['batches']} replicates; +- is the SE over them; loss {result['loss_name']})")
+    for name in ("line", "curve"):
+        entry = result[name]
+        print(
+            f"{name}: loss barrier {_pm(entry, 'loss_barrier')}  mean loss {_pm(entry, 'loss_mean')}  "
+            f"return barrier {_pm(entry, 'return_barrier')}"
+        )
+    print(f"distance |a - b| {_pm(result, 'distance')}  control offset from midpoint {_pm(result, 'control_offset')}")
+    print(path)
+    print(figure)
     return 0
 
 
