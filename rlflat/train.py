@@ -9,6 +9,11 @@ temporary name and renamed into place, so a crash never leaves a half-written ru
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # --help and argument errors answer before the heavy imports below (rlflat.fastcli)
+    from rlflat.fastcli import answer_early
+
+    answer_early("train")
+
 import csv
 import hashlib
 import json

@@ -6,6 +6,11 @@ Without family options the task's default suite is swept; with any of --suite/--
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # --help and argument errors answer before the heavy imports below (rlflat.fastcli)
+    from rlflat.fastcli import answer_early
+
+    answer_early("evaluate")
+
 import sys
 from collections.abc import Sequence
 from dataclasses import replace

@@ -6,6 +6,11 @@ code 2, with nothing written.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # --help and argument errors answer before the heavy imports below (rlflat.fastcli)
+    from rlflat.fastcli import answer_early
+
+    answer_early("probe")
+
 import argparse
 import sys
 from collections.abc import Mapping, Sequence

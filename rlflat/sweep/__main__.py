@@ -7,6 +7,11 @@ command to resume).
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # --help and argument errors answer before the heavy imports below (rlflat.fastcli)
+    from rlflat.fastcli import answer_early
+
+    answer_early("sweep")
+
 import sys
 from collections.abc import Sequence
 from pathlib import Path
