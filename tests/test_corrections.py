@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from stable_baselines3 import PPO
@@ -146,3 +147,57 @@ def test_a_hutchinson_standard_error_covers_its_own_error_over_replicates() -> N
     assert lo <= _coverage(matrix, 400, 100, 1.0) <= hi
     assert _coverage(matrix, 400, 100, 0.5) < lo
     assert _coverage(matrix, 400, 100, 2.0) > hi
+
+
+# ----- one unsolved rule ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mean", "se", "verdict"),
+    [
+        (474.94, 5.107, "borderline"),  # cartpole_v2's pg_sam-s3-4adbeec9c8: 0.06 below, SE 5.1
+        (462.5, 14.19, "borderline"),  # upper bound 490.3
+        (465.0, 5.0, "unsolved"),  # upper bound 474.8 < 475
+        (485.0, 5.0, "solved"),  # lower bound 475.2
+        (480.0, 5.0, "borderline"),  # above the threshold, lower bound 470.2 below it
+        (474.9, None, "unsolved"),  # no SE: the mean alone
+        (475.0, None, "solved"),
+        (float("nan"), 1.0, "unsolved"),
+    ],
+)
+def test_the_unsolved_rule_uses_the_upper_95_bound(mean: float, se: float | None, verdict: str) -> None:
+    from rlflat.tasks.spec import solved_verdict
+
+    assert solved_verdict(mean, se, 475.0) == verdict
+
+
+def test_train_table_and_report_apply_one_rule() -> None:
+    """Training's ``solved`` (per-episode returns), the runs table (from an evaluator block written under the old
+    rule) and the report (from the table's columns) agree on every case of the rule."""
+    from rlflat.report.solved import run_verdicts
+    from rlflat.sweep.table import _verdict
+    from rlflat.tasks.spec import returns_standard_error
+
+    task = load_task("CartPole")
+    rng = np.random.default_rng(0)
+    for centre in (440.0, 470.0, 474.0, 478.0, 500.0):
+        returns = np.clip(centre + rng.normal(0, 30, 20), 0, 500)
+        mean, se = float(np.mean(returns)), returns_standard_error(returns)
+        assert se == pytest.approx(float(np.std(returns, ddof=1) / np.sqrt(20)))
+        old_block = {"nominal_return": mean, "nominal_return_se": se, "solved_threshold": 475.0,
+                     "unsolved": mean < 475.0}  # fmt: skip
+        verdict = _verdict({"robustness": old_block})
+        assert verdict == task.verdict(mean, se)
+        assert task.returns_solved(returns) == (verdict != "unsolved")
+        row = pd.DataFrame([{f"robustness.{k}": v for k, v in old_block.items()} | {"unsolved": mean < 475.0}])
+        assert run_verdicts(row).iloc[0] == verdict
+    assert _verdict({"train": {"solved": False}}) == "unsolved" and _verdict({}) is None
+
+
+def test_the_committed_borderline_run_is_counted_as_solved() -> None:
+    from rlflat.sweep.table import build_table
+
+    table = build_table(Path(__file__).resolve().parents[1] / "results" / "cartpole_v2")
+    row = table[table["run_id"].str.endswith("4adbeec9c8")].iloc[0]
+    assert row["robustness.nominal_return"] == pytest.approx(474.94)
+    assert row["solved_verdict"] == "borderline" and not row["unsolved"] and row["train.solved"]

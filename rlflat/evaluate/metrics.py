@@ -413,6 +413,7 @@ def robustness_block(table: pd.DataFrame, task: TaskSpec, collapse_frac: float =
     if len(nominal) != 1:
         raise RlflatError(f"robustness table needs exactly one nominal row, found {len(nominal)}")
     nominal_return = float(nominal["return_mean"].iloc[0])
+    nominal_se = _standard_error(nominal["returns"].iloc[0]) if "returns" in table else None
     parameters, grids, noise = _family_blocks(table, collapse_frac)
     others = table[table["family"] != NOMINAL]
     distinct = distinct_settings(table)
@@ -433,10 +434,11 @@ def robustness_block(table: pd.DataFrame, task: TaskSpec, collapse_frac: float =
         "deterministic": table.attrs.get("deterministic"),
         "nominal_return": nominal_return,
         "nominal_return_std": float(nominal["return_std"].iloc[0]) if "return_std" in table else None,
-        "nominal_return_se": _standard_error(nominal["returns"].iloc[0]) if "returns" in table else None,
+        "nominal_return_se": nominal_se,
         "nominal_normalized_return": float(nominal["normalized_return"].iloc[0]),
         "solved_threshold": task.solved_threshold,
-        "unsolved": not task.is_solved(nominal_return),
+        "solved_verdict": task.verdict(nominal_return, nominal_se),
+        "unsolved": not task.is_solved(nominal_return, nominal_se),
         "parameters": parameters,
         **censored_minimum(parameters),
         "auc_mean": float(np.mean(aucs)) if aucs else None,

@@ -37,7 +37,9 @@ class Context:
     corr_runs: pd.DataFrame | None = None
     """The runs that enter sharpness-robustness correlations: solved ones unless ``include_unsolved``."""
     unsolved: pd.DataFrame | None = None
-    """Runs below their task's solved threshold (listed in the report)."""
+    """Runs below their task's solved threshold by :func:`rlflat.tasks.spec.solved_verdict` (listed)."""
+    borderline: pd.DataFrame | None = None
+    """Runs whose nominal return's 95% interval holds the threshold: counted as solved, listed as borderline."""
     bracket_ties: dict[str, int] = field(default_factory=dict)
     """Collapse column -> runs whose crossing shares its bracket with another run's (ranked as ties)."""
     written: list[Path] = field(default_factory=list)

@@ -35,9 +35,12 @@ from rlflat.report.sections_flatness import section_flatness_vs_algorithm
 from rlflat.report.sections_stability import section_stability
 from rlflat.report.sections_stats import section_comparisons, section_correlations
 from rlflat.report.settings import ReportSettings, load_report_settings
+from rlflat.report.solved import VERDICT_WORDS, run_verdicts
 from rlflat.report.study import Study, load_robustness, load_study, skipped_runs
 
 DEFAULT_COLLAPSE_FRAC = 0.5
+
+_SOLVED_COLUMNS = ("robustness.nominal_return", "robustness.nominal_return_se", "robustness.solved_threshold")
 
 
 def _collapse_frac(runs: pd.DataFrame, settings: ReportSettings, doc: Document) -> float:
@@ -95,13 +98,19 @@ def _section_overview(ctx: Context) -> None:
     if len(unsolved):
         cols = [
             c
-            for c in ("run_id", "algo", "seed", "robustness.nominal_return", "robustness.solved_threshold")
+            for c in ("run_id", "algo", "seed", *_SOLVED_COLUMNS)
             if c in unsolved
         ]
-        doc.table(unsolved[cols], "Unsolved runs: nominal return below the task's solved threshold.")
+        doc.table(unsolved[cols], f"Runs {VERDICT_WORDS['unsolved']}.")
         ctx.save_table(unsolved[cols], "unsolved")
+    borderline = ctx.borderline if ctx.borderline is not None else runs.iloc[0:0]
+    if len(borderline):
+        cols = [c for c in ("run_id", "algo", "seed", *_SOLVED_COLUMNS) if c in borderline]
+        doc.table(borderline[cols], f"Runs {VERDICT_WORDS['borderline']}.")
+        ctx.save_table(borderline[cols], "borderline")
     doc.para(
-        f"{len(unsolved)} of {len(runs)} runs are unsolved (nominal return below the task's solved threshold); "
+        f"{len(unsolved)} of {len(runs)} runs are below the solved threshold (the upper 95% bound of the nominal "
+        f"return below it; {len(borderline)} more are borderline and count as solved); "
         + (
             f"they are kept in the sharpness-robustness correlations (include_unsolved), so {entering} runs enter them."
             if ctx.settings.include_unsolved
@@ -203,9 +212,11 @@ def _context(study: Study, out_dir: Path, settings: ReportSettings, figure_n_boo
     )
     ctx.collapse_frac = _collapse_frac(runs, settings, doc)
     ctx.bracket_ties = bracket_ties
-    if "unsolved" in runs.columns:
-        flags = runs["unsolved"].map(lambda v: v is True or v == 1 or str(v) == "True")
+    verdicts = run_verdicts(runs)
+    if verdicts.notna().any():
+        flags = verdicts == "unsolved"
         ctx.unsolved = runs[flags]
+        ctx.borderline = runs[verdicts == "borderline"]
         ctx.corr_runs = runs if settings.include_unsolved else runs[~flags]
     return ctx
 

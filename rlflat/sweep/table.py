@@ -3,7 +3,9 @@
 Columns are flat: the run's identity (``run_id``, ``algo``, ``task``, ``task_id``, ``seed``), its outcome
 (``status``, ``error``, ``failed_stage``, ``log``, ``path``), ``in_study`` (whether the run is one of the study's
 runs as ``study.yaml`` now stands: a run dir left from a grid point since removed is kept, but marked False),
-``unsolved`` (its nominal return is below the task's solved threshold: the report keeps it out of correlations),
+``unsolved`` and ``solved_verdict`` (:func:`rlflat.tasks.spec.solved_verdict`, the one rule: unsolved when even
+the upper 95% bound of the nominal return is below the task's solved threshold; the report keeps such runs out of
+correlations and lists ``borderline`` ones),
 every resolved hyperparameter as ``hp.<name>``,
 and every scalar of every ``metrics.json`` block as ``<block>.<key>`` with nested dicts joined by dots
 (``train.return_mean``, ``probe.hessian.lambda_max``, ``robustness.auc``). Lists and arrays in metrics are left
@@ -26,6 +28,7 @@ from rlflat.errors import RlflatError
 from rlflat.io import read_json, write_atomic
 from rlflat.sweep.config import expand_runs, parse_study_config
 from rlflat.sweep.pipeline import FAILURE_FILE, read_metrics, remaining_stages
+from rlflat.tasks.spec import solved_verdict
 
 RUNS_FILE = "runs.parquet"
 STUDY_FILE = "study.yaml"
@@ -38,6 +41,7 @@ ID_COLUMNS = (
     "status",
     "in_study",
     "unsolved",
+    "solved_verdict",
     "error",
     "failed_stage",
     "log",
@@ -160,18 +164,25 @@ def run_row(run_dir: Path, stages: Sequence[str], study_dir: Path | None = None)
         if isinstance(content, Mapping):
             for key, value in _flatten(content, keep_lists=False):
                 row[f"{block}.{key}"] = value
-    row["unsolved"] = _unsolved(metrics)
+    row["solved_verdict"] = _verdict(metrics)
+    row["unsolved"] = None if row["solved_verdict"] is None else row["solved_verdict"] == "unsolved"
     return row
 
 
-def _unsolved(metrics: Mapping[str, Any]) -> bool | None:
-    """Below the spec's solved threshold on the nominal task: the evaluator's verdict (its nominal row has the
-    most episodes), else training's final evaluation; None when neither was recorded."""
+def _verdict(metrics: Mapping[str, Any]) -> str | None:
+    """:func:`~rlflat.tasks.spec.solved_verdict` of the nominal return: the evaluator's (its nominal row has the
+    most episodes), recomputed from its mean, SE and threshold so that metrics written under an older rule get
+    this one; else training's final evaluation; None when neither was recorded."""
     robustness, train = metrics.get("robustness"), metrics.get("train")
+    if isinstance(robustness, Mapping) and isinstance(robustness.get("solved_threshold"), int | float):
+        mean, se = robustness.get("nominal_return"), robustness.get("nominal_return_se")
+        if isinstance(mean, int | float):
+            se_value = float(se) if isinstance(se, int | float) else None
+            return solved_verdict(float(mean), se_value, float(robustness["solved_threshold"]))
     if isinstance(robustness, Mapping) and isinstance(robustness.get("unsolved"), bool):
-        return bool(robustness["unsolved"])
+        return "unsolved" if robustness["unsolved"] else "solved"
     if isinstance(train, Mapping) and isinstance(train.get("solved"), bool):
-        return not train["solved"]
+        return "solved" if train["solved"] else "unsolved"
     return None
 
 

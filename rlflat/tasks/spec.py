@@ -154,6 +154,33 @@ class ReferenceReturns(BaseModel):
         return self
 
 
+SOLVED_Z = 1.959963984540054
+"""Two-sided 95% normal quantile of the one unsolved rule (:func:`solved_verdict`)."""
+SOLVED_VERDICTS: tuple[str, ...] = ("solved", "borderline", "unsolved")
+
+
+def solved_verdict(mean: float, se: float | None, threshold: float) -> str:
+    """The one unsolved rule, used by training's ``solved``, the runs table and the report.
+
+    A nominal return is a mean over a few episodes, so a run a hair below the threshold may have solved the task:
+    ``unsolved`` when even the upper end of the 95% interval mean + 1.96 SE is below the threshold, ``solved``
+    when its lower end reaches it, ``borderline`` when the interval holds the threshold (counted as solved, and
+    listed as borderline). Without a standard error (None, NaN) the mean alone decides; a NaN mean is unsolved.
+    """
+    if not math.isfinite(mean):
+        return "unsolved"
+    half = SOLVED_Z * se if se is not None and math.isfinite(se) else 0.0
+    if mean + half < threshold:
+        return "unsolved"
+    return "solved" if mean - half >= threshold else "borderline"
+
+
+def returns_standard_error(returns: Any) -> float | None:
+    """SE (ddof 1) of the mean of per-episode returns; None for fewer than two."""
+    values = np.asarray(returns, dtype=float).reshape(-1)
+    return float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
+
+
 class TaskSpec(BaseModel):
     """A task: its Gymnasium id, perturbable dynamics, noise families, solved threshold, tuned hyperparameters."""
 
@@ -185,9 +212,17 @@ class TaskSpec(BaseModel):
                 raise ValueError(f"default_suite names unknown parameter {name!r}")
         return self
 
-    def is_solved(self, nominal_return: float) -> bool:
-        """Whether a mean nominal return reaches the spec's solved threshold (False for NaN)."""
-        return bool(nominal_return >= self.solved_threshold)
+    def verdict(self, nominal_return: float, se: float | None = None) -> str:
+        """:func:`solved_verdict` of a mean nominal return (and its SE) against this task's threshold."""
+        return solved_verdict(float(nominal_return), se, self.solved_threshold)
+
+    def is_solved(self, nominal_return: float, se: float | None = None) -> bool:
+        """Not unsolved by :func:`solved_verdict` (a borderline run counts as solved)."""
+        return self.verdict(nominal_return, se) != "unsolved"
+
+    def returns_solved(self, returns: Any) -> bool:
+        """:meth:`is_solved` of per-episode returns: their mean and its standard error."""
+        return self.is_solved(float(np.mean(returns)), returns_standard_error(returns))
 
     def parameter(self, name: str) -> DynamicsParameter:
         """The named parameter, or a one-line error listing the task's parameters."""
