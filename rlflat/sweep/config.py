@@ -70,6 +70,9 @@ class StudyConfig(BaseModel):
     """Keyword options for ``rlflat.evaluate.evaluate_run``; ``false`` skips the evaluate stage."""
     report: dict[str, Any] = Field(default_factory=dict)
     """Settings for the report, validated by :func:`validate_report_settings` (kept here as given)."""
+    preregistration: str | None = None
+    """Path of a confirmatory study's ``preregistration.yaml``: the sweep locks its hash at the first run and refuses
+    a changed body without a dated amendment (:mod:`rlflat.study.lock`); the report runs its registered analysis."""
 
     @field_validator("name")
     @classmethod

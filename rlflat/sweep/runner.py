@@ -116,6 +116,7 @@ def run_sweep(
     result = SweepResult(study_dir=study_dir, plan=plan)
     check_output_dir(study_dir)
     _check_compatible(loaded, study_dir, force)  # a dry run refuses what the real run would refuse
+    _check_preregistration(loaded, study_dir, record=False)
     if dry_run:
         return result
     start = time.perf_counter()
@@ -139,6 +140,8 @@ def run_sweep(
             for p in plan
             if p.state != "done"
         ]
+        if jobs:  # the first run of a confirmatory study locks its preregistration's hash
+            _check_preregistration(loaded, study_dir, record=True)
         view = _ProgressView(len(plan), len(jobs), loaded.config.name, enabled=progress)
 
         def on_done(outcome: RunOutcome) -> None:
@@ -165,6 +168,15 @@ def run_sweep(
                 result.stale_table = not _same_table(result.table, pd.read_parquet(study_dir / RUNS_FILE))
             result.seconds = time.perf_counter() - start
     return result
+
+
+def _check_preregistration(study: LoadedStudy, study_dir: Path, *, record: bool) -> None:
+    """A confirmatory study: refuse a preregistration changed since the first run without an amendment."""
+    if study.config.preregistration is None:
+        return
+    from rlflat.study.lock import check_preregistration
+
+    check_preregistration(study.config.preregistration, study_dir, tasks=study.config.tasks, record=record)
 
 
 @contextmanager
