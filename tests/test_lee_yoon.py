@@ -170,3 +170,148 @@ def test_ppo_lysam_groups_actor_and_critic_as_their_two_optimisers() -> None:
     )
     assert critic and all(n.startswith(("mlp_extractor.value_net", "value_net")) for n in critic)
     model.learn(64)
+
+
+# -- protocol: lee_yoon beside default, each against a direct edit of env.unwrapped.model -----------------------
+
+mujoco = pytest.importorskip("mujoco")
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
+from stable_baselines3 import PPO  # noqa: E402
+
+from rlflat.evaluate import SuiteSpec, evaluate, rollout_returns  # noqa: E402
+from rlflat.evaluate.inert import dynamics_fingerprints, dynamics_groups  # noqa: E402
+from rlflat.policy import load_policy  # noqa: E402
+from rlflat.tasks import load_task, make_env  # noqa: E402
+
+HOPPER = load_task("Hopper")
+TORSO = HOPPER.parameters["torso_mass"].nominal
+
+
+def _direct_env(mass_factor: float, set_const: bool, **kwargs: object) -> gym.Env:
+    """Hopper-v5 with the torso's body_mass written by hand, MuJoCo's derived constants recomputed or not."""
+    env = gym.make("Hopper-v5", **kwargs)
+    model = env.unwrapped.model  # type: ignore[attr-defined]
+    torso = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, "torso")
+    model.body_mass[torso] = model.body_mass[torso] * mass_factor
+    if set_const:
+        mujoco.mj_setConst(model, mujoco.MjData(model))
+    return env
+
+
+def _trajectory(env: gym.Env, actions: np.ndarray, seed: int) -> np.ndarray:
+    obs = [env.reset(seed=seed)[0]]
+    obs += [env.step(a)[0] for a in actions]
+    env.close()
+    return np.array(obs)
+
+
+def test_each_protocol_builds_the_model_a_direct_edit_builds() -> None:
+    actions = np.random.default_rng(0).uniform(-1, 1, (150, 3)).astype(np.float32)
+    runs = {}
+    for protocol, set_const in (("default", True), ("lee_yoon", False)):
+        task = HOPPER.with_protocol(protocol)
+        built = make_env(task, {"torso_mass": TORSO * 1.4}, terminate_when_unhealthy=False)
+        direct = _direct_env(1.4, set_const, terminate_when_unhealthy=False)
+        assert np.array_equal(built.unwrapped.model.body_subtreemass, direct.unwrapped.model.body_subtreemass)  # type: ignore[attr-defined]
+        runs[protocol] = _trajectory(built, actions, seed=3)
+        np.testing.assert_array_equal(runs[protocol], _trajectory(direct, actions, seed=3))  # bit for bit
+    assert np.abs(runs["default"] - runs["lee_yoon"]).max() > 1e-3  # the two protocols really differ
+    nominal = make_env(HOPPER.with_protocol("lee_yoon")).unwrapped.model  # type: ignore[attr-defined]
+    assert nominal.body_subtreemass[0] == gym.make("Hopper-v5").unwrapped.model.body_subtreemass[0]  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def saturating_hopper(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained Hopper PPO whose mean leaves [-1, 1] in two dimensions on most steps (biases +-1.2)."""
+    run = tmp_path_factory.mktemp("hopper")
+    model = PPO("MlpPolicy", make_env(HOPPER), seed=0, policy_kwargs={"net_arch": [16]})
+    with th.no_grad():
+        model.policy.action_net.weight.mul_(30.0)
+        model.policy.action_net.bias.copy_(th.tensor([1.2, -1.2, 0.0]))
+    model.save(run / "model.zip")
+    (run / "config.json").write_text(json.dumps({"task": "Hopper", "algo": "ppo"}))
+    return run
+
+
+def _hand_returns(run: Path, protocol: str, mass_factor: float, sigma: float, episodes: int, seed: int, rng_seed: int
+                  ) -> np.ndarray:  # fmt: skip
+    """Episodes stepped by hand on direct-edit envs; noise drawn as the evaluator documents it (one N(0, 1)
+    draw per step and episode index from the second of three streams spawned from ``rng_seed``)."""
+    model = PPO.load(run / "model.zip", device="cpu")
+    envs = [_direct_env(mass_factor, set_const=protocol == "default") for _ in range(episodes)]
+    obs = np.stack([env.reset(seed=seed + j)[0] for j, env in enumerate(envs)])
+    noise = np.random.default_rng(np.random.SeedSequence(rng_seed).spawn(3)[1])
+    returns, alive = np.zeros(episodes), np.ones(episodes, dtype=bool)
+    while alive.any():
+        with th.no_grad():
+            mean = model.policy._predict(th.as_tensor(obs, dtype=th.float32), deterministic=True).numpy()
+        z = noise.standard_normal((episodes, 3))
+        start = np.clip(mean, -1.0, 1.0) if protocol == "lee_yoon" else mean
+        action = np.clip(start + sigma * z, -1.0, 1.0)
+        for j in np.flatnonzero(alive):
+            obs[j], reward, terminated, truncated, _ = envs[j].step(action[j])
+            returns[j] += reward
+            alive[j] = not (terminated or truncated)
+    return returns
+
+
+@pytest.mark.parametrize("mass_factor", [1.0, 1.3])  # 1.0: the protocols differ by the noise alone
+def test_rollouts_under_each_protocol_equal_a_hand_loop_on_direct_edits(saturating_hopper: Path, mass_factor: float
+                                                                        ) -> None:  # fmt: skip
+    policy = load_policy(saturating_hopper)
+    got = {}
+    for protocol in ("default", "lee_yoon"):
+        task = HOPPER.with_protocol(protocol)
+        setting = [{"torso_mass": TORSO * mass_factor}]
+        got[protocol] = rollout_returns(
+            policy, task, setting, episodes=3, seed=7, action_noise=0.4, rng_seed=5, workers=1
+        )
+        hand = _hand_returns(saturating_hopper, protocol, mass_factor, 0.4, episodes=3, seed=7, rng_seed=5)
+        # a batched forward rounds differently from SB3's (~1e-9 in the actions): equal to float precision
+        np.testing.assert_allclose(got[protocol][0, 0], hand, rtol=1e-6)
+    # noise on the clipped mean is another protocol: a hundred times the tolerance above in these short episodes
+    assert np.abs(got["default"] - got["lee_yoon"]).max() > 100 * 1e-6 * np.abs(got["default"]).max()
+
+
+def test_suite_protocol_reaches_the_rollout_and_the_table(saturating_hopper: Path) -> None:
+    policy = load_policy(saturating_hopper)
+    suite = SuiteSpec(
+        parameters=("torso_mass",), factors={"torso_mass": [1.3]}, action_noise=(0.4,), protocol="lee_yoon"
+    )
+    table = evaluate(
+        policy, HOPPER, suite, episodes=2, nominal_episodes=2, detect_inert=False, workers=1, progress=False
+    )
+    assert table.attrs["protocol"] == "lee_yoon"
+    task = HOPPER.with_protocol("lee_yoon")
+    mass = rollout_returns(policy, task, [{"torso_mass": TORSO * 1.3}], episodes=2, workers=1)[0, 0]
+    noisy = rollout_returns(policy, task, [{}], episodes=2, action_noise=0.4, workers=1)[0, 0]
+    # one batch of three settings rounds its forward differently from one-setting batches (~1e-8 here)
+    row = table.loc[(table.family == "torso_mass") & (table.factor == 1.3), "returns"].iloc[0]
+    np.testing.assert_allclose(row, mass, rtol=1e-6)
+    row = table.loc[(table.family == "action_noise") & (table.action_noise == 0.4), "returns"].iloc[0]
+    np.testing.assert_allclose(row, noisy, rtol=1e-6)
+    default = rollout_returns(policy, HOPPER, [{}], episodes=2, action_noise=0.4, workers=1)[0, 0]
+    assert np.abs(default - noisy).max() > 1e-3  # and it is not the default protocol's row
+    with pytest.raises(RlflatError, match=r"protocol.*'lee_yon'.*default, lee_yoon"):
+        evaluate(policy, HOPPER, SuiteSpec(protocol="lee_yon"), episodes=2)
+
+
+# -- the fingerprint: settings that differ only after a fall are not grouped ---------------------------------------
+
+
+def test_fingerprint_steps_past_termination_where_short_horizons_agree() -> None:
+    foot = HOPPER.parameters["foot_friction"].nominal
+    settings = [{}, {"friction_scale": 1.24}, {"foot_friction": foot * 1.24}, {"foot_friction": foot * 0.4},
+                {"foot_friction": foot * 0.5}, {"friction_scale": 1.24}]  # fmt: skip
+    # the foot-floor contact is max(2.0 x 1.24, 1.0 x 1.24) = max(2.0 x 1.24, 1.0): equal until another geom lands
+    short = dynamics_groups(dynamics_fingerprints(HOPPER, settings[:3], steps=30))
+    assert short[1] == short[2]
+    groups = dynamics_groups(dynamics_fingerprints(HOPPER, settings))
+    assert groups[1] != groups[2]  # torso, thigh and leg on the floor: every contact's friction vs the foot's
+    assert groups[3] == groups[4]  # x0.4 and x0.5 are still one contact (max with the floor's 1.0)
+    assert groups[5] == groups[1] and len(set(groups)) == 4  # deterministic; nominal apart from all

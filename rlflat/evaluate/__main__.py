@@ -24,6 +24,7 @@ from rlflat.evaluate.budget import check_rollout_memory
 from rlflat.evaluate.metrics import NORMALIZATIONS
 from rlflat.evaluate.rollout import BACKENDS
 from rlflat.evaluate.suites import SuiteSpec, count_settings, level_count, parse_grids, parse_levels, parse_suite
+from rlflat.tasks.spec import PROTOCOLS
 
 
 def build_parser() -> ArgumentParser:
@@ -52,6 +53,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--random-seed", type=int, default=0, help="seed drawing the --random settings (default 0)")
     parser.add_argument("--action-noise", help="levels lo:hi | a,b,c (sigma; probability for discrete)")
     parser.add_argument("--obs-noise", help="levels lo:hi | a,b,c (Gaussian sigma on the raw observation)")
+    parser.add_argument(
+        "--protocol", choices=PROTOCOLS, default="default",
+        help="how perturbations are applied: default (MuJoCo-consistent) or lee_yoon (Lee & Yoon's code; "
+        "docs/hopper_lee_yoon.md)",
+    )  # fmt: skip
     parser.add_argument("--episodes", type=int, default=20, help="episodes per setting (default 20)")
     parser.add_argument("--seed", type=int, default=0, help="episode j of every setting resets with seed+j")
     parser.add_argument("--rng-seed", type=int, default=0, help="seed of the noise/sampling generator")
@@ -123,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         random=args.random,
         random_seed=args.random_seed,
         factors=factors,
+        protocol=args.protocol,
     )
     if args.episodes > 0:  # refuse an oversize suite before any of it is made (the evaluator checks again)
         noise = sum(level_count(text, args.points) + 1 for text in (args.action_noise, args.obs_noise) if text)

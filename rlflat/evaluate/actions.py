@@ -69,8 +69,10 @@ class ActionSelector:
         obs_noise: np.ndarray,
         deterministic: bool,
         rng_seed: int,
+        protocol: str = "default",
     ) -> None:
         self.policy, self.layout, self.deterministic = policy, layout, deterministic
+        self.bounds = _noise_bounds(action_space, protocol)
         self.stacked = None if params is None else {name: v.detach() for name, v in params.items()}
         self.discrete = isinstance(action_space, spaces.Discrete)
         self.n_actions = int(action_space.n) if isinstance(action_space, spaces.Discrete) else 0
@@ -92,6 +94,8 @@ class ActionSelector:
             seen = seen + _per_episode(z, layout.k, 1)
         raw = self._policy_actions(seen, alive)
         if self.use_act_noise:
+            if self.bounds is not None:  # lee_yoon: noise on the in-bound action (their mean is max_action*tanh)
+                raw = np.clip(raw, *self.bounds)
             raw = _action_noise(
                 raw, self.act_rng, self.act_level, layout.e, layout.s, layout.k, self.discrete, self.n_actions
             )
@@ -111,6 +115,18 @@ class ActionSelector:
             out = self.own_mode(x[0]) if self.stacked is None else policy.stacked_mode(self.stacked, x)
             return out.reshape(layout.n, *self.action_shape).numpy()
         return _sample(policy, self.stacked, x, self.sample_rng, layout.e, layout.s, self.discrete, self.action_shape)
+
+
+def _noise_bounds(action_space: spaces.Space, protocol: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Box bounds to clip to before action noise (``lee_yoon`` protocol, continuous actions), else None.
+
+    Lee & Yoon's Gaussian policy bounds its mean (``max_action * tanh``) and their evaluation adds
+    N(0, sigma) to that in-bound action, then clips; an SB3 mean is unbounded, so the ``default`` protocol
+    adds the noise to the raw mean and clips once (rows whose mean is outside the bounds differ).
+    """
+    if protocol == "default" or not isinstance(action_space, spaces.Box):
+        return None
+    return action_space.low, action_space.high
 
 
 def _own_mode(policy: FunctionalPolicy) -> Callable[[Tensor], Tensor]:

@@ -64,6 +64,7 @@ def evaluate(
     """
     _check_collapse_frac(collapse_frac)
     _check_nominal_episodes(nominal_episodes)
+    task = task.with_protocol((suite or SuiteSpec()).protocol)  # how perturbations are applied (suites.py)
     if isinstance(episodes, int) and not isinstance(episodes, bool) and episodes > 0:  # else _rollout says why
         widths = activation_widths(policy)
         check_rollout_memory(task, count_settings(task, suite), episodes, widths, backend=backend)
@@ -108,6 +109,7 @@ def evaluate(
     table = _table(task, settings, per_row, seed, deterministic, collapse_frac, normalization)
     table.attrs["nominal_episodes"] = len(per_row[0])
     table.attrs["severities"] = [float(f) for f in (suite or SuiteSpec()).severities]
+    table.attrs["protocol"] = task.protocol
     if detect_inert:
         _flag_inert(table, task, settings, seed, backend)
     return table
@@ -132,7 +134,7 @@ def _flag_inert(table: pd.DataFrame, task: TaskSpec, settings: list[Setting], se
         "steps": PROBE_STEPS,
         "sequences": PROBE_SEQUENCES,
         "test": "bit-identical observations, rewards and terminations from the nominal start states under fixed "
-        "uniform action sequences",
+        "uniform action sequences (each action held 10 steps), the physics stepped past termination",
     }
 
 

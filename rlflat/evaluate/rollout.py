@@ -274,7 +274,9 @@ def _rollout(
             stats.update(totals)
         return np.concatenate(parts, axis=1)
     sim, _ = _make_simulator(task, settings, layout.row_setting(), backend, workers)
-    select = ActionSelector(policy, params, layout, action_space, action_noise, obs_noise, deterministic, rng_seed)
+    select = ActionSelector(
+        policy, params, layout, action_space, action_noise, obs_noise, deterministic, rng_seed, task.protocol
+    )
     registered = gym.spec(task.id).max_episode_steps
     max_steps = registered if registered is not None else _MAX_STEPS_WITHOUT_LIMIT
     bar = tqdm(total=max_steps, desc=f"{task.alias} {layout.n} rows", unit="step", disable=_disabled(progress))

@@ -80,6 +80,10 @@ class SuiteSpec:
     obs_noise: tuple[float, ...] = ()
     factors: Mapping[str, Sequence[float]] = field(default_factory=dict)
     """Explicit factors per parameter, replacing the log-spaced grid for that parameter's sweep."""
+    protocol: str = "default"
+    """How perturbations are applied: ``default`` (MuJoCo-consistent) or ``lee_yoon`` (Lee & Yoon's public
+    evaluation code: no ``mj_setConst`` after a model edit, action noise on the clipped action); see
+    :data:`rlflat.tasks.spec.PROTOCOLS` and docs/hopper_lee_yoon.md."""
 
     @property
     def only_default(self) -> bool:
@@ -192,6 +196,7 @@ def count_settings(task: TaskSpec, suite: SuiteSpec | None = None, extra_levels:
 def build_settings(task: TaskSpec, suite: SuiteSpec | None = None) -> list[Setting]:
     """The suite's settings: nominal first, then sweeps, grids, random samples, noise levels (in that order)."""
     suite = suite or SuiteSpec()
+    task.with_protocol(suite.protocol)  # refuses an unknown protocol, naming the valid ones
     for name in suite.factors:
         task.parameter(name)
     parameters = _suite_parameters(task, suite)

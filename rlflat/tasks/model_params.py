@@ -94,7 +94,9 @@ def set_model_parameters(env: Any, spec: TaskSpec, values: Mapping[str, float]) 
 
     Each selected entry becomes ``default * value / nominal`` (defaults: Gymnasium's arrays, captured on the
     first call for this env), the rows of each ``scale_also`` array likewise; off nominal, ``set_columns``
-    assigns its fixed values; then ``mj_setConst``.
+    assigns its fixed values; then ``mj_setConst``, except under the ``lee_yoon`` protocol, which reproduces
+    Lee & Yoon's evaluation code: MuJoCo's derived constants (``body_subtreemass``, ``body_invweight0``,
+    ``dof_invweight0``, ``dof_M0``) keep the values compiled for the nominal model.
     """
     parameters = {n: spec.parameters[n] for n in values if spec.parameters[n].set == "model"}
     if not parameters:
@@ -125,7 +127,8 @@ def set_model_parameters(env: Any, spec: TaskSpec, values: Mapping[str, float]) 
             scaled[extra][rows] *= factor
     for field, array in scaled.items():
         getattr(model, field)[...] = array
-    mujoco.mj_setConst(model, mujoco.MjData(model))
+    if spec.protocol != "lee_yoon":  # Lee & Yoon's code writes the arrays alone: derived constants stay nominal
+        mujoco.mj_setConst(model, mujoco.MjData(model))
 
 
 def _check_nominal(spec: TaskSpec, name: str, parameter: DynamicsParameter, default: np.ndarray, rows: Any) -> None:

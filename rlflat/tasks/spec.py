@@ -19,6 +19,13 @@ ENVS_DIR = Path(__file__).resolve().parents[2] / "envs"
 NoiseFamily = Literal["action", "observation"]
 NOISE_FAMILIES: tuple[NoiseFamily, ...] = ("action", "observation")
 
+Protocol = Literal["default", "lee_yoon"]
+PROTOCOLS: tuple[Protocol, ...] = ("default", "lee_yoon")
+"""How perturbations reach the env (docs/hopper_lee_yoon.md): ``default`` is MuJoCo-consistent (``mj_setConst``
+after a model edit; action noise on the policy's raw action, clipped once); ``lee_yoon`` is Lee & Yoon's (2025)
+public evaluation code (model arrays written alone; action noise on the action already clipped to the bounds,
+clipped again)."""
+
 
 class DynamicsParameter(BaseModel):
     """One perturbable physical quantity of a task.
@@ -200,6 +207,14 @@ class TaskSpec(BaseModel):
     """R_low / R_ref of task-level normalisation (every shipped spec has them; a test holds that)."""
     hyperparameters: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Per base algorithm (``ppo``, ``pg``); flatness variants (``ppo_sam``) inherit their base's values."""
+    protocol: Protocol = "default"
+    """How perturbations are applied (:data:`PROTOCOLS`); an evaluation suite sets it (:meth:`with_protocol`)."""
+
+    def with_protocol(self, protocol: str) -> TaskSpec:
+        """This task with perturbations applied as ``protocol`` prescribes (one of :data:`PROTOCOLS`)."""
+        if protocol not in PROTOCOLS:
+            raise bad_choice("protocol", protocol, PROTOCOLS)
+        return self if protocol == self.protocol else self.model_copy(update={"protocol": protocol})
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskSpec:
