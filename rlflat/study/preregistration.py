@@ -79,11 +79,12 @@ class Design(_Strict):
 
 
 class UnsolvedRule(_Strict):
+    """Unsolved when nominal_return + z * nominal_return_se < solved_threshold (the mean alone without an SE)."""
+
     statement: str
-    confidence: float = Field(gt=0.0, lt=1.0)
+    z: float = Field(gt=0.0)
     nominal_return: str
     nominal_return_se: str
-    nominal_episodes: str
     solved_threshold: str
 
 
