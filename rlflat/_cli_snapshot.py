@@ -1141,10 +1141,48 @@ SNAPSHOT: dict[str, Any] = {
                 "required": False,
                 "type": None,
             },
+            {
+                "action": "store",
+                "choices": None,
+                "dest": "tensorboard",
+                "flags": ["--tensorboard"],
+                "nargs": None,
+                "required": False,
+                "type": None,
+            },
+            {
+                "action": "store",
+                "choices": None,
+                "dest": "checkpoint_every",
+                "flags": ["--checkpoint-every"],
+                "nargs": None,
+                "required": False,
+                "type": "int",
+            },
+            {
+                "action": "store",
+                "choices": None,
+                "dest": "eval_every",
+                "flags": ["--eval-every"],
+                "nargs": None,
+                "required": False,
+                "type": "int",
+            },
+            {
+                "action": "store",
+                "choices": None,
+                "dest": "eval_episodes",
+                "flags": ["--eval-episodes"],
+                "nargs": None,
+                "required": False,
+                "type": "int",
+            },
         ],
         "help": "usage: python -m rlflat.train [-h] [--steps STEPS] [--seed SEED] [--rho RHO] [--set KEY=VALUE]\n"
         "                              [--track-sharpness [N]] [--out OUT] [--device DEVICE]\n"
         "                              [--threads THREADS] [--no-progress] [--force] [--list]\n"
+        "                              [--tensorboard DIR] [--checkpoint-every N] [--eval-every N]\n"
+        "                              [--eval-episodes K]\n"
         "                              [algo] [task]\n"
         "\n"
         "python -m rlflat.train ALGO TASK: train one policy into a self-describing run directory.\n"
@@ -1172,8 +1210,18 @@ SNAPSHOT: dict[str, Any] = {
         "  --threads THREADS     torch threads (1 is fastest for small policies)\n"
         "  --no-progress         no progress bar on stderr\n"
         "  --force               replace an existing run directory at --out\n"
-        "  --list                list algorithms and tasks, one per line\n",
+        "  --list                list algorithms and tasks, one per line\n"
+        "\n"
+        "monitoring (changes nothing the run learns; recorded outside its id):\n"
+        "  --tensorboard DIR     SB3's TensorBoard logging into DIR (also --set tensorboard_log=DIR); with\n"
+        "                        --track-sharpness, the sharpness measurements too\n"
+        "  --checkpoint-every N  save checkpoints/model_<steps>_steps.zip every N environment steps (SB3's\n"
+        "                        CheckpointCallback)\n"
+        "  --eval-every N        every N environment steps, deterministic nominal returns into eval.csv "
+        "and\n"
+        "                        the logger\n"
+        "  --eval-episodes K     episodes per --eval-every evaluation (default 10)\n",
         "prog": "python -m rlflat.train",
-        "source": "6a117d0258f3aa6ddcc115ac769e17d00abd31da9985dcab4633fde654d726ad",
+        "source": "8dc44b88cf5009d1b77eb147cf0075f0a5378649cd07591c6c9480cd32bbd498",
     },
 }

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.utils import configure_logger
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from tqdm.auto import tqdm
 
@@ -42,6 +43,7 @@ from rlflat.io import check_output_dir, package_versions, read_json, remove_stal
 from rlflat.normalization import NORMALIZATION_FILE, NormalizationStats
 from rlflat.policy import MODEL_FILE, NORMALIZER_FILE, FunctionalPolicy, ObservationNormalizer
 from rlflat.tasks import TaskSpec, list_tasks, load_task, make_env
+from rlflat.train_monitoring import EVAL_FILE, Monitoring, callbacks, check_tensorboard, take_tensorboard_override
 
 RUNS_DIR = Path("results/runs")
 MAX_TOTAL_TIMESTEPS = 10**8
@@ -199,9 +201,27 @@ def _train_into(
     effective = algos.effective_hyperparameters(model, hyperparameters)
     write_json(directory / "config.json", {**config, "effective_hyperparameters": effective})
     curve = _LearningCurve(total, progress=progress, label=f"{config['algo']} {spec.alias} s{seed}")
+    monitoring = Monitoring.from_json(config.get("monitoring"))
+    name = f"{config['algo']}-{spec.alias}-s{seed}-{config.get('run_id', '')}"
+    if monitoring.tensorboard is not None:  # SB3's logger, as SB3 configures it for tensorboard_log
+        model.set_logger(configure_logger(model.verbose, monitoring.tensorboard, name))
+
+    def nominal_returns() -> np.ndarray:  # the current policy, with the current normalisation statistics
+        stats = NormalizationStats.from_vec_normalize(env) if isinstance(env, VecNormalize) else None
+        current = FunctionalPolicy(model.policy, ObservationNormalizer.from_stats(stats) if stats else None)
+        return evaluate_nominal(current, spec, monitoring.eval_episodes)
+
+    watchers, evaluation = callbacks(
+        monitoring,
+        directory,
+        n_envs=env.num_envs,
+        normalized=isinstance(env, VecNormalize),
+        tracked_rows=(lambda: tracker.rows) if tracker is not None else None,
+        evaluate=nominal_returns,
+    )
     start = time.perf_counter()
     try:
-        model.learn(total_timesteps=total, callback=curve)
+        model.learn(total_timesteps=total, callback=[curve, *watchers])
     finally:
         curve.close()
     wall = time.perf_counter() - start
@@ -214,6 +234,8 @@ def _train_into(
         write_json(directory / NORMALIZATION_FILE, stats.to_json())  # what rlflat reads: data, not code
         normalizer = ObservationNormalizer.from_stats(stats)
     curve.write_csv(directory / "train.csv", tracker.rows if tracker is not None else None)
+    if evaluation is not None:
+        evaluation.write_csv(directory / EVAL_FILE)
     policy = FunctionalPolicy(model.policy, normalizer)
     returns = evaluate_nominal(policy, spec, EVAL_EPISODES)
     tracked = {"sharpness_path": path_summary(tracker.rows)} if tracker is not None else {}
@@ -306,6 +328,44 @@ def _cell(value: float) -> str | float:
     return "" if not math.isfinite(value) else value
 
 
+def summary_lines(metrics: Mapping[str, Any], spec: TaskSpec, out: Path, monitoring: Monitoring) -> list[str]:
+    """What the training computed, for the console: nominal return and whether it solved the task, the
+    sharpness path when tracked, and where the monitoring output went (the run directory is printed last)."""
+    n, std = int(metrics["episodes"]), float(metrics["return_std"])  # std: numpy's ddof 0
+    se = std / math.sqrt(n - 1) if n > 1 else None  # = the ddof-1 standard error the verdict uses
+    verdict = spec.verdict(float(metrics["return_mean"]), se)
+    lines = [
+        f"return {metrics['return_mean']:.1f} +- {std:.1f} (std) over {n} episodes: {verdict} "
+        f"(threshold {spec.solved_threshold:g}; unsolved when mean + 1.96 SE is below it)"
+    ]
+    path = metrics.get("sharpness_path")
+    if path and path.get("n_tracked"):
+        text = (
+            f"sharpness tracked {path['n_tracked']} times: lambda_max final {path['final_sharpness']:.3g}, "
+            f"max {path['max_sharpness']:.3g}"
+        )
+        if "late_adam_ratio" in path:
+            text += (
+                f"; Adam-preconditioned / threshold late {path['late_adam_ratio']:.2f}, max {path['max_adam_ratio']:.2f}"
+                f", at or above the edge in {path['frac_adam_at_edge']:.0%} of measurements"
+            )
+        lines.append(text)
+    if monitoring.eval_every is not None and (out / EVAL_FILE).exists():
+        with open(out / EVAL_FILE) as handle:
+            rows = list(csv.DictReader(handle))
+        if rows:
+            best = max(rows, key=lambda r: float(r["return_mean"]))
+            lines.append(
+                f"evaluated {len(rows)} times during training: best {float(best['return_mean']):.1f} at step "
+                f"{best['timesteps']}, last {float(rows[-1]['return_mean']):.1f} ({out / EVAL_FILE})"
+            )
+    if monitoring.checkpoint_every is not None:
+        lines.append(f"checkpoints: {len(list((out / 'checkpoints').glob('*.zip')))} in {out / 'checkpoints'}")
+    if monitoring.tensorboard is not None:
+        lines.append(f"tensorboard: {monitoring.tensorboard} (tensorboard --logdir {monitoring.tensorboard})")
+    return lines
+
+
 def _parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m rlflat.train", description=__doc__.splitlines()[0])
     parser.add_argument("algo", nargs="?", help="algorithm, e.g. ppo, ppo_sam, pg_asam (see --list)")
@@ -330,6 +390,16 @@ def _parser() -> ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.add_argument("--force", action="store_true", help="replace an existing run directory at --out")
     parser.add_argument("--list", action="store_true", help="list algorithms and tasks, one per line")
+    watch = parser.add_argument_group("monitoring (changes nothing the run learns; recorded outside its id)")
+    watch.add_argument("--tensorboard", metavar="DIR",
+                       help="SB3's TensorBoard logging into DIR (also --set tensorboard_log=DIR); with "
+                            "--track-sharpness, the sharpness measurements too")  # fmt: skip
+    watch.add_argument("--checkpoint-every", type=int, metavar="N",
+                       help="save checkpoints/model_<steps>_steps.zip every N environment steps (SB3's CheckpointCallback)")  # fmt: skip
+    watch.add_argument("--eval-every", type=int, metavar="N",
+                       help="every N environment steps, deterministic nominal returns into eval.csv and the logger")  # fmt: skip
+    watch.add_argument("--eval-episodes", type=int, default=10, metavar="K",
+                       help="episodes per --eval-every evaluation (default 10)")  # fmt: skip
     return parser
 
 
@@ -347,6 +417,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.steps is not None and args.steps <= 0:
         raise RlflatError(f"--steps must be a positive integer, got {args.steps}")
     overrides = algos.parse_overrides(args.overrides)
+    tensorboard = take_tensorboard_override(overrides) or args.tensorboard
+    monitoring = Monitoring(tensorboard, args.checkpoint_every, args.eval_every, args.eval_episodes)
+    if monitoring.tensorboard is not None:
+        check_tensorboard()
     if args.rho is not None:
         overrides["rho"] = args.rho
     if args.track_sharpness is not None:
@@ -355,9 +429,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_device(args.device)
     config = resolve_run_config(args.algo, args.task, seed=args.seed, steps=args.steps, overrides=overrides)
     out = train_run(config, out=args.out, device=args.device, progress=not args.no_progress, force=args.force,
-                    command=["python", "-m", "rlflat.train", *(argv if argv is not None else sys.argv[1:])])  # fmt: skip
-    metrics = read_json(out / "metrics.json")["train"]
-    print(f"return {metrics['return_mean']:.1f} +- {metrics['return_std']:.1f} over {metrics['episodes']} episodes")
+                    command=["python", "-m", "rlflat.train", *(argv if argv is not None else sys.argv[1:])],
+                    extra={"monitoring": monitoring.to_json()} if monitoring.active else None)  # fmt: skip
+    for line in summary_lines(read_json(out / "metrics.json")["train"], load_task(config["task"]), out, monitoring):
+        print(line)
     print(out)
     return 0
 
