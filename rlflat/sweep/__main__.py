@@ -20,6 +20,7 @@ from rlflat.cli import ArgumentParser, run_cli
 from rlflat.errors import RlflatError
 from rlflat.sweep.config import load_study_config
 from rlflat.sweep.executors import BACKENDS
+from rlflat.sweep.overrides import with_overrides
 from rlflat.sweep.runner import default_study_dir, run_sweep, summary_lines
 from rlflat.sweep.table import RUNS_FILE, collect, skipped_runs
 
@@ -33,9 +34,15 @@ def _parser() -> ArgumentParser:
                         help="local: process pool; ray: Ray tasks; serial: in this process (debugging)")  # fmt: skip
     parser.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--device", default="cpu", help="torch device for training")
+    parser.add_argument("--population", default="auto", metavar="auto|K",
+                        help="train, probe and evaluate runs of one shape K at a time in one process (default auto: "
+                        "K from memory and workers; 1: one SB3 run per process)")  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="list the runs and which are done; run nothing")
     parser.add_argument("--collect", type=Path, metavar="STUDY_DIR", help="only rebuild STUDY_DIR/runs.parquet")
     parser.add_argument("--no-progress", action="store_true", help="no progress display")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a hyperparameter (or steps, seeds, tasks, algos, name) for every run; recorded "
+                             "in the study's study.yaml (repeatable)")  # fmt: skip
     parser.add_argument("--force", action="store_true",
                         help="replace an existing study.yaml that differs only in settings no result depends on")  # fmt: skip
     parser.add_argument("--strict", action="store_true",
@@ -62,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.config is None:
         parser.error("CONFIG is required (or --collect STUDY_DIR)")
-    study = load_study_config(args.config)
+    study = with_overrides(load_study_config(args.config), args.overrides)
     command = ["python", "-m", "rlflat.sweep", *(argv if argv is not None else sys.argv[1:])]
     result = run_sweep(
         study,
@@ -75,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dry_run=args.dry_run,
         command=command,
         force=args.force,
+        population=args.population,
     )
     if args.dry_run:
         study_dir = args.out or default_study_dir(study)

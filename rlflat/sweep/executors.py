@@ -35,6 +35,13 @@ from typing import Any
 from rlflat.errors import RlflatError, bad_choice
 from rlflat.processes import SINGLE_THREAD_ENV, single_threaded_children
 from rlflat.sweep.pipeline import RunJob, RunOutcome, execute, execute_shipped, log_path, pack, publish_shipped
+from rlflat.sweep.populations import (
+    PopulationJob,
+    execute_population,
+    execute_population_shipped,
+    members_of,
+    population_logs,
+)
 
 BACKENDS = ("local", "ray", "serial")
 MAX_POOL_RESTARTS = 3
@@ -43,7 +50,9 @@ LOST_WORKER = "its worker process died (killed, or out of memory)"
 
 OnStart = Callable[[RunJob], None]
 OnDone = Callable[[RunOutcome], None]
-RunTarget = Callable[[RunJob, str], RunOutcome]
+Unit = RunJob | PopulationJob
+"""What one worker takes at a time: a run, or a population of runs (:mod:`rlflat.sweep.populations`)."""
+RunTarget = Callable[[Any, str], "RunOutcome | list[RunOutcome]"]
 
 
 def default_workers() -> int:
@@ -56,6 +65,29 @@ def default_workers() -> int:
 
 def lost(job: RunJob, why: str) -> RunOutcome:
     return RunOutcome(job.name, job.run_id, "lost", error=why)
+
+
+def execute_unit(unit: Unit, study_dir: str, capture_fds: bool = True) -> RunOutcome | list[RunOutcome]:
+    """A run's stages (:func:`execute`) or a population's (:func:`execute_population`)."""
+    if isinstance(unit, PopulationJob):
+        return execute_population(unit, study_dir, capture_fds=capture_fds)
+    return execute(unit, study_dir, capture_fds=capture_fds)
+
+
+def _report(result: RunOutcome | list[RunOutcome], on_done: OnDone) -> None:
+    for outcome in result if isinstance(result, list) else [result]:
+        on_done(outcome)
+
+
+def _started(unit: Unit, on_start: OnStart | None) -> None:
+    if on_start is not None:
+        for job in members_of(unit):
+            on_start(job)
+
+
+def _lost_all(unit: Unit, why: str, on_done: OnDone) -> None:
+    for job in members_of(unit):
+        on_done(lost(job, why))
 
 
 def check_execution(backend: str, workers: int | None, address: str | None) -> None:
@@ -83,7 +115,7 @@ def ray_target(address: str | None) -> str:
 
 def run_jobs(
     backend: str,
-    jobs: Sequence[RunJob],
+    jobs: Sequence[Unit],
     study_dir: Path,
     *,
     workers: int | None,
@@ -91,12 +123,13 @@ def run_jobs(
     on_start: OnStart,
     on_done: OnDone,
 ) -> None:
-    """Run ``jobs`` on ``backend``; every job ends in exactly one ``on_done`` call unless interrupted."""
+    """Run ``jobs`` (runs or populations) on ``backend``; every run ends in exactly one ``on_done`` call unless
+    interrupted."""
     check_execution(backend, workers, address)
     if backend == "serial":
         for job in jobs:
-            on_start(job)
-            on_done(execute(job, study_dir, capture_fds=False))
+            _started(job, on_start)
+            _report(execute_unit(job, str(study_dir), capture_fds=False), on_done)
     elif backend == "local":
         run_local(jobs, study_dir, workers or default_workers(), on_start, on_done)
     else:
@@ -150,12 +183,12 @@ def _context() -> multiprocessing.context.BaseContext:
 
 
 def run_local(
-    jobs: Sequence[RunJob],
+    jobs: Sequence[Unit],
     study_dir: Path,
     workers: int,
     on_start: OnStart,
     on_done: OnDone,
-    target: RunTarget = execute,
+    target: RunTarget = execute_unit,
 ) -> None:
     """Jobs on a ``ProcessPoolExecutor`` (forkserver), at most ``workers`` at a time.
 
@@ -171,22 +204,22 @@ def run_local(
             broken, suspects = _run_pool(pending, workers, study_dir, target, on_start, on_done)
             for job in suspects:
                 if _run_pool(deque([job]), 1, study_dir, target, None, on_done)[0]:
-                    on_done(lost(job, LOST_WORKER))
+                    _lost_all(job, LOST_WORKER, on_done)
             breaks += broken
             if breaks > MAX_POOL_RESTARTS:
                 for job in pending:
-                    on_done(lost(job, "not started: worker processes kept dying"))
+                    _lost_all(job, "not started: worker processes kept dying", on_done)
                 return
 
 
 def _run_pool(
-    pending: deque[RunJob],
+    pending: deque[Unit],
     size: int,
     study_dir: Path,
     target: RunTarget,
     on_start: OnStart | None,
     on_done: OnDone,
-) -> tuple[bool, list[RunJob]]:
+) -> tuple[bool, list[Unit]]:
     """Run jobs from ``pending`` on one pool until it is empty or the pool breaks.
 
     Returns whether the pool broke and the jobs that were in flight when it did (not reported to ``on_done``).
@@ -195,9 +228,9 @@ def _run_pool(
     pool = ProcessPoolExecutor(
         max_workers=size, mp_context=_context(), initializer=_init_worker, initargs=(os.getpid(),)
     )
-    running: dict[Future[RunOutcome], RunJob] = {}
+    running: dict[Future[RunOutcome | list[RunOutcome]], Unit] = {}
     broken = False
-    suspects: list[RunJob] = []
+    suspects: list[Unit] = []
     try:
         while (pending and not broken) or running:
             while pending and not broken and len(running) < size:
@@ -208,8 +241,7 @@ def _run_pool(
                     pending.appendleft(job)
                     broken = True
                     break
-                if on_start is not None:
-                    on_start(job)
+                _started(job, on_start)
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -222,8 +254,9 @@ def _run_pool(
                     suspects.append(job)
                     continue
                 except Exception as exc:  # the outcome did not come back (execute itself never raises)
-                    outcome = lost(job, f"{type(exc).__name__}: {exc}")
-                on_done(outcome)
+                    _lost_all(job, f"{type(exc).__name__}: {exc}", on_done)
+                    continue
+                _report(outcome, on_done)
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
@@ -251,15 +284,25 @@ def _ray_task(job: RunJob, existing: bytes, log_text: str) -> tuple[RunOutcome, 
     return execute_shipped(job, existing, log_text)
 
 
+def _ray_population_task(
+    population: PopulationJob, existing: dict[str, bytes], logs: dict[str, str]
+) -> tuple[list[tuple[RunOutcome, bytes, str]], str]:
+    os.environ.update(SINGLE_THREAD_ENV)
+    import torch
+
+    torch.set_num_threads(1)
+    return execute_population_shipped(population, existing, logs)
+
+
 def run_ray(
-    jobs: Sequence[RunJob],
+    jobs: Sequence[Unit],
     study_dir: Path,
     workers: int | None,
     address: str | None,
     on_start: OnStart,
     on_done: OnDone,
 ) -> None:
-    """Jobs as Ray tasks (one CPU each) on the cluster at ``address`` / ``RAY_ADDRESS``, else a local Ray.
+    """Jobs (runs or populations, one task each) as Ray tasks (one CPU each) on the cluster at ``address`` / ``RAY_ADDRESS``, else a local Ray.
 
     An already initialised Ray (a test's, a notebook's) is used as it is. Each task runs in a private temporary
     directory on its node and returns the packed run directory, which is published here like any other run.
@@ -334,9 +377,14 @@ def _stderr_to(handle: Any) -> Iterator[None]:
         os.close(saved)
 
 
+def _packed(run_dir: Path) -> bytes:
+    """A run directory to ship to a task: only a trained one (an untrained run starts from nothing)."""
+    return pack(run_dir) if (run_dir / "metrics.json").exists() else b""
+
+
 def _run_ray_tasks(
     ray: Any,
-    jobs: Sequence[RunJob],
+    jobs: Sequence[Unit],
     study_dir: Path,
     workers: int | None,
     on_start: OnStart,
@@ -344,28 +392,40 @@ def _run_ray_tasks(
 ) -> None:
     runtime_env = {"env_vars": dict(SINGLE_THREAD_ENV)}  # set when Ray starts the worker, before any import
     remote = ray.remote(num_cpus=1, max_retries=0, runtime_env=runtime_env)(_ray_task)
+    remote_population = ray.remote(num_cpus=1, max_retries=0, runtime_env=runtime_env)(_ray_population_task)
     limit = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     pending = deque(jobs)
-    running: dict[Any, RunJob] = {}
+    running: dict[Any, Unit] = {}
     try:
         while pending or running:
             while pending and len(running) < limit:
                 job = pending.popleft()
-                run_dir = study_dir / job.name
-                existing = pack(run_dir) if (run_dir / "metrics.json").exists() else b""
-                log = log_path(study_dir, job.name)
-                running[remote.remote(job, existing, log.read_text() if log.exists() else "")] = job
-                on_start(job)
+                if isinstance(job, PopulationJob):
+                    existing = {m.name: _packed(study_dir / m.name) for m in job.jobs}
+                    ref = remote_population.remote(job, existing, population_logs(study_dir, job))
+                else:
+                    log = log_path(study_dir, job.name)
+                    ref = remote.remote(job, _packed(study_dir / job.name), log.read_text() if log.exists() else "")
+                running[ref] = job
+                _started(job, on_start)
             done, _ = ray.wait(list(running), num_returns=1)
             for ref in done:
                 job = running.pop(ref)
                 try:
-                    outcome, data, log_text = ray.get(ref)
+                    returned = ray.get(ref)
                 except (ray.exceptions.RayError, OSError) as exc:
-                    on_done(lost(job, f"its Ray task died: {type(exc).__name__}"))
+                    _lost_all(job, f"its Ray task died: {type(exc).__name__}", on_done)
                     continue
-                publish_shipped(study_dir, job.name, data, log_text)
-                on_done(outcome)
+                if isinstance(job, PopulationJob):
+                    shipped, population_log = returned
+                    log = log_path(study_dir, job.name)
+                    log.parent.mkdir(parents=True, exist_ok=True)
+                    log.write_text(population_log)
+                else:
+                    shipped = [returned]
+                for outcome, data, log_text in shipped:
+                    publish_shipped(study_dir, outcome.name, data, log_text)
+                    on_done(outcome)
     except BaseException:
         for ref in running:
             ray.cancel(ref, force=True)

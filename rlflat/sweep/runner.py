@@ -21,6 +21,7 @@ import pandas as pd
 
 from rlflat.errors import RlflatError
 from rlflat.io import check_output_dir, write_text
+from rlflat.population.grouping import parse_population
 from rlflat.sweep.config import (
     LoadedStudy,
     RunSpec,
@@ -29,8 +30,9 @@ from rlflat.sweep.config import (
     load_study_config,
     parse_study_config,
 )
-from rlflat.sweep.executors import check_execution, connect, run_jobs
+from rlflat.sweep.executors import check_execution, connect, default_workers, run_jobs
 from rlflat.sweep.pipeline import LOGS_DIR, RunJob, RunOutcome, remaining_stages, run_state
+from rlflat.sweep.populations import population_units
 from rlflat.sweep.table import RUNS_FILE, STUDY_FILE, build_table, collect, run_directories
 
 RESULTS_DIR = Path("results")
@@ -98,6 +100,7 @@ def run_sweep(
     dry_run: bool = False,
     command: Sequence[str] | None = None,
     force: bool = False,
+    population: int | str = "auto",
 ) -> SweepResult:
     """Run every unfinished run of ``study`` into ``out`` (default ``results/<name>``) and rebuild the table.
 
@@ -107,8 +110,13 @@ def run_sweep(
     ``force`` and refused without it. A sweep with nothing to do writes nothing (a committed study stays as it
     is). Failed runs do not stop the sweep: they are recorded (see ``SweepResult.failed``) and retried by the
     next sweep.
+
+    ``population``: ``auto`` (default) trains, probes and evaluates pending runs of one shape together
+    (:mod:`rlflat.sweep.populations`; K sized from memory and the workers), an integer K asks for populations
+    of K (refused in one line when the runs cannot share shapes or K does not fit), 1 runs each alone as before.
     """
     check_execution(backend, workers, address)
+    population = parse_population(population)
     loaded = study if isinstance(study, LoadedStudy) else load_study_config(study)
     study_dir = Path(out) if out is not None else default_study_dir(loaded)
     plan = plan_sweep(loaded, study_dir)
@@ -117,6 +125,7 @@ def run_sweep(
     check_output_dir(study_dir)
     _check_compatible(loaded, study_dir, force)  # a dry run refuses what the real run would refuse
     _check_preregistration(loaded, study_dir, record=False)
+    _population_plan(loaded, plan, population, backend, workers, device)  # refuses a bad K up front
     if dry_run:
         return result
     start = time.perf_counter()
@@ -152,7 +161,7 @@ def run_sweep(
             with view:
                 run_jobs(
                     backend,
-                    jobs,
+                    population_units(jobs, population, _slots(backend, workers)),
                     study_dir,
                     workers=workers,
                     address=address,
@@ -177,6 +186,39 @@ def _check_preregistration(study: LoadedStudy, study_dir: Path, *, record: bool)
     from rlflat.study.lock import check_preregistration
 
     check_preregistration(study.config.preregistration, study_dir, tasks=study.config.tasks, record=record)
+
+
+def _slots(backend: str, workers: int | None) -> int:
+    """How many populations run at once: the workers (serial: one; Ray: the cluster's CPUs once connected)."""
+    if backend == "serial":
+        return 1
+    if workers is not None:
+        return workers
+    if backend == "ray":
+        import ray
+
+        if ray.is_initialized():
+            return max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return default_workers()
+
+
+def _population_plan(
+    study: LoadedStudy,
+    plan: list[PlannedRun],
+    population: int | str,
+    backend: str,
+    workers: int | None,
+    device: str,
+) -> None:
+    """Group the pending runs as the sweep will (nothing written): a K they cannot take fails here."""
+    config = study.config
+    pending = [
+        RunJob(p.spec.config, p.spec.run_id, p.spec.name, config.stages, config.stage_options("probe"),
+               config.stage_options("evaluate"), device, None)
+        for p in plan
+        if p.state != "done"
+    ]  # fmt: skip
+    population_units(pending, population, _slots(backend, workers))
 
 
 @contextmanager
