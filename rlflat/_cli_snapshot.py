@@ -963,6 +963,15 @@ SNAPSHOT: dict[str, Any] = {
                 "type": None,
             },
             {
+                "action": "append",
+                "choices": None,
+                "dest": "overrides",
+                "flags": ["--set"],
+                "nargs": None,
+                "required": False,
+                "type": None,
+            },
+            {
                 "action": "store_true",
                 "choices": None,
                 "dest": "force",
@@ -983,8 +992,8 @@ SNAPSHOT: dict[str, Any] = {
         ],
         "help": "usage: python -m rlflat.sweep [-h] [--out OUT] [--workers WORKERS] [--backend {local,ray,serial}]\n"
         "                              [--address ADDRESS] [--device DEVICE] [--population auto|K]\n"
-        "                              [--dry-run] [--collect STUDY_DIR] [--no-progress] [--force] "
-        "[--strict]\n"
+        "                              [--dry-run] [--collect STUDY_DIR] [--no-progress] [--set KEY=VALUE]\n"
+        "                              [--force] [--strict]\n"
         "                              [config]\n"
         "\n"
         "python -m rlflat.sweep CONFIG: run a study (train -> probe -> evaluate per run) into\n"
@@ -1006,12 +1015,15 @@ SNAPSHOT: dict[str, Any] = {
         "  --dry-run             list the runs and which are done; run nothing\n"
         "  --collect STUDY_DIR   only rebuild STUDY_DIR/runs.parquet\n"
         "  --no-progress         no progress display\n"
+        "  --set KEY=VALUE       change a hyperparameter (or steps, seeds, tasks, algos, name) for every "
+        "run;\n"
+        "                        recorded in the study's study.yaml (repeatable)\n"
         "  --force               replace an existing study.yaml that differs only in settings no result\n"
         "                        depends on\n"
         "  --strict              with --collect: refuse (exit 2, nothing written) when a run folder is\n"
         "                        skipped\n",
         "prog": "python -m rlflat.sweep",
-        "source": "627a5b33a02ee6342eb1ec8d63e7642f9078421602af65fc67cd3d57ae4c105d",
+        "source": "2e60fab62bbab2f6219c14670e816083ac6a7e165bc0636ca22f9eb2f64fcc45",
     },
     "train": {
         "arguments": [
