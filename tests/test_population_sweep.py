@@ -208,3 +208,21 @@ def test_population_units_keep_singletons_as_plain_runs(tmp_path: Path) -> None:
     sizes = sorted(len(u.jobs) if isinstance(u, PopulationJob) else 1 for u in units)
     assert sizes == [1, 1, 2, 2]  # two shapes of 3 runs on 2 workers: 2 + 1 each
     assert all(isinstance(u, RunJob) for u in units if not isinstance(u, PopulationJob))
+
+
+@pytest.mark.slow
+def test_ray_ships_populations_and_matches_the_serial_sweep(tmp_path: Path) -> None:
+    """A population is one Ray task: its members come back packed and are published like shipped runs."""
+    ray = pytest.importorskip("ray")
+    config = _config(tmp_path)
+    assert not run_sweep(config, tmp_path / "serial", backend="serial", progress=False).failed
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        result = run_sweep(config, tmp_path / "ray", backend="ray", progress=False)
+    finally:
+        ray.shutdown()
+    assert not result.failed, [(o.name, o.error) for o in result.failed]
+    local, remote = _table(tmp_path / "serial"), _table(tmp_path / "ray")
+    assert list(remote["run_id"]) == list(local["run_id"]) and set(remote["status"]) == {"ok"}
+    assert remote["robustness.auc_mean"].notna().all()
+    assert any(p.name.startswith("population-") for p in (tmp_path / "ray" / "logs").iterdir())
