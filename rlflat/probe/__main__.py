@@ -215,6 +215,17 @@ def _print_summary(result: Mapping[str, Any], seconds: Mapping[str, float], out_
     if avg:
         for kind in (k for k in KINDS if k in avg):
             print(f"perturbation {kind}: return-halving sigma {_pm(avg[kind], 'return_halving_sigma')}")
+    worst = (result.get("perturbation") or {}).get("worst_case") or {}
+    for ball in (b for b in ("raw", "adaptive") if worst.get(b)):
+        multi, one = worst[ball].get("multi_step") or {}, worst[ball].get("one_step") or {}
+        print(
+            f"worst case ({ball} ball): loss increase {_pm(multi, 'sharpness')} (one SAM step: {_pm(one, 'sharpness')})"
+        )
+    if interpolation := result.get("interpolation"):
+        print(
+            f"interpolation to {interpolation.get('other')}: loss barrier {_pm(interpolation, 'loss_barrier')}  "
+            f"return barrier {_pm(interpolation, 'return_barrier')}"
+        )
     _print_return_and_published(result)
     print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
     print(out_dir / PROBE_JSON)
