@@ -29,11 +29,14 @@ SHAPE_KEYS = (
     "sam_scope",
     "track_sharpness",
     "swa_start",
+    "dropout",
+    "critic_dropout",
     "policy_kwargs",
 )
 """Hyperparameters learners of one population must share: each sets a tensor shape, a loop count or the policy's
 structure (``policy_kwargs``: net_arch, activation, log_std_init, ortho_init, optimizer). ``swa_start`` and
-``track_sharpness`` change what happens after an update, so they are shared too. Every other key (learning
+``track_sharpness`` change what happens after an update, and ``dropout``/``critic_dropout`` what happens in every
+forward pass, so they are shared too. Every other key (learning
 rate and its schedule, clip ranges, coefficients, gamma, gae_lambda, max_grad_norm, target_kl, weight_decay,
 rho, asam_eta) may differ per learner."""
 
