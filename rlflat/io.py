@@ -13,7 +13,7 @@ import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -178,7 +178,7 @@ def staging_dir(out: str | Path) -> Iterator[Path]:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def update_dir(target: str | Path, build: Callable[[Path], Any]) -> Any:
+def update_dir(target: str | Path, build: Callable[[Path], Any], *, lock: bool = True) -> Any:
     """Change several files of the folder ``target`` as one unit; returns what ``build`` returns.
 
     ``build`` gets a copy of ``target`` (hard links: no data copied) and writes or removes files in it; the copy
@@ -186,11 +186,13 @@ def update_dir(target: str | Path, build: Callable[[Path], Any]) -> Any:
     the new one, never a mix. ``build`` must replace files (the ``write_*`` helpers here rename a temporary
     file), never write into an existing one, which would change the linked original too. Writers of one folder
     are serialised by a lock on its parent, so concurrent updates (the probe's and the evaluator's metrics.json
-    blocks) cannot lose each other's files. ``target`` is created when missing.
+    blocks) cannot lose each other's files; ``lock=False`` for a writer that replaces what it owns without
+    reading it (a report: minutes of work that must not hold up the sweep's writers). ``target`` is created
+    when missing.
     """
     target = Path(os.path.realpath(target))
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _directory_lock(target.parent):
+    with _directory_lock(target.parent) if lock else nullcontext():
         remove_stale_staging(target)
         staging = _new_staging(target)
         try:
@@ -314,7 +316,7 @@ def write_json(path: str | Path, data: Any) -> Path:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    return load_json_text(Path(path).read_text())
 
 
 def to_jsonable(value: Any) -> Any:
@@ -375,25 +377,77 @@ def read_json_object(path: str | Path) -> dict[str, Any]:
     from rlflat.errors import RlflatError
 
     path = Path(path)
-    if not path.exists():
+    if not os.path.lexists(path):
         return {}
-    try:
-        data = read_json(path)
-    except ValueError:
-        raise RlflatError(f"{path}: not valid JSON; fix or remove it") from None
+    data = load_json_file(path)
     if not isinstance(data, dict):
         raise RlflatError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
 
 
-def update_json_block(path: str | Path, key: str, block: Any) -> Path:
-    """Set ``data[key] = block`` in the JSON object at ``path``, keeping every other key (locked, atomic)."""
+def load_json_file(path: str | Path, what: str = "JSON") -> Any:
+    """The JSON value in the file ``path``, or a one-line :class:`RlflatError` for anything that is not: a folder,
+    unreadable bytes, invalid or too deeply nested JSON (``'[' * 100000`` is a RecursionError in ``json``)."""
+    from rlflat.errors import RlflatError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _directory_lock(path.parent):
-        data = read_json_object(path)
+    if path.is_dir():
+        raise RlflatError(f"{path} is a directory, not a {what} file; remove or replace it")
+    try:
+        return load_json_text(path.read_text())
+    except OSError as exc:
+        raise RlflatError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else "not valid JSON"
+        raise RlflatError(f"{path}: {reason}; fix or remove it") from None
+
+
+MAX_JSON_DEPTH = 100
+"""Deepest nesting accepted in a JSON or YAML input: rlflat's own files nest fewer than 10 levels."""
+
+
+def load_json_text(text: str) -> Any:
+    """``json.loads`` that refuses nesting deeper than :data:`MAX_JSON_DEPTH` (ValueError) before parsing."""
+    check_nesting(text)
+    return json.loads(text)
+
+
+def check_nesting(text: str, limit: int = MAX_JSON_DEPTH) -> None:
+    """ValueError when the brackets of ``text`` (JSON, YAML flow style) nest deeper than ``limit``; strings are
+    skipped roughly (quotes toggle), which can only over-count inside odd strings, never let a deep value pass."""
+    depth = 0
+    in_string = False
+    escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                raise ValueError(f"nested more than {limit} levels deep")
+        elif char in "]}":
+            depth -= 1
+
+
+def update_json_block(path: str | Path, key: str, block: Any) -> Path:
+    """Set ``data[key] = block`` in the JSON object at ``path``, keeping every other key (locked, atomic, and
+    through :func:`update_dir`, so it cannot interleave with another writer's multi-file update of the folder)."""
+    path = Path(path)
+
+    def build(folder: Path) -> None:
+        data = read_json_object(folder / path.name)
         data[key] = block
-        return write_json(path, data)
+        write_json(folder / path.name, data)
+
+    update_dir(path.parent, build)
+    return path
 
 
 def check_no_results(result: Path, metrics: Path | None, block: str, force: bool) -> None:

@@ -212,7 +212,7 @@ def test_batched_perturbed_returns_equal_a_loop(run_dir: Path, policy: Functiona
 def test_probe_run_writes_reproducible_outputs(tmp_path: Path, run_dir: Path) -> None:
     options = {**QUICK, "measures": "hessian,trace,perturbation,worst_case,landscape", "landscape_points_2d": 3}
     first = probe_run(run_dir, out=tmp_path / "a", **options)
-    second = probe_run(run_dir, out=tmp_path / "b", force=True, **options)  # the run already has a probe block
+    second = probe_run(run_dir, out=tmp_path / "b", **options)  # issue 23: --out writes only under --out
     assert (tmp_path / "a" / "probe.json").read_text() == (tmp_path / "b" / "probe.json").read_text()
     assert first == json.loads((tmp_path / "a" / "probe.json").read_text())
     assert first == second
@@ -229,8 +229,9 @@ def test_probe_run_writes_reproducible_outputs(tmp_path: Path, run_dir: Path) ->
     assert arrays["observations"].shape == (int(sizes.sum()), 4)
     np.testing.assert_array_equal(np.bincount(arrays["batch_index"]), sizes)
     assert arrays["landscape_2d_filter_loss"].shape == (3, 3)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["train"] == {"return_mean": 1.0} and "lambda_max" in metrics["probe"]
+    assert json.loads((run_dir / "metrics.json").read_text()) == {"status": "ok", "train": {"return_mean": 1.0}}
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert "lambda_max" in metrics["probe"]
     block = metrics["probe"]
     non_null = [
         "trace_se",

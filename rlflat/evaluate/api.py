@@ -13,9 +13,10 @@ from rlflat.evaluate.budget import activation_widths, check_rollout_memory
 from rlflat.evaluate.inert import PROBE_SEQUENCES, PROBE_STEPS, dynamics_fingerprints, dynamics_groups
 from rlflat.evaluate.metrics import normalization as make_normalization
 from rlflat.evaluate.metrics import robustness_block
+from rlflat.evaluate.results import check_accumulates, describe_options, publish_evaluation
 from rlflat.evaluate.rollout import Backend, _rollout, episodes_ci
 from rlflat.evaluate.suites import ACTION_NOISE, NOMINAL, OBS_NOISE, Setting, SuiteSpec, build_settings, count_settings
-from rlflat.io import check_no_results, check_output_dir, read_json, read_json_object, update_json_block, write_atomic
+from rlflat.io import check_output_dir, read_json
 from rlflat.policy import FunctionalPolicy, load_policy
 from rlflat.tasks import TaskSpec, load_task
 
@@ -108,6 +109,7 @@ def evaluate(
         )[0, 0]
     table = _table(task, settings, per_row, seed, deterministic, collapse_frac, normalization)
     table.attrs["nominal_episodes"] = len(per_row[0])
+    table.attrs["rng_seed"] = int(rng_seed)
     table.attrs["severities"] = [float(f) for f in (suite or SuiteSpec()).severities]
     table.attrs["protocol"] = task.protocol
     if detect_inert:
@@ -246,23 +248,25 @@ def evaluate_run(
 
     ``options`` are :func:`evaluate`'s (``suite``, ``episodes``, ...). ``out`` defaults to :func:`default_out`.
     Everything is validated and computed before anything is written, so a failure leaves the output folder as
-    it was; an earlier evaluation there is refused unless ``force`` (then each file is replaced by an atomic
-    rename). ``trust`` and ``vecnormalize`` are :func:`rlflat.policy.load_policy`'s (by default nothing is
+    it was; an earlier evaluation there is added to (rows merged, :mod:`rlflat.evaluate.results`) unless
+    ``force``, which replaces it; both files are published as one unit. ``trust`` and ``vecnormalize`` are :func:`rlflat.policy.load_policy`'s (by default nothing is
     unpickled). Returns the table and the robustness block.
     """
     path = Path(path)
     spec = resolve_task(path, task)
-    out_dir = check_output_dir(Path(out) if out is not None else default_out(path)) if write else None
+    out_dir = check_output_dir(Path(out) if out is not None else default_out(path), published=True) if write else None
     if out_dir is not None:
-        check_no_results(out_dir / TABLE_FILE, out_dir / METRICS_FILE, "robustness", force)
+        check_accumulates(out_dir, options, force)
     policy = load_policy(path, spec, trust=trust, vecnormalize=vecnormalize)
     table = evaluate(policy, spec, **options)
-    block = robustness_block(table, spec, table.attrs["collapse_frac"])
-    block["table"] = TABLE_FILE
-    block["policy"] = str(path)
-    if out_dir is not None:
-        metrics_path = out_dir / METRICS_FILE
-        read_json_object(metrics_path)  # changed meanwhile? still fail before the table is written
-        write_atomic(out_dir / TABLE_FILE, lambda tmp: table.to_parquet(tmp, index=False))
-        update_json_block(metrics_path, "robustness", block)
-    return table, block
+
+    def make_block(rows: pd.DataFrame) -> dict[str, Any]:
+        block = robustness_block(rows, spec, rows.attrs["collapse_frac"])
+        block["table"] = TABLE_FILE
+        block["policy"] = str(path)
+        return block
+
+    if out_dir is None:
+        return table, make_block(table)
+    provenance = {"options": describe_options(options), "policy": str(path)}
+    return publish_evaluation(out_dir, table, spec, make_block, provenance, force)

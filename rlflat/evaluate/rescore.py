@@ -22,7 +22,7 @@ import pandas as pd
 from rlflat.errors import RlflatError
 from rlflat.evaluate.api import METRICS_FILE, TABLE_FILE, resolve_task
 from rlflat.evaluate.metrics import _RESULT_COLUMNS, NORMALIZATIONS, normalization, robustness_block
-from rlflat.io import read_json_object, update_json_block, write_atomic
+from rlflat.io import read_json_object, update_dir, write_atomic, write_json
 
 __all__ = ["rescore_run"]
 
@@ -56,9 +56,15 @@ def rescore_run(run_dir: str | Path, mode: str = "task", write: bool = True) -> 
     block = robustness_block(table, task, collapse_frac)
     block.update({k: old[k] for k in ("table", "policy") if k in old})
     block["rescored"] = f"python -m rlflat.evaluate.rescore --normalization {mode} (from the saved episode returns)"
-    if write:
-        write_atomic(table_path, lambda tmp: table.to_parquet(tmp, index=False))
-        update_json_block(metrics_path, "robustness", block)
+    if write:  # both files as one unit (rlflat.io.update_dir)
+
+        def build(folder: Path) -> None:
+            write_atomic(folder / TABLE_FILE, lambda tmp: table.to_parquet(tmp, index=False))
+            metrics = read_json_object(folder / METRICS_FILE)
+            metrics["robustness"] = block
+            write_json(folder / METRICS_FILE, metrics)
+
+        update_dir(run_dir, build)
     return block
 
 

@@ -8,7 +8,7 @@ scalars only, because the sweep turns each key into a ``probe.<key>`` column of 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,12 @@ __all__ = [
     "METRICS_JSON",
     "PROBE_JSON",
     "PROBE_NPZ",
+    "check_accumulates",
     "load_probe_arrays",
     "metrics_block",
+    "model_sha256",
     "probe_config",
+    "publish_probe",
     "return_and_published_block",
     "sigma_key",
     "write_probe",
@@ -265,6 +268,187 @@ def probe_config(
     }
 
 
+def model_sha256(path: Path) -> str:
+    """SHA-256 of the model file at ``path`` (a run dir's model.zip or the zip itself)."""
+    return _sha256(path)
+
+
 def _sha256(path: Path) -> str:
     file = path / MODEL_FILE if path.is_dir() else path
     return hashlib.sha256(file.read_bytes()).hexdigest()
+
+
+# -- accumulation: a probe adds its measures to the probe already at its output ---------------------------------
+
+BLOCKS: dict[str, tuple[str, ...]] = {
+    "hessian": ("hessian_", "density"),
+    "fisher": (),
+    "perturbation.average": ("perturbation_",),
+    "perturbation.worst_case": ("worst_case_",),
+    "return_sharpness": ("return_sharpness_",),
+    "cliff": ("cliff_",),
+    "keskar": (),
+    "magnitude_aware": (),
+    "landscape": ("landscape_",),
+    "interpolation": ("interpolation_",),
+}
+"""The result blocks of ``probe.json`` (dotted paths) a probe can add to an earlier one, with the prefixes of
+their ``probe.npz`` arrays (their ``<path>_batches`` arrays belong to them too). Everything else (the loss, the
+batch, confounds, the probe batch's arrays) is the header, which the latest probe writes."""
+MEASURE_BLOCKS: dict[str, str] = {
+    "hessian": "hessian",
+    "trace": "hessian",
+    "density": "hessian",
+    "fisher": "fisher",
+    "perturbation": "perturbation.average",
+    "worst_case": "perturbation.worst_case",
+    "return_sharpness": "return_sharpness",
+    "cliff": "cliff",
+    "keskar": "keskar",
+    "magnitude_aware": "magnitude_aware",
+    "landscape": "landscape",
+}
+"""Which block each measure writes (``hessian``, ``trace`` and ``density`` share one)."""
+FREE_OPTIONS = ("measures", "update_metrics", "interpolate")
+"""Options that may differ between probes that accumulate; every other option must be equal, so the merged
+``probe.json`` reads as one probe with the union of the measures (its ``config`` holds for every block)."""
+
+
+def requested_blocks(measures: tuple[str, ...], interpolate: object) -> set[str]:
+    blocks = {MEASURE_BLOCKS[m] for m in measures if m in MEASURE_BLOCKS}
+    return blocks | ({"interpolation"} if interpolate is not None else set())
+
+
+def result_blocks(result: Mapping[str, Any]) -> set[str]:
+    """The blocks ``result`` (a ``probe.json`` object) holds."""
+    return {block for block in BLOCKS if _get(result, block) is not None}
+
+
+def _get(result: Mapping[str, Any], block: str) -> Any:
+    value: Any = result
+    for part in block.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
+
+
+def _set(result: dict[str, Any], block: str, value: Any) -> None:
+    *parents, last = block.split(".")
+    node = result
+    for part in parents:
+        node[part] = dict(node.get(part) or {})
+        node = node[part]
+    node[last] = value
+
+
+def array_block(key: str) -> str | None:
+    """The block a ``probe.npz`` key belongs to (None: the header)."""
+    if key.endswith("_batches"):
+        path = key[: -len("_batches")]
+        return next((b for b in BLOCKS if path == b or path.startswith(b + ".")), None)
+    return next((b for b, prefixes in BLOCKS.items() if any(key.startswith(p) for p in prefixes)), None)
+
+
+def check_accumulates(
+    out_dir: Path, options: Mapping[str, Any], model_sha256: str, metrics: Path | None, force: bool
+) -> None:
+    """Refuse, before any work, a probe that cannot add to the one at ``out_dir`` (unless ``force``, which
+    replaces it): a measure it already holds, another model, or an option that differs. Reads ``metrics`` and
+    the earlier files first, so a corrupt one is a one-line error whether or not ``force`` is given."""
+    from rlflat.io import read_json_object
+
+    if metrics is not None:
+        read_json_object(metrics)
+    existing = read_json_object(out_dir / PROBE_JSON)
+    if force or not (out_dir / PROBE_JSON).exists():
+        return
+    if not isinstance(existing.get("config"), dict):
+        raise RlflatError(f"{out_dir / PROBE_JSON} has no config block; add --force to replace it")
+    load_probe_arrays(out_dir)
+    held = result_blocks(existing)
+    overlap = sorted(held & requested_blocks(tuple(options["measures"]), options.get("interpolate")))
+    if overlap:
+        raise RlflatError(
+            f"{out_dir / PROBE_JSON} already has {', '.join(overlap)}: add --force to replace the probe, or probe "
+            f"other measures (it has {', '.join(sorted(held)) or 'none'})"
+        )
+    old = existing["config"]
+    if old.get("model_sha256") != model_sha256:
+        raise RlflatError(f"{out_dir / PROBE_JSON} is a probe of another model: add --force to replace it")
+    for key, value in options.items():
+        if key in FREE_OPTIONS or key not in old:
+            continue
+        if to_comparable(old[key]) != to_comparable(value):
+            raise RlflatError(
+                f"{out_dir / PROBE_JSON} was probed with {key}={old[key]!r}, this probe has {key}={value!r}: use the "
+                "same options to add measures, or --force to replace the probe"
+            )
+
+
+def to_comparable(value: Any) -> Any:
+    from rlflat.io import to_jsonable
+
+    return to_jsonable(value)
+
+
+def _provenance(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: config.get(k) for k in ("measures", "interpolate", "model_sha256", "versions")}
+
+
+def merge_results(
+    old: Mapping[str, Any], old_arrays: Mapping[str, np.ndarray], new: Mapping[str, Any], arrays: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``probe.json`` and ``probe.npz`` holding ``old``'s blocks beside ``new``'s (``new`` wins the header and any
+    block both hold); ``provenance`` says which probe wrote each block."""
+    new_blocks = result_blocks(new)
+    kept = result_blocks(old) - new_blocks if old else set()
+    merged: dict[str, Any] = {k: v for k, v in new.items() if k != "provenance"}
+    old_provenance = old.get("provenance") or {b: _provenance(old.get("config") or {}) for b in kept}
+    provenance = {b: old_provenance.get(b) for b in kept}
+    for block in kept:
+        _set(merged, block, _get(old, block))
+    provenance.update({b: _provenance(new["config"]) for b in new_blocks})
+    config = dict(new["config"])
+    union = set(config.get("measures") or ()) | set((old.get("config") or {}).get("measures") or ()) if kept else None
+    if union is not None:
+        from rlflat.probe.options import MEASURES
+
+        config["measures"] = [m for m in MEASURES if m in union]
+        if "interpolation" in kept:
+            config["interpolate"] = (old.get("config") or {}).get("interpolate")
+    merged["config"] = config
+    merged["provenance"] = {b: provenance[b] for b in BLOCKS if b in provenance}
+    merged_arrays = {k: v for k, v in old_arrays.items() if array_block(k) in kept}
+    merged_arrays.update({k: v for k, v in arrays.items() if array_block(k) not in kept})
+    return merged, merged_arrays
+
+
+def publish_probe(
+    out_dir: Path,
+    result: Mapping[str, Any],
+    arrays: Mapping[str, Any],
+    metrics: Callable[[Mapping[str, Any]], dict[str, Any]] | None,
+    force: bool,
+) -> dict[str, Any]:
+    """Write ``probe.json``, ``probe.npz`` and (``metrics``: the block builder) ``metrics.json``'s ``probe`` block as
+    one unit (:func:`rlflat.io.update_dir`): a kill at any moment leaves the earlier set or the new one. Without
+    ``force`` the new measures are added to an earlier probe there (:func:`merge_results`). Returns the
+    ``probe.json`` object written."""
+    from rlflat.io import read_json_object, to_jsonable, update_dir
+
+    def build(folder: Path) -> dict[str, Any]:
+        old = {} if force else read_json_object(folder / PROBE_JSON)
+        old_arrays = load_probe_arrays(folder) if old else {}
+        merged, merged_arrays = merge_results(old, old_arrays, to_jsonable(result), arrays)
+        write_probe(folder, merged, merged_arrays)
+        if metrics is not None:
+            block = metrics(merged)
+            if old:
+                previous = read_json_object(folder / METRICS_JSON).get("probe") or {}
+                block["wall_seconds"] += float(previous.get("wall_seconds") or 0.0)
+            data = read_json_object(folder / METRICS_JSON)
+            data["probe"] = block
+            write_json(folder / METRICS_JSON, data)
+        return merged
+
+    published: dict[str, Any] = update_dir(out_dir, build)
+    return published

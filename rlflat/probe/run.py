@@ -14,8 +14,8 @@ and kept in ``metrics.json`` only), so one seed gives the same file twice. Optio
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from rlflat.errors import RlflatError
-from rlflat.io import check_no_results, check_output_dir, read_json_object, to_jsonable, update_json_block
+from rlflat.io import check_output_dir, read_json_object
 from rlflat.policy import MODEL_FILE, FunctionalPolicy, Params, check_spaces, load_policy
 from rlflat.probe.batch import DEFAULT_GAE_LAMBDA, DEFAULT_GAMMA, ProbeBatch, collect_batch
 from rlflat.probe.budget import check_probe_memory
@@ -48,7 +48,14 @@ from rlflat.probe.options import (
     make_options,
     validate_probe_options,
 )
-from rlflat.probe.output import METRICS_JSON, PROBE_JSON, metrics_block, probe_config, write_probe
+from rlflat.probe.output import (
+    METRICS_JSON,
+    check_accumulates,
+    metrics_block,
+    model_sha256,
+    probe_config,
+    publish_probe,
+)
 from rlflat.probe.pooling import pool, replicate_seed
 from rlflat.probe.return_and_published import (
     RETURN_AND_PUBLISHED,
@@ -145,14 +152,18 @@ def probe_run(
     (``<zip stem>-probe/`` beside a bare zip). ``options`` are :class:`ProbeOptions` fields (``quick=True`` for the
     smaller :data:`QUICK` sizes). ``trust`` and ``vecnormalize`` are :func:`rlflat.policy.load_policy`'s: by
     default nothing is unpickled. ``progress``: a progress bar once the probe runs past 5 s (None: on a tty only;
-    it changes no result). Raises :class:`RlflatError` on bad input before writing anything, and when
-    ``out`` already holds a probe unless ``force`` (then each file is replaced by an atomic rename).
+    it changes no result). Raises :class:`RlflatError` on bad input before writing anything. A probe already at
+    ``out`` is added to (its measures kept, these added; the same options and model required, no measure twice)
+    unless ``force``, which replaces it; either way every file is published as one unit
+    (:func:`rlflat.probe.output.publish_probe`). Returns the ``probe.json`` object written.
     """
     opts = make_options(**options)
     source = _resolve_source(path)
-    out_dir = check_output_dir(Path(out) if out is not None else default_out(source.path))
-    metrics_path = source.run_dir / METRICS_JSON if source.run_dir is not None and opts.update_metrics else None
-    check_no_results(out_dir / PROBE_JSON, metrics_path, "probe", force)
+    out_dir = check_output_dir(Path(out) if out is not None else default_out(source.path), published=True)
+    # a run dir's probe block goes to metrics.json beside probe.json: the run's own, or --out's (issue 23: a
+    # probe writes only under its output)
+    metrics_path = out_dir / METRICS_JSON if source.run_dir is not None and opts.update_metrics else None
+    check_accumulates(out_dir, asdict(opts), model_sha256(source.path), metrics_path, force)
     spec = _resolve_task(source, task)
     policy = load_policy(source.path, spec, trust=trust, vecnormalize=vecnormalize)
     env = make_env(spec)
@@ -167,15 +178,16 @@ def probe_run(
         check_same_architecture(policy, other)
     timer = _Timer()
     result, arrays = _probe(policy, spec, source, opts, other, timer, progress)
-    write_probe(out_dir, result, arrays)
-    if metrics_path is not None and source.run_dir is not None:
-        block = metrics_block(result, out_dir, source.run_dir, timer.seconds)
-        update_json_block(metrics_path, "probe", block)
+    run_dir = source.run_dir
+
+    def block(merged: Mapping[str, Any]) -> dict[str, Any]:
+        return metrics_block(merged, out_dir, run_dir or out_dir, timer.seconds)
+
+    published = publish_probe(out_dir, result, arrays, block if metrics_path is not None else None, force)
     _LAST_TIMING.clear()
     _LAST_TIMING.update(timer.seconds)
     _LAST_TIMING["total"] = sum(timer.seconds.values())
-    jsonable: dict[str, Any] = to_jsonable(result)
-    return jsonable
+    return published
 
 
 def _collect(

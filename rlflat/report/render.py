@@ -19,7 +19,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from rlflat.errors import RlflatError
-from rlflat.io import check_output_dir, write_text
+from rlflat.io import check_output_dir, update_dir, write_text
 from rlflat.report import figures as F
 from rlflat.report import probe_data as P
 from rlflat.report import robustness_data as RD
@@ -245,25 +245,28 @@ def build_report(
     base = settings if settings is not None else load_report_settings(study_dirs)
     overrides = {k: v for k, v in (("seed", seed), ("n_boot", n_boot)) if v is not None}
     settings = ReportSettings.model_validate(base.model_dump() | overrides) if overrides else base
-    out_dir = check_output_dir(Path(out) if out is not None else default_output(study_dirs))
+    out_dir = check_output_dir(Path(out) if out is not None else default_output(study_dirs), published=True)
     skipped = skipped_runs(study)
     for name, reason in skipped:
         print(f"skipped {name}: {reason}", file=sys.stderr)
     if skipped and strict:
         raise RlflatError(f"{len(skipped)} run(s) or run file(s) skipped (listed above); --strict: no report written")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _clean_outputs(out_dir)
-    ctx = _context(study, out_dir, settings, figure_n_boot)
-    sections = (_section_overview, section_reliability, section_flatness_vs_algorithm, section_correlations,
-                section_comparisons, section_published, section_robustness,
-                section_sharpness, section_training, section_stability)  # fmt: skip
-    with tqdm(sections, desc="report", unit="section", disable=None if progress else True, file=sys.stderr,
-              leave=False) as bar:  # fmt: skip
-        for section in bar:
-            bar.set_postfix_str(section.__name__.removeprefix("_").removeprefix("section_"))
-            section(ctx)
-    write_text(out_dir / "report.md", to_markdown(ctx.doc, out_dir))
-    write_text(out_dir / "report.html", to_html(ctx.doc))
+
+    def build(folder: Path) -> None:  # a copy of out_dir, swapped in whole when done (rlflat.io.update_dir)
+        _clean_outputs(folder)
+        ctx = _context(study, folder, settings, figure_n_boot)
+        sections = (_section_overview, section_reliability, section_flatness_vs_algorithm, section_correlations,
+                    section_comparisons, section_published, section_robustness,
+                    section_sharpness, section_training, section_stability)  # fmt: skip
+        with tqdm(sections, desc="report", unit="section", disable=None if progress else True, file=sys.stderr,
+                  leave=False) as bar:  # fmt: skip
+            for section in bar:
+                bar.set_postfix_str(section.__name__.removeprefix("_").removeprefix("section_"))
+                section(ctx)
+        write_text(folder / "report.md", to_markdown(ctx.doc, folder))
+        write_text(folder / "report.html", to_html(ctx.doc))
+
+    update_dir(out_dir, build, lock=False)  # a failure or kill leaves the earlier report whole (issue 23)
     return out_dir
 
 
