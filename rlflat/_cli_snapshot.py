@@ -308,7 +308,8 @@ SNAPSHOT: dict[str, Any] = {
         "  --grid GRID           2-D grid over a:b (repeatable)\n"
         "  --factors NAME=F1,F2,...\n"
         "                        explicit factors for one parameter's sweep (repeatable)\n"
-        "  --points POINTS       factors per 1-D sweep, log-spaced (default 21)\n"
+        "  --points POINTS       factors per 1-D sweep, log-spaced, and noise levels (default 21); with\n"
+        "                        --grid and no 1-D family, factors per grid axis\n"
         "  --grid-points GRID_POINTS\n"
         "                        factors per 2-D grid axis (default 11)\n"
         "  --severities SEVERITIES\n"
@@ -362,7 +363,7 @@ SNAPSHOT: dict[str, Any] = {
         "normalization.json;\n"
         "                        files beside a bare zip are never applied)\n",
         "prog": "python -m rlflat.evaluate",
-        "source": "4beb168d1e558a8d8d35cf792fdf5e56a0a5a936f1151644d4beef7e4ecfecf2",
+        "source": "fe16ccea9e12e70720604e2a2e8c8dc14734552cf8d12c54ce59aded5c0483b4",
     },
     "probe": {
         "arguments": [
@@ -766,7 +767,7 @@ SNAPSHOT: dict[str, Any] = {
         "normalization.json;\n"
         "                        files beside a bare zip are never applied)\n",
         "prog": "python -m rlflat.probe",
-        "source": "41c31a7bd9d0f7b8e0c51718afbfee419e2982083444b0670f73a87b9c93a87c",
+        "source": "a5417f4778d349234cd63bd244ab01d5ddae1c59f62ee015be213ae55e02206d",
     },
     "report": {
         "arguments": [

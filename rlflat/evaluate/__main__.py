@@ -41,8 +41,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--grid", action="append", default=[], help="2-D grid over a:b (repeatable)")
     parser.add_argument("--factors", action="append", default=[], metavar="NAME=F1,F2,...",
                         help="explicit factors for one parameter's sweep (repeatable)")  # fmt: skip
-    parser.add_argument("--points", type=int, default=21, help="factors per 1-D sweep, log-spaced (default 21)")
-    parser.add_argument("--grid-points", type=int, default=11, help="factors per 2-D grid axis (default 11)")
+    parser.add_argument("--points", type=int,
+                        help="factors per 1-D sweep, log-spaced, and noise levels (default 21); with --grid and no 1-D "
+                             "family, factors per grid axis")  # fmt: skip
+    parser.add_argument("--grid-points", type=int, help="factors per 2-D grid axis (default 11)")
     parser.add_argument(
         "--severities",
         default="0.5,2",
@@ -113,8 +115,26 @@ def _factors(texts: Sequence[str]) -> dict[str, list[float]]:
     return factors
 
 
+def _resolve_points(args: Any) -> tuple[int, int]:
+    """``--points`` and ``--grid-points`` as used: ``--points`` sizes the grids when they are the only sweep
+    asked for (it would otherwise change nothing), and is refused where nothing would use it."""
+    one_d = bool(args.suite or args.factors or args.action_noise or args.obs_noise)
+    default_suite = not (one_d or args.grid or args.random)
+    points, grid_points = args.points, args.grid_points
+    if points is not None and not (one_d or default_suite):
+        if not args.grid:
+            raise RlflatError(
+                f"--points {points}: no 1-D sweep, noise family or grid to apply it to (--random draws settings)"
+            )
+        if grid_points is not None:
+            raise RlflatError(f"--points {points} with --grid-points {grid_points} and no 1-D sweep: give one of them")
+        grid_points = points
+    return (21 if points is None else points), (11 if grid_points is None else grid_points)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.points, args.grid_points = _resolve_points(args)
     set_torch_threads(args.threads)
     task = resolve_task(args.path, args.task)
     factors = _factors(args.factors)
@@ -183,7 +203,7 @@ def _summary(block: dict[str, Any], rows: int, out: Path) -> str:
         where = (
             "none within range"
             if factor is None
-            else f"x{factor:.3g} in [{', '.join(f'x{f:.3g}' for f in curve['collapse_bracket'])}]"
+            else f"x{factor:.3g} in [{', '.join(f'x{f:.3g}' for f in sorted(curve['collapse_bracket']))}]"
         )
         lines.append(f"  {name:<16} auc {curve['auc']:.3f}  collapse {where}")
     for family, curve in block.get("noise", {}).items():
