@@ -4,6 +4,7 @@ polynomial scores of a Gaussian), and a Hutchinson estimate's standard error cov
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -201,3 +202,48 @@ def test_the_committed_borderline_run_is_counted_as_solved() -> None:
     row = table[table["run_id"].str.endswith("4adbeec9c8")].iloc[0]
     assert row["robustness.nominal_return"] == pytest.approx(474.94)
     assert row["solved_verdict"] == "borderline" and not row["unsolved"] and row["train.solved"]
+
+
+# ----- strata are configurations ----------------------------------------------------------------------------
+
+
+def _config_runs() -> pd.DataFrame:
+    """pg at one setting (3 runs: too few), pg_sam at rho 0.02 and 0.1 (6 runs each): inside each radius x and y
+    are unrelated draws, but radius 0.1 shifts both up, so pooling the radii makes an association."""
+    rng = np.random.default_rng(5)
+    rows = [{"task": "CartPole", "algo": "pg", "hp.rho": np.nan, "hp.gamma": 0.99, "x": rng.normal(), "y": rng.normal()}
+            for _ in range(3)]  # fmt: skip
+    for rho, shift in ((0.02, 0.0), (0.1, 5.0)):
+        rows += [{"task": "CartPole", "algo": "pg_sam", "hp.rho": rho, "hp.gamma": 0.99,
+                  "x": shift + rng.normal(), "y": shift + rng.normal()} for _ in range(6)]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_strata_are_algorithm_by_every_varying_hyperparameter_and_small_ones_are_left_out() -> None:
+    import scipy.stats
+
+    from rlflat.report import stats as S
+    from rlflat.report.stats.strata import configuration_columns, configuration_labels, strata_table
+
+    runs = _config_runs()
+    assert configuration_columns(runs) == ["hp.rho"]  # gamma is constant; rho varies inside pg_sam
+    labels = configuration_labels(runs, ["hp.rho"], task_col=None)
+    assert sorted(labels.unique()) == ["pg, rho=—", "pg_sam, rho=0.02", "pg_sam, rho=0.1"]
+    table = strata_table(configuration_labels(runs, ["hp.rho"]))
+    assert table.set_index("configuration")["entered"].to_dict() == {
+        "pg, rho=—": False, "pg_sam, rho=0.02": True, "pg_sam, rho=0.1": True}  # fmt: skip
+    corr = S.correlation_table(runs, ["x"], ["y"], seed=0, n_perm=199, methods=["spearman"])
+    within = corr[corr["scope"] == S.WITHIN_ALGO].iloc[0]
+    by_hand = np.mean([scipy.stats.spearmanr(g["x"], g["y"]).statistic
+                       for _, g in runs[runs.algo == "pg_sam"].groupby("hp.rho")])  # fmt: skip
+    assert within["estimate"] == pytest.approx(by_hand) and within["n"] == 12 and within["n_strata"] == 2
+    assert "left out 1 of 3 strata (fewer than 4 runs" in within["reason"]
+    by_algo = S.rank_correlation(runs["x"], runs["y"], seed=0, strata=runs["algo"], n_perm=199)
+    assert by_algo.estimate > 0.5 > abs(by_hand)  # what pooling the radii claimed
+
+
+def test_a_partial_correlation_of_no_runs_is_undefined_not_an_error() -> None:
+    from rlflat.report.stats.partial import partial_spearman
+
+    out = partial_spearman([], [], seed=0, strata=[], confounds=np.empty((0, 1)), confound_names=["entropy"])
+    assert out.reason == "no runs" and math.isnan(out.estimate) and out.covariates == ("entropy",)

@@ -113,7 +113,7 @@ def test_describe_correlation_word_for_word() -> None:
     )
     pooled = _corr_row(task=S.POOLED, scope=S.WITHIN_ALGO, method="spearman", estimate=math.nan, reason="no data here")
     assert S.describe_correlation(pooled, "m", "r") == (
-        "m vs r pooled over tasks (within-task ranks), within each algorithm: undefined (no data here)."
+        "m vs r pooled over tasks (within-task ranks), within each configuration: undefined (no data here)."
     )
     spans = S.describe_correlation(_corr_row(method="spearman", ci_high=0.2, p_holm=math.nan), "m", "r")
     assert spans == (

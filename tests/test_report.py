@@ -207,7 +207,7 @@ def test_report_states_findings_and_spanning_zero(report_dir: Path) -> None:
     assert "1 failed run(s) excluded" in md
     assert "Hessian λ_max vs robust AUC on CartPole, across runs (between + within algorithms): Spearman ρ = -" in md
     assert "runs entered; this n detects |ρ| ≥" in md  # every correlation sentence states n and its power
-    assert "## Flatness or algorithm?" in md and "The design's power for a within-algorithm |ρ| of 0.3" in md
+    assert "## Flatness or algorithm?" in md and "The design's power for a within-configuration |ρ| of 0.3" in md
     assert "the CI excludes zero: sharper runs were less robust" in md
     assert "the CI spans zero: no evidence" in md  # the trace is noise
     assert re.search(

@@ -13,6 +13,13 @@ from rlflat.report.document import cell, estimate_ci
 from rlflat.report.orientation import direction_word
 from rlflat.report.select import comparison_pairs
 from rlflat.report.stats.power import min_detectable_rho
+from rlflat.report.stats.strata import (
+    MIN_STRATUM_RUNS,
+    configuration_columns,
+    configuration_labels,
+    strata_sentence,
+    strata_table,
+)
 from rlflat.report.study import factor_columns
 
 NOMINAL_RETURN = "train.return_mean"
@@ -21,8 +28,9 @@ METHODS_TEXT = (
     "(Spearman) and Fieller et al.'s (1957) 0.437/(n-4) (Kendall), stated only from {min_ci} runs on; p-values: "
     "permutation tests (exact up to 8 runs, else {n_perm} seeded permutations). Pooled rows average "
     "within-task coefficients; 'across runs' rows mix the variation between and within algorithms, 'within "
-    "algorithm' rows average the coefficients inside each algorithm, "
-    "so an association that is only the algorithm label vanishes there. Each measure and metric carries its "
+    "configuration' rows average the coefficients inside each configuration (algorithm x every hyperparameter "
+    "varied in the study; strata of fewer than {min_stratum} runs left out), "
+    "so an association that is only the algorithm label or a hyperparameter vanishes there. Each measure and metric carries its "
     "orientation (↑ sharper / ↑ flatter, ↑ more / less robust), and sentences read the sign through it. "
     "Runs that never collapsed inside the evaluated range are right-censored: they tie at the range bound."
 )
@@ -57,6 +65,15 @@ def power_clause(n: int, n_strata: int = 1) -> str:
     return f"({n} runs entered{within}; this n {detect}.)"
 
 
+def section_strata(ctx: Context, runs: pd.DataFrame) -> str:
+    """Save tables/strata.csv (the configurations of the within statistics, their runs, whether each entered) and
+    return the sentence naming them."""
+    columns = configuration_columns(ctx.runs)
+    table = strata_table(configuration_labels(runs, columns))
+    ctx.save_table(table, "strata")
+    return strata_sentence(table, columns) + " Every stratum is in tables/strata.csv."
+
+
 def section_correlations(ctx: Context) -> None:
     doc, runs = ctx.doc, ctx.correlated
     doc.heading("Does sharpness predict robustness?")
@@ -69,16 +86,25 @@ def section_correlations(ctx: Context) -> None:
         )
         return
     corr = S.correlation_table(
-        runs, ctx.measures, ctx.metrics, seed=ctx.seed, pooled=len(ctx.study.tasks) > 1, n_perm=ctx.settings.n_perm
+        runs,
+        ctx.measures,
+        ctx.metrics,
+        seed=ctx.seed,
+        pooled=len(ctx.study.tasks) > 1,
+        n_perm=ctx.settings.n_perm,
+        configuration=configuration_columns(ctx.runs),
     )
     ctx.save_table(corr, "correlations")
     scope = _scope(ctx)
     n_tests = len(ctx.measures) * len(ctx.metrics)
-    doc.para(METHODS_TEXT.format(min_ci=S.MIN_N_CI, n_perm=ctx.settings.n_perm))
+    doc.para(METHODS_TEXT.format(min_ci=S.MIN_N_CI, n_perm=ctx.settings.n_perm, min_stratum=MIN_STRATUM_RUNS))
     doc.bullets(_sentences(ctx, corr, scope, S.ACROSS))
     within = _sentences(ctx, corr, scope, S.WITHIN_ALGO)
     if within:
-        doc.para("Is it only the algorithm? The same association within each algorithm (seeds only):")
+        doc.para(
+            "Is it only the algorithm or a hyperparameter? The same association within each configuration (seeds "
+            "only). " + section_strata(ctx, runs)
+        )
         doc.bullets(within)
     add_figure(
         ctx,
@@ -119,7 +145,13 @@ def _all_pairs(ctx: Context) -> None:
     if not measures or not metrics:
         return
     every = S.correlation_table(
-        runs, measures, metrics, seed=ctx.seed, pooled=len(ctx.study.tasks) > 1, n_perm=EXPLORATORY_PERMUTATIONS
+        runs,
+        measures,
+        metrics,
+        seed=ctx.seed,
+        pooled=len(ctx.study.tasks) > 1,
+        n_perm=EXPLORATORY_PERMUTATIONS,
+        configuration=configuration_columns(ctx.runs),
     )
     ctx.save_table(every, "correlations_all")
     ctx.doc.para(

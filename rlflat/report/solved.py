@@ -36,7 +36,7 @@ def _flag(value: Any) -> bool | None:
 def run_verdicts(runs: pd.DataFrame) -> pd.Series:
     """Per run: ``solved``, ``borderline``, ``unsolved`` or None (nothing recorded), from the evaluator's
     nominal return, SE and threshold where the table has them, else the table's own ``unsolved`` flag."""
-    out = []
+    out: list[str | None] = []
     for _, row in runs.iterrows():
         mean = _number(row.get("robustness.nominal_return"))
         threshold = _number(row.get("robustness.solved_threshold"))

@@ -11,8 +11,9 @@ constant side have no statistic, so any bootstrap has to condition on the lucky 
   are all the data can give.
 * p-value: a permutation test (exact enumeration up to ``EXACT_MAX_N`` runs, else ``n_perm`` seeded random
   permutations, p = (1 + hits) / (1 + n_perm)), two-sided on |r|, valid at any n.
-* Strata (a task, or an algorithm within a task): the coefficient is computed within each stratum and
-  averaged with weights n_s, so neither a task's scale nor an algorithm label can create an association.
+* Strata (a task, or a configuration within a task, :mod:`rlflat.report.stats.strata`): the coefficient is
+  computed within each stratum and averaged with weights n_s, so neither a task's scale nor an algorithm label
+  nor a hyperparameter can create an association.
   The interval adds the strata's Fisher-z degrees of freedom (fixed-effect pooling, Hedges & Olkin 1985),
   which is conservative for few small strata (see :func:`equivalent_n`); the permutation test shuffles
   within strata.
@@ -44,6 +45,7 @@ from rlflat.report.stats._common import (
     holm,
     rng_from,
 )
+from rlflat.report.stats.strata import MIN_STRATUM_RUNS, configuration_columns, configuration_labels
 
 CORR_METHODS = ("spearman", "kendall")
 MIN_N = 3
@@ -177,12 +179,13 @@ def rank_correlation(
     strata: npt.ArrayLike | None = None,
     n_perm: int = 9999,
     confidence: float = 0.95,
+    min_stratum: int = MIN_N,
 ) -> CorrResult:
     """Spearman rho or Kendall tau-b of (x, y) with a Fisher-z CI and a permutation p-value (module doc).
 
     Pairs with a NaN are dropped. With ``strata`` (the task of each run, or task x algorithm for "within
-    algorithm") the coefficient is the n_s-weighted mean of within-stratum coefficients; strata with
-    fewer than ``MIN_N`` pairs or a constant side are left out and named in ``reason``. Fewer than
+    configuration") the coefficient is the n_s-weighted mean of within-stratum coefficients; strata with
+    fewer than ``max(MIN_N, min_stratum)`` pairs or a constant side are left out and counted in ``reason``. Fewer than
     ``MIN_N_CI`` runs (equivalently) give an estimate and p-value but no interval ("too few runs").
     ``seed`` drives only the random permutations (exact enumeration needs none).
     """
@@ -202,11 +205,12 @@ def rank_correlation(
     n_all = int(xa.size)
     if strata is None and n_all < MIN_N:
         return _nan_corr(method, n_all, f"n={n_all} complete pairs < {MIN_N}")
-    usable = [(gx, gy) for gx, gy in groups if gx.size >= MIN_N and np.ptp(gx) > 0 and np.ptp(gy) > 0]
+    smallest = max(MIN_N, min_stratum)
+    usable = [(gx, gy) for gx, gy in groups if gx.size >= smallest and np.ptp(gx) > 0 and np.ptp(gy) > 0]
     dropped = len(groups) - len(usable)
     notes = []
     if dropped and strata is not None:
-        notes.append(f"left out {dropped} of {len(groups)} strata (fewer than {MIN_N} runs or a constant side)")
+        notes.append(f"left out {dropped} of {len(groups)} strata (fewer than {smallest} runs or a constant side)")
     if not usable:
         if strata is None:
             return _nan_corr(method, n_all, "x is constant" if np.ptp(xa) == 0 else "y is constant")
@@ -255,8 +259,9 @@ CORR_COLUMNS = [
     "n_tests",
     "reason",
 ]
-ACROSS, WITHIN_ALGO = "across runs", "within algorithm"
-"""``scope`` of a correlation row: all runs of the task(s), or only the variation inside each algorithm."""
+ACROSS, WITHIN_ALGO = "across runs", "within configuration"
+"""``scope`` of a correlation row: all runs of the task(s), or only the variation inside each configuration
+(algorithm x every varying hyperparameter: :mod:`rlflat.report.stats.strata`)."""
 
 
 def correlation_table(
@@ -271,13 +276,16 @@ def correlation_table(
     pooled: bool = True,
     n_perm: int = 9999,
     confidence: float = 0.95,
+    configuration: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Tidy table of rank correlations for every (measure, metric, method), per task and pooled over tasks.
 
     Two scopes per row key: ``ACROSS`` (every run of the task; pooled rows stratify by task, so each
-    task's scale drops out) and, with ``algo_col`` and several algorithms, ``WITHIN_ALGO`` (stratified by
-    task x algorithm: does the measure track the metric among seeds of one algorithm, or is the
-    across-run association only the algorithm label?). ``p_holm`` is the Holm-adjusted p-value within
+    task's scale drops out) and, with ``algo_col`` and several algorithms or configurations, ``WITHIN_ALGO``
+    (stratified by task x configuration, :mod:`rlflat.report.stats.strata`: the algorithm and the
+    ``configuration`` columns, by default every hyperparameter varying inside an algorithm; strata of fewer than
+    ``MIN_STRATUM_RUNS`` complete runs are left out: does the measure track the metric among seeds of one
+    configuration, or is the across-run association only the algorithm label or a hyperparameter?). ``p_holm`` is the Holm-adjusted p-value within
     each (task, method, scope) family of ``n_tests`` measure x metric tests. Each row draws from its
     own child generator spawned from ``seed`` in row order. Columns: ``CORR_COLUMNS``.
     """
@@ -289,7 +297,8 @@ def correlation_table(
     scopes: list[tuple[object, pd.DataFrame]] = [(t, runs[runs[task_col] == t]) for t in tasks]
     if pooled and len(tasks) > 1:
         scopes.append((POOLED, runs[runs[task_col].notna()]))
-    within = bool(algo_col) and runs[algo_col].nunique() > 1
+    config = list(configuration_columns(runs, algo_col) if configuration is None and algo_col else configuration or [])
+    within = bool(algo_col) and (runs[algo_col].nunique() > 1 or bool(config))
     keys = [
         (task, df, measure, metric, method, scope)
         for task, df in scopes
@@ -304,12 +313,16 @@ def correlation_table(
         x = pd.to_numeric(df[measure], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         y = pd.to_numeric(df[metric], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         strata: npt.NDArray[np.str_] | None = None
+        smallest = MIN_N
         if task == POOLED:
             strata = df[task_col].astype(str).to_numpy()
         if scope == WITHIN_ALGO:
             assert algo_col is not None
-            strata = (df[task_col].astype(str) + "\x1f" + df[algo_col].astype(str)).to_numpy()
-        res = rank_correlation(x, y, seed=child, method=method, strata=strata, n_perm=n_perm, confidence=confidence)
+            strata = configuration_labels(df, config, algo_col=algo_col, task_col=task_col).to_numpy()
+            smallest = MIN_STRATUM_RUNS
+        res = rank_correlation(
+            x, y, seed=child, method=method, strata=strata, n_perm=n_perm, confidence=confidence, min_stratum=smallest
+        )
         rows.append(
             {
                 "task": task,

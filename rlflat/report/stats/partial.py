@@ -86,6 +86,8 @@ def partial_spearman(
     xa = np.asarray(x, dtype=np.float64).ravel()
     ya = np.asarray(y, dtype=np.float64).ravel()
     labels = np.zeros(xa.size, dtype=np.int64) if strata is None else np.asarray(strata).ravel()
+    if xa.size == 0:
+        return PartialResult(math.nan, math.nan, math.nan, 0, 0, math.nan, tuple(confound_names), "no runs")
     conf = np.empty((xa.size, 0)) if confounds is None else np.asarray(confounds, dtype=np.float64).reshape(xa.size, -1)
     if not xa.size == ya.size == labels.size == conf.shape[0]:
         raise RlflatError(f"x, y, strata and confounds need one row per run, got {xa.size}, {ya.size}, {labels.size}")

@@ -12,6 +12,7 @@ from rlflat.errors import RlflatError, bad_choice
 from rlflat.report.orientation import association_sentence, improvement_words
 from rlflat.report.stats._common import POOLED, check_columns
 from rlflat.report.stats.comparison import COMPARISON_COLUMNS
+from rlflat.report.stats.correlation import WITHIN_ALGO
 
 SPANS_ZERO = "the CI spans zero: no evidence of a difference"
 
@@ -30,8 +31,8 @@ def describe_correlation(row: Mapping[str, object], measure_label: str, metric_l
     n = int(row["n"])  # type: ignore[call-overload]
     name = "Spearman ρ" if row["method"] == "spearman" else "Kendall τ"
     scope = "pooled over tasks (within-task ranks)" if row["task"] == POOLED else f"on {row['task']}"
-    if str(row.get("scope", "")) == "within algorithm":
-        scope += ", within each algorithm"
+    if str(row.get("scope", "")) == WITHIN_ALGO:
+        scope += ", within each configuration"
     elif str(row.get("scope", "")) == "across runs":
         scope += ", across runs (between + within algorithms)"
     if not math.isfinite(est):
