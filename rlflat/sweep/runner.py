@@ -392,14 +392,14 @@ class _ProgressView:
         else:
             self.done += 1
         self._refresh(advance=1)
-        if self.enabled and self._progress is None:
+        if self.enabled:
             count = self.done + self.failed + self.skipped
             detail = f" ({outcome.stage}: {outcome.error})" if outcome.error else ""
-            print(
-                f"[{count}/{self.todo}] {outcome.status} {outcome.name} {outcome.seconds:.1f} s{detail}",
-                file=self.stream,
-                flush=True,
-            )
+            line = f"[{count}/{self.todo}] {outcome.status} {outcome.name} {outcome.seconds:.1f} s{detail}"
+            if self._progress is not None:  # above the bar, where it stays when the bar closes
+                self._progress.console.print(line, markup=False, highlight=False)
+            else:
+                print(line, file=self.stream, flush=True)
 
     def _refresh(self, advance: int) -> None:
         if self._progress is not None:

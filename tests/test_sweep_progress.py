@@ -1,0 +1,31 @@
+"""The sweep's per-run lines stay on screen: on a terminal they print above the progress bar, not inside it."""
+
+from __future__ import annotations
+
+import io
+
+from rlflat.sweep.pipeline import RunOutcome
+from rlflat.sweep.runner import _ProgressView
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_per_run_lines_outlive_the_bar_on_a_terminal() -> None:
+    stream = _Terminal()
+    with _ProgressView(total=3, todo=2, name="study", enabled=True, stream=stream) as view:
+        assert view._progress is not None  # the rich bar is what a terminal gets
+        view.finished(RunOutcome("ppo-CartPole-s0-aaaa", "aaaa", "ok", seconds=1.25))
+        view.finished(RunOutcome("ppo-CartPole-s1-bbbb", "bbbb", "failed", stage="probe", error="boom", seconds=2.0))
+    text = stream.getvalue()
+    assert "[1/2] ok ppo-CartPole-s0-aaaa 1.2 s" in text or "[1/2] ok ppo-CartPole-s0-aaaa 1.3 s" in text
+    assert "[2/2] failed ppo-CartPole-s1-bbbb 2.0 s (probe: boom)" in text
+
+
+def test_per_run_lines_without_a_terminal() -> None:
+    stream = io.StringIO()
+    with _ProgressView(total=1, todo=1, name="study", enabled=True, stream=stream) as view:
+        view.finished(RunOutcome("r", "r", "ok", seconds=0.5))
+    assert stream.getvalue().splitlines() == ["study: 1 of 1 runs to do", "[1/1] ok r 0.5 s"]
