@@ -51,7 +51,9 @@ def _train(members: list[Member], extra: dict[str, str], *, progress: bool, devi
     from rlflat.population import batched
 
     if batched.supports(members[0].config, device):
-        return batched.train_batched(members, extra, progress=progress, device=device)
+        results = batched.train_batched(members, extra, progress=progress, device=device)
+        if results is not None:
+            return results
     return [_train_one(m, extra, progress=progress, device=device) for m in members]
 
 

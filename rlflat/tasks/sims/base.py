@@ -179,6 +179,15 @@ class EpisodeRows:
         self._last_obs = obs.copy()
         return obs
 
+    def _restart_rows(self, rows: BoolArray, obs: npt.NDArray[np.float32]) -> None:
+        """Begin new episodes in ``rows`` (an autoreset, for training) whose first observations are ``obs``."""
+        last_obs = self._require_reset()
+        self._elapsed[rows] = 0
+        self._done[rows] = False
+        self._last_terminated[rows] = False
+        self._last_truncated[rows] = False
+        last_obs[rows] = obs
+
     def _require_reset(self) -> npt.NDArray[np.float32]:
         if self._last_obs is None:
             raise RlflatError(f"{self.env_id} simulator: call reset(seeds) before step(actions)")

@@ -9,7 +9,7 @@ finished rows' state ourselves.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -64,6 +64,19 @@ class CartPoleSim(EpisodeRows):
         env.reset(seed=0)  # initialises steps/prev_done; its own draw is overwritten below
         env.state = state
         return self._begin_episodes(state.T.astype(np.float32))
+
+    def restart(
+        self, rows: npt.NDArray[np.bool_], generators: Sequence[np.random.Generator]
+    ) -> npt.NDArray[np.float32]:
+        """Autoreset for training: ``rows`` start new episodes drawn from their own ``generators`` (one per row),
+        as ``CartPoleEnv.reset()`` without a seed continues the env's generator. Returns their observations."""
+        picked = np.flatnonzero(rows)
+        state = np.stack([generators[int(i)].uniform(low=-0.05, high=0.05, size=(4,)) for i in picked], axis=1)
+        env: Any = self._env
+        env.state[:, picked] = state
+        obs = state.T.astype(np.float32)
+        self._restart_rows(rows, obs)
+        return obs
 
     def step(self, actions: npt.ArrayLike) -> StepResult:
         """One Gymnasium vector step with autoreset disabled; finished rows are restored afterwards."""
