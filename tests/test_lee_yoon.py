@@ -315,3 +315,56 @@ def test_fingerprint_steps_past_termination_where_short_horizons_agree() -> None
     assert groups[1] != groups[2]  # torso, thigh and leg on the floor: every contact's friction vs the foot's
     assert groups[3] == groups[4]  # x0.4 and x0.5 are still one contact (max with the floor's 1.0)
     assert groups[5] == groups[1] and len(set(groups)) == 4  # deterministic; nominal apart from all
+
+
+# -- the study config: loaded and expanded by the sweep, never run here ---------------------------------------------
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "hopper_lee_yoon.yaml"
+
+
+def _lee_yoon_pass(evaluate_block: dict[str, object]) -> dict[str, object]:
+    """The config's second pass (its header's CLI loop): the 1-D suites again under ``lee_yoon``, no grids."""
+    suite = {k: v for k, v in dict(evaluate_block["suite"]).items() if k != "grids"}  # type: ignore[call-overload]
+    return {**evaluate_block, "suite": {**suite, "protocol": "lee_yoon"}}
+
+
+def test_study_config_loads_with_their_hyperparameters_and_both_protocols() -> None:
+    from rlflat.evaluate import build_settings
+    from rlflat.sweep.config import check_stage_options, expand_runs, load_study_config
+    from rlflat.sweep.stage_options import check_options, evaluate_options
+
+    study = load_study_config(CONFIG)
+    check_stage_options(study)
+    runs = expand_runs(study)
+    assert sorted({(r.config["algo"], r.config["seed"]) for r in runs}) == [
+        (a, s) for a in ("ppo", "ppo_lysam", "ppo_sam") for s in range(5)
+    ]
+    for run in runs:
+        hp = run.config["hyperparameters"]
+        assert run.config["task"] == "Hopper" and hp["total_timesteps"] >= 1_000_000
+        assert (hp["n_steps"] * hp["n_envs"], hp["batch_size"], hp["n_epochs"]) == (2048, 64, 10)
+        assert (hp["clip_range"], hp["ent_coef"], hp["gamma"], hp["gae_lambda"]) == (0.2, 0.01, 0.99, 0.95)
+        assert hp["policy_kwargs"]["log_std_init"] == -0.5
+        rule = {
+            "ppo": {},
+            "ppo_lysam": {"rho": 0.01, "sam_scope": "all"},
+            "ppo_sam": {"rho": 0.05, "sam_scope": "actor"},
+        }
+        assert {k: hp[k] for k in ("rho", "sam_scope") if k in hp} == rule[run.config["algo"]]
+    options = study.config.stage_options("evaluate")
+    assert options["episodes"] >= 50
+    default = evaluate_options(options, "Hopper")["suite"]
+    second = _lee_yoon_pass(options)
+    check_options("evaluate", second, ["Hopper"])
+    lee_yoon = evaluate_options(second, "Hopper")["suite"]
+    assert (default.protocol, lee_yoon.protocol) == ("default", "lee_yoon") and not lee_yoon.grids
+    settings = build_settings(HOPPER, default)
+    families = {s.family for s in settings}
+    assert {"torso_mass", "foot_friction", "friction_scale", "action_noise"} <= families
+    assert {"foot_friction:torso_mass", "friction_scale:torso_mass"} <= families
+    assert sum(s.family == "foot_friction:torso_mass" for s in settings) == 12 * 11  # x0.5 kept in the grid too
+    assert {s.factor for s in settings if s.family == "foot_friction"} >= {0.4, 0.5}
+    assert len([s for s in settings if s.family == "action_noise"]) == 11
+    text = CONFIG.read_text()  # the header's CLI pass is the pass validated above
+    for name in ("torso_mass", "foot_friction", "friction_scale"):
+        assert f"--factors {name}=" + ",".join(str(float(f)) for f in options["suite"]["factors"][name]) in text
