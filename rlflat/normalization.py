@@ -141,3 +141,12 @@ def _number(value: Any, what: str, allow_inf: bool = False) -> float:
     if not ok or math.isnan(value) or value < 0 or (math.isinf(value) and not allow_inf):
         raise RlflatError(f"{what} must be a number >= 0, got {value!r}")
     return float(value)
+
+
+if __name__ == "__main__":  # python -m rlflat.normalization import PKL --trust (rlflat.normalization_import)
+    import sys
+
+    from rlflat.cli import run_cli
+    from rlflat.normalization_import import main
+
+    sys.exit(run_cli(main))

@@ -36,6 +36,7 @@ from rlflat.normalization import (
     load_stats,
     load_trusted_pickle,
 )
+from rlflat.representable import check_representable
 from rlflat.sb3_zip import rebuild_policy
 from rlflat.scope import actor_parameter_names
 from rlflat.tasks import TaskSpec, make_env
@@ -255,13 +256,10 @@ def normalization_stats(
                 f"default; pass --trust --vecnormalize {path / NORMALIZER_FILE} if you trust it"
             )
         return None
-    for stray in (path.with_name(NORMALIZATION_FILE), path.with_name(NORMALIZER_FILE)):
-        if stray.exists():
-            print(
-                f"note: {stray} lies beside {path.name} but is not applied; name it with --vecnormalize to use it",
-                file=sys.stderr,
-            )
-            break
+    from rlflat.normalization_import import stray_note  # beside the zip, or the zoo's <run>/<env>/ layout
+
+    if (note := stray_note(path)) is not None:
+        print(note, file=sys.stderr)
     return None
 
 
@@ -278,6 +276,7 @@ def _load_trusted(zip_path: Path) -> ActorCriticPolicy:
     policy_class = data["policy_class"]
     if not (isinstance(policy_class, type) and issubclass(policy_class, ActorCriticPolicy)):
         raise RlflatError(f"{zip_path}: policy {policy_class!r} is not an on-policy actor-critic policy")
+    check_representable(zip_path, policy_class)  # recurrent, maskable, ...: refused even when trusted
     kwargs = dict(data.get("policy_kwargs") or {})
     if data.get("use_sde"):
         kwargs["use_sde"] = True

@@ -31,6 +31,7 @@ from torch import nn
 
 from rlflat.errors import RlflatError
 from rlflat.memory import require_memory
+from rlflat.representable import refuse_known
 
 __all__ = ["ACTIVATIONS", "POLICY_CLASSES", "TRUST_HINT", "rebuild_policy", "zip_member_sizes"]
 
@@ -136,6 +137,7 @@ def _policy_class(path: Path, field: Any) -> type[ActorCriticPolicy]:
     if name is None:
         raise RlflatError(f"{path}: policy_class cannot be identified from its readable fields; {TRUST_HINT}")
     if name not in POLICY_CLASSES:
+        refuse_known(path, name)  # no --trust hint where trusting would not help
         raise RlflatError(
             f"{path}: policy_class {name} is not an on-policy actor-critic policy rlflat rebuilds safely "
             f"(allowed: {', '.join(POLICY_CLASSES)}); {TRUST_HINT}"

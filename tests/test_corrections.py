@@ -247,3 +247,24 @@ def test_a_partial_correlation_of_no_runs_is_undefined_not_an_error() -> None:
 
     out = partial_spearman([], [], seed=0, strata=[], confounds=np.empty((0, 1)), confound_names=["entropy"])
     assert out.reason == "no runs" and math.isnan(out.estimate) and out.covariates == ("entropy",)
+
+
+# ----- retention --------------------------------------------------------------------------------------------
+
+
+def test_retention_is_the_auc_of_the_curve_over_its_own_nominal_for_solved_runs_only() -> None:
+    from rlflat.evaluate.metrics import robustness_block
+    from rlflat.report.sections_retention import retention
+
+    run = Path(__file__).resolve().parents[1] / "results" / "cartpole_v2" / "ppo-CartPole-s0-2063bb46ea"
+    table = pd.read_parquet(run / "robustness.parquet")
+    task = load_task("CartPole")
+    block = robustness_block(table, task)
+    own = table.copy()
+    own["normalized_return"] = own["normalized_return"] / block["nominal_normalized_return"]
+    frame = pd.DataFrame([{f"robustness.{k}": block[k] for k in
+                           ("auc_mean", "nominal_normalized_return", "nominal_return", "nominal_return_se",
+                            "solved_threshold")}])  # fmt: skip
+    assert retention(frame).iloc[0] == pytest.approx(robustness_block(own, task)["auc_mean"], rel=1e-12)
+    unsolved = frame.assign(**{"robustness.nominal_return": 300.0, "robustness.nominal_return_se": 5.0})
+    assert math.isnan(retention(unsolved).iloc[0])

@@ -50,6 +50,10 @@ def _parser() -> ArgumentParser:
                    f"(default {d.batches})")  # fmt: skip
     p.add_argument("--batch", type=int, help=f"transitions per probe batch, whole episodes (default {d.batch})")
     p.add_argument("--seed", type=int, help=f"seed of the probe batches and the random directions (default {d.seed})")
+    p.add_argument("--gamma", type=float,
+                   help="discount of the batch's advantages (default: the run's, or the zip's readable gamma, else 0.99)")  # fmt: skip
+    p.add_argument("--gae-lambda", type=float,
+                   help="GAE lambda of the batch's advantages (default: the run's, or the zip's readable value, else 0.95)")  # fmt: skip
     p.add_argument("--top-k", type=int, help=f"eigenvalues at each end (default {d.top_k})")
     p.add_argument("--exact-threshold", type=int,
                    help=f"dense Hessian + full spectrum when n_params <= this (default {d.exact_threshold})")  # fmt: skip
@@ -109,6 +113,8 @@ _OPTION_FLAGS = (
     "landscape_points",
     "landscape_span",
     "interpolate",
+    "gamma",
+    "gae_lambda",
 )
 
 

@@ -65,6 +65,7 @@ from rlflat.probe.return_and_published import (
     return_sharpness_measures,
 )
 from rlflat.probe.seeding import subseed
+from rlflat.sb3_readable import readable_hyperparameters
 from rlflat.tasks import TaskSpec, load_task, make_env
 
 __all__ = [
@@ -95,8 +96,8 @@ def _resolve_source(path: str | Path) -> _Source:
         if not (path / MODEL_FILE).exists():
             raise RlflatError(f"{path} is a directory without {MODEL_FILE}: not an rlflat run dir")
         return _Source(path, path, read_json_object(path / CONFIG_JSON))
-    if path.suffix == ".zip" and path.is_file():
-        return _Source(path, None, {})
+    if path.suffix == ".zip" and path.is_file():  # the zip's own gamma / GAE lambda (readable data) as its config's
+        return _Source(path, None, {"hyperparameters": readable_hyperparameters(path)})
     raise RlflatError(f"{path} is neither a run directory nor an SB3 model .zip")
 
 

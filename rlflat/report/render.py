@@ -26,12 +26,14 @@ from rlflat.report import robustness_data as RD
 from rlflat.report import select
 from rlflat.report.brackets import tie_within_brackets
 from rlflat.report.censoring import MIN_COLLAPSE, censor_runs
+from rlflat.report.confirmatory import section_confirmatory
 from rlflat.report.context import Context, label
 from rlflat.report.document import Document, to_html, to_markdown
 from rlflat.report.published import section_published
 from rlflat.report.reliability import section_reliability
 from rlflat.report.sections_figures import section_robustness, section_sharpness, section_training
 from rlflat.report.sections_flatness import section_flatness_vs_algorithm
+from rlflat.report.sections_retention import section_retention
 from rlflat.report.sections_stability import section_stability
 from rlflat.report.sections_stats import section_comparisons, section_correlations
 from rlflat.report.settings import ReportSettings, load_report_settings
@@ -255,8 +257,9 @@ def build_report(
     def build(folder: Path) -> None:  # a copy of out_dir, swapped in whole when done (rlflat.io.update_dir)
         _clean_outputs(folder)
         ctx = _context(study, folder, settings, figure_n_boot)
-        sections = (_section_overview, section_reliability, section_flatness_vs_algorithm, section_correlations,
-                    section_comparisons, section_published, section_robustness,
+        sections = (_section_overview, section_confirmatory, section_reliability, section_flatness_vs_algorithm,
+                    section_correlations,
+                    section_retention, section_comparisons, section_published, section_robustness,
                     section_sharpness, section_training, section_stability)  # fmt: skip
         with tqdm(sections, desc="report", unit="section", disable=None if progress else True, file=sys.stderr,
                   leave=False) as bar:  # fmt: skip
