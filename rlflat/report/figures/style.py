@@ -40,10 +40,10 @@ DPI = 150
 PANEL = (3.6, 3.0)
 """Inches per panel: at DPI 150 and a 1000-px page, 10-pt text stays about 12 px on screen."""
 MAX_COLS = 3
-_RULE_SHADE = {"": 0.62, "sam": 0.0, "asam": -0.4}  # plain far lighter: base vs SAM must read apart
-"""Mix toward white (>0) or black (<0) per update rule: plain light, SAM full, ASAM dark."""
-_RULE_MARKER = {"": "o", "sam": "s", "asam": "^"}
-RULES = ("sam", "asam")
+_RULE_SHADE = {"": 0.62, "sam": 0.0, "asam": -0.4, "lysam": 0.3}  # plain far lighter: base vs SAM must read apart
+"""Mix toward white (>0) or black (<0) per update rule: plain light, SAM full, ASAM dark, Lee & Yoon's between."""
+_RULE_MARKER = {"": "o", "sam": "s", "asam": "^", "lysam": "v"}
+RULES = ("sam", "asam", "lysam")
 
 _LABELS: dict[str, str] = {
     "probe.lambda_max": "surrogate Hessian λ_max",
