@@ -460,6 +460,24 @@ SNAPSHOT: dict[str, Any] = {
             {
                 "action": "store",
                 "choices": None,
+                "dest": "gamma",
+                "flags": ["--gamma"],
+                "nargs": None,
+                "required": False,
+                "type": "float",
+            },
+            {
+                "action": "store",
+                "choices": None,
+                "dest": "gae_lambda",
+                "flags": ["--gae-lambda"],
+                "nargs": None,
+                "required": False,
+                "type": "float",
+            },
+            {
+                "action": "store",
+                "choices": None,
                 "dest": "top_k",
                 "flags": ["--top-k"],
                 "nargs": None,
@@ -685,9 +703,9 @@ SNAPSHOT: dict[str, Any] = {
         ],
         "help": "usage: python -m rlflat.probe [-h] [--task TASK] [--out OUT] [--measures MEASURES] [--loss LOSS]\n"
         "                              [--scope SCOPE] [--batches BATCHES] [--batch BATCH] [--seed SEED]\n"
-        "                              [--top-k TOP_K] [--exact-threshold EXACT_THRESHOLD]\n"
-        "                              [--directions DIRECTIONS] [--normalize-1d]\n"
-        "                              [--n-directions N_DIRECTIONS] [--sigmas SIGMAS]\n"
+        "                              [--gamma GAMMA] [--gae-lambda GAE_LAMBDA] [--top-k TOP_K]\n"
+        "                              [--exact-threshold EXACT_THRESHOLD] [--directions DIRECTIONS]\n"
+        "                              [--normalize-1d] [--n-directions N_DIRECTIONS] [--sigmas SIGMAS]\n"
         "                              [--reference-sigmas REFERENCE_SIGMAS] [--episodes EPISODES]\n"
         "                              [--rho RHO] [--adaptive-rho ADAPTIVE_RHO]\n"
         "                              [--return-sigmas RETURN_SIGMAS] [--return-episodes RETURN_EPISODES]\n"
@@ -720,6 +738,11 @@ SNAPSHOT: dict[str, Any] = {
         "  --batches BATCHES     independent probe batches B, each measure's SE is over them (default 4)\n"
         "  --batch BATCH         transitions per probe batch, whole episodes (default 1000)\n"
         "  --seed SEED           seed of the probe batches and the random directions (default 0)\n"
+        "  --gamma GAMMA         discount of the batch's advantages (default: the run's, or the zip's\n"
+        "                        readable gamma, else 0.99)\n"
+        "  --gae-lambda GAE_LAMBDA\n"
+        "                        GAE lambda of the batch's advantages (default: the run's, or the zip's\n"
+        "                        readable value, else 0.95)\n"
         "  --top-k TOP_K         eigenvalues at each end (default 5)\n"
         "  --exact-threshold EXACT_THRESHOLD\n"
         "                        dense Hessian + full spectrum when n_params <= this (default 1000)\n"
@@ -767,7 +790,7 @@ SNAPSHOT: dict[str, Any] = {
         "normalization.json;\n"
         "                        files beside a bare zip are never applied)\n",
         "prog": "python -m rlflat.probe",
-        "source": "a5417f4778d349234cd63bd244ab01d5ddae1c59f62ee015be213ae55e02206d",
+        "source": "c575748abc13ac96ad8a58303cc97d8d732927507a6ab94ef1e197f769e43303",
     },
     "report": {
         "arguments": [
@@ -860,7 +883,7 @@ SNAPSHOT: dict[str, Any] = {
         "skipped\n"
         "  --no-progress    no progress bar on stderr\n",
         "prog": "python -m rlflat.report",
-        "source": "11926b23195d8b6c34e7a5ac820284c1a46d7285b04d9ec9ec210dc07585f876",
+        "source": "b1b79c991c689a146abcfb54e237ae1dc743f8513891b48804500a01fe3d72ff",
     },
     "sweep": {
         "arguments": [
@@ -1235,6 +1258,6 @@ SNAPSHOT: dict[str, Any] = {
         "                        the logger\n"
         "  --eval-episodes K     episodes per --eval-every evaluation (default 10)\n",
         "prog": "python -m rlflat.train",
-        "source": "8dc44b88cf5009d1b77eb147cf0075f0a5378649cd07591c6c9480cd32bbd498",
+        "source": "d276dbece1ed3a34d5603f8292686532b87dfefaa3e2f6cc49541f14f376cbeb",
     },
 }

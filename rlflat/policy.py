@@ -36,7 +36,7 @@ from rlflat.normalization import (
     load_stats,
     load_trusted_pickle,
 )
-from rlflat.representable import check_representable
+from rlflat.representable import check_representable, refuse_known
 from rlflat.sb3_zip import rebuild_policy
 from rlflat.scope import actor_parameter_names
 from rlflat.tasks import TaskSpec, make_env
@@ -274,6 +274,8 @@ def _load_trusted(zip_path: Path) -> ActorCriticPolicy:
     if state is None or "policy" not in state:
         raise RlflatError(f"{zip_path}: no policy.pth in the SB3 zip")
     policy_class = data["policy_class"]
+    if isinstance(policy_class, type):  # a known recurrent or maskable policy: say why, not just "not on-policy"
+        refuse_known(zip_path, f"{policy_class.__module__}.{policy_class.__qualname__}")
     if not (isinstance(policy_class, type) and issubclass(policy_class, ActorCriticPolicy)):
         raise RlflatError(f"{zip_path}: policy {policy_class!r} is not an on-policy actor-critic policy")
     check_representable(zip_path, policy_class)  # recurrent, maskable, ...: refused even when trusted
