@@ -266,6 +266,36 @@ def test_tracked_values_match_the_dense_hessian_of_a_small_policy() -> None:
     assert row["sharpness"] == pytest.approx(float(torch.linalg.eigvalsh(h)[-1]), rel=1e-4)
     assert row["preconditioned_sharpness"] == pytest.approx(float(torch.linalg.eigvalsh(d @ h @ d)[-1]), rel=1e-4)
     assert row["learning_rate"] == 1e-3 and row["adam_threshold"] == pytest.approx(38_000.0)
+    # the actor's and the critic's diagonal blocks apart, and the value head's tanh saturation by hand
+    names = list(named)
+    offsets = np.cumsum([0, *sizes])
+    for key, prefixes in (("actor", ("mlp_extractor.policy_net.", "action_net.")),
+                          ("critic", ("mlp_extractor.value_net.", "value_net."))):  # fmt: skip
+        idx = torch.cat(
+            [torch.arange(offsets[i], offsets[i + 1]) for i, k in enumerate(names) if k.startswith(prefixes)]
+        )
+        block = h[idx][:, idx]
+        assert row[f"{key}_sharpness"] == pytest.approx(float(torch.linalg.eigvalsh(block)[-1]), rel=1e-4), key
+    obs = full_buffer(model).observations
+    with torch.no_grad():
+        phi = model.policy.mlp_extractor.value_net(model.policy.extract_features(obs))
+    assert row["critic_saturation"] == pytest.approx(float((phi.abs() > 0.99).double().mean()))
+
+
+def test_path_summary_flags_a_loss_whose_top_curvature_is_the_value_heads() -> None:
+    """The late whole-loss sharpness at 64.9 (2 vf_coef (1 + ...): a saturated value head) with the surrogate's at
+    3: value-dominated, and the policy's own ratio is 3 / (2 / eta)."""
+    rows = [{"sharpness": s, "surrogate_sharpness": 3.0, "gd_threshold": 2 / 3e-3, "preconditioned_sharpness": 1.0,
+             "adam_threshold": 38 / 3e-3, "actor_sharpness": 4.0, "critic_sharpness": s, "critic_saturation": 0.87}
+            for s in (10.0, 20.0, 64.9, 64.9)]  # fmt: skip
+    summary = path_summary(rows)
+    assert summary["value_dominated"] is True
+    assert summary["late_surrogate_gd_ratio"] == pytest.approx(3.0 * 3e-3 / 2)
+    assert summary["late_critic_gd_ratio"] == pytest.approx(64.9 * 3e-3 / 2)
+    assert summary["late_actor_gd_ratio"] == pytest.approx(4.0 * 3e-3 / 2)
+    assert summary["late_critic_saturation"] == pytest.approx(0.87)
+    calm = path_summary([{**r, "sharpness": 4.0} for r in rows])
+    assert calm["value_dominated"] is False
 
 
 def test_threshold_slope_is_minus_one_at_the_edge_and_zero_off_it() -> None:

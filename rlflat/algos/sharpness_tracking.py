@@ -10,6 +10,12 @@ schedules' current values:
 * ``surrogate_sharpness`` / ``surrogate_preconditioned_sharpness``: the same for the policy surrogate alone;
 * for SAM/ASAM runs, ``perturbed_sharpness`` / ``perturbed_preconditioned_sharpness``: the loss's at the point
   the rule takes its gradient, ``theta + e`` with ``e`` from the rule and the buffer's full gradient;
+* ``actor_sharpness`` / ``critic_sharpness``: the loss's top eigenvalue over the actor's parameters alone
+  (:func:`rlflat.scope.actor_parameter_names`) and over the critic's alone (its diagonal blocks), and
+  ``critic_saturation``: the share of the critic's last hidden tanh units with |phi| > 0.99 on the buffer (NaN
+  for other activations). PPO's loss carries ``vf_coef`` x the value error, so the whole loss's top eigenvalue can
+  be the critic's: a saturated tanh value head puts it near 2 vf_coef (1 + ||phi||^2) (64.9 in the first edge
+  study) whatever the policy does, and that is not the policy at an edge of stability;
 
 with the current learning rate and the two thresholds ``gd_threshold = 2 / eta`` and ``adam_threshold =
 2 (1 + b1) / ((1 - b1) eta)``. The Hessians are the probe's (:class:`rlflat.probe.hvp.HessianOperator`, on
@@ -48,6 +54,7 @@ from rlflat.probe.preconditioned import (
     top_eigenpair,
 )
 from rlflat.probe.seeding import subseed
+from rlflat.scope import actor_parameter_names
 
 __all__ = ["COLUMNS", "DEFAULT_EVERY", "SharpnessTracker", "path_summary"]
 
@@ -66,6 +73,9 @@ COLUMNS = (
     "surrogate_preconditioned_sharpness",
     "perturbed_sharpness",
     "perturbed_preconditioned_sharpness",
+    "actor_sharpness",
+    "critic_sharpness",
+    "critic_saturation",
     "tracking_seconds",
 )
 """Columns a tracker adds to ``train.csv`` (with ``timesteps``); a value not measured is empty (NaN)."""
@@ -121,6 +131,17 @@ class SharpnessTracker:
         row["tracking_seconds"] = time.perf_counter() - start
         self.rows.append(row)
 
+    def _blocks(self, row: dict[str, float], model: FlatOnPolicyAlgorithm, named: dict[str, Any], batch: Any) -> None:
+        """The loss's top eigenvalue on the actor's and on the critic's parameters apart, and the value head's
+        tanh saturation."""
+        actor = actor_parameter_names(named)
+        critic = [k for k in named if k.startswith(CRITIC_PREFIXES)]
+        for key, names in (("actor", actor), ("critic", critic)):
+            if names:
+                op = HessianOperator(self._loss_fn(model, "loss", batch), {k: named[k] for k in names})
+                row[f"{key}_sharpness"] = self._top(f"{key}_plain", op.matvec, op.n)
+        row["critic_saturation"] = critic_saturation(model, batch)
+
     def measure(self, model: FlatOnPolicyAlgorithm) -> dict[str, float]:
         """One row: sharpness values, learning rate and thresholds at the model's current state."""
         lr = float(model.policy.optimizer.param_groups[0]["lr"])
@@ -142,6 +163,7 @@ class SharpnessTracker:
             if term == "loss" and isinstance(model._rule, SAM):
                 moved = self._perturbed_point(model, named, op.unflatten(op.gradient()))
                 self._record(row, "perturbed_", HessianOperator(self._loss_fn(model, term, batch), moved), p)
+        self._blocks(row, model, named, batch)
         return row
 
     @staticmethod
@@ -177,12 +199,40 @@ class SharpnessTracker:
         return pair.value
 
 
+CRITIC_PREFIXES: tuple[str, ...] = ("mlp_extractor.value_net.", "value_net.")
+"""Name prefixes of the critic's parameters (its hidden layers and its value head)."""
+SATURATED = 0.99
+"""|tanh| above which a unit counts as saturated (its derivative 1 - phi^2 is below 0.02)."""
+
+
+def critic_saturation(model: FlatOnPolicyAlgorithm, batch: RolloutBufferSamples) -> float:
+    """Share of the critic's last hidden units with |phi| > SATURATED over the buffer's states (tanh critics; NaN
+    for any other activation, whose values are not bounded by 1)."""
+    policy = model.policy
+    if not isinstance(policy.activation_fn(), torch.nn.Tanh):
+        return math.nan
+    with torch.no_grad():
+        features = policy.extract_features(batch.observations)
+        vf_features = features[1] if isinstance(features, tuple) else features
+        latent = policy.mlp_extractor.forward_critic(vf_features)
+    return float((latent.abs() > SATURATED).double().mean())
+
+
+def _late(values: np.ndarray) -> float:
+    return float(np.nanmedian(values[len(values) // 2 :])) if np.isfinite(values).any() else math.nan
+
+
 def path_summary(rows: Sequence[Mapping[str, float]]) -> dict[str, Any]:
     """Per-run scalars of the sharpness path, for ``metrics.json`` (and so ``runs.parquet``).
 
     Ratios divide each measurement by its threshold at that update (the learning rate may follow a schedule):
     ``*_ratio_*`` >= 1 means at or above the edge. ``late_*`` is the median over the second half of the tracked
     updates, where Cohen et al. see the equilibrium; ``frac_*_at_edge`` counts updates at or above threshold.
+    ``*_surrogate_gd_ratio`` / ``*_surrogate_adam_ratio``: the policy surrogate's own sharpness (plain, Adam-
+    preconditioned) over its threshold (actor parameters only enter it), and
+    ``value_dominated``: the whole loss's late sharpness is more than twice the surrogate's, so its top curvature is
+    the value/entropy terms' (a saturated value head), not the policy's. Where the tracker measured them, also
+    ``*_actor_gd_ratio``, ``*_critic_gd_ratio`` and ``late_critic_saturation``.
     """
     if not rows:
         return {"n_tracked": 0}
@@ -198,6 +248,28 @@ def path_summary(rows: Sequence[Mapping[str, float]]) -> dict[str, Any]:
         "max_gd_ratio": float(np.nanmax(gd)),
         "late_gd_ratio": float(np.nanmedian(gd[late])),
     }
+    surrogate = np.array([r.get("surrogate_sharpness", math.nan) for r in rows], dtype=np.float64)
+    thresholds = np.array([r["gd_threshold"] for r in rows], dtype=np.float64)
+    if np.isfinite(surrogate).any():
+        late_full = _late(np.array([r["sharpness"] for r in rows], dtype=np.float64))
+        summary.update(
+            max_surrogate_gd_ratio=float(np.nanmax(surrogate / thresholds)),
+            late_surrogate_gd_ratio=_late(surrogate / thresholds),
+            value_dominated=bool(late_full > 2.0 * _late(surrogate)),
+        )
+    for key in ("actor", "critic"):
+        values = np.array([r.get(f"{key}_sharpness", math.nan) for r in rows], dtype=np.float64)
+        if np.isfinite(values).any():
+            summary[f"max_{key}_gd_ratio"] = float(np.nanmax(values / thresholds))
+            summary[f"late_{key}_gd_ratio"] = _late(values / thresholds)
+    surrogate_pre = np.array([r.get("surrogate_preconditioned_sharpness", math.nan) for r in rows], dtype=np.float64)
+    if np.isfinite(surrogate_pre).any():
+        adam = np.array([r["adam_threshold"] for r in rows], dtype=np.float64)
+        summary["max_surrogate_adam_ratio"] = float(np.nanmax(surrogate_pre / adam))
+        summary["late_surrogate_adam_ratio"] = _late(surrogate_pre / adam)
+    saturation = np.array([r.get("critic_saturation", math.nan) for r in rows], dtype=np.float64)
+    if np.isfinite(saturation).any():
+        summary["late_critic_saturation"] = _late(saturation)
     if np.isfinite(pre).any():
         summary.update(
             max_preconditioned_sharpness=float(np.nanmax(pre)),
