@@ -35,16 +35,12 @@ class StackedLinear(th.autograd.Function):
     """
 
     @staticmethod
-    def forward(x: th.Tensor, weight: th.Tensor, bias: th.Tensor) -> th.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: th.Tensor, weight: th.Tensor, bias: th.Tensor) -> th.Tensor:  # type: ignore[override]
         out = x.new_empty((x.shape[0], x.shape[1], weight.shape[1]))
         for k in range(x.shape[0]):
             th.addmm(bias[k], x[k], weight[k].t(), out=out[k])
-        return out
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[th.Tensor, ...], output: th.Tensor) -> None:
-        x, weight, _ = inputs
         ctx.save_for_backward(x, weight)
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad: th.Tensor) -> tuple[th.Tensor | None, ...]:  # type: ignore[override]

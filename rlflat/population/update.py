@@ -170,13 +170,14 @@ class Trainer:
         learners = self.learners
         loss, kl = minibatch_losses(self.shared, self.params, batch, scalars)
         losses, kls = loss.tolist(), kl.tolist()
+        finite = th.isfinite(loss).tolist()
         stop = []
         stepping = []
         for k in active:
             target = getattr(learners[k].model, "target_kl", None)
             if target is not None and kls[k] > 1.5 * target:
                 stop.append(k)
-            elif not th.isfinite(loss[k]):
+            elif not finite[k]:
                 self._fail(k, minibatch[k], f"loss is {losses[k]}")
             else:
                 stepping.append(k)
