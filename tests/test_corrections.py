@@ -268,3 +268,24 @@ def test_retention_is_the_auc_of_the_curve_over_its_own_nominal_for_solved_runs_
     assert retention(frame).iloc[0] == pytest.approx(robustness_block(own, task)["auc_mean"], rel=1e-12)
     unsolved = frame.assign(**{"robustness.nominal_return": 300.0, "robustness.nominal_return_se": 5.0})
     assert math.isnan(retention(unsolved).iloc[0])
+
+
+# ----- edge of stability: re-summarised paths ---------------------------------------------------------------
+
+
+def test_resummarised_paths_match_the_committed_summary_and_add_the_policys_own_ratio(tmp_path: Path) -> None:
+    import shutil
+
+    from rlflat.io import read_json_object
+    from rlflat.sweep.resummarize import resummarize_run
+
+    source = Path(__file__).resolve().parents[1] / "results" / "edge_of_stability" / "ppo-CartPole-s0-a087cbb644"
+    run = Path(shutil.copytree(source, tmp_path / "run"))
+    before = read_json_object(run / "metrics.json")["train"]["sharpness_path"]
+    after = resummarize_run(run)
+    for key in ("n_tracked", "max_sharpness", "late_gd_ratio", "max_gd_ratio", "late_adam_ratio", "max_adam_ratio"):
+        assert after[key] == pytest.approx(before[key], rel=1e-9), key
+    curve = pd.read_csv(run / "train.csv").dropna(subset=["update"])
+    ratio = (curve["surrogate_sharpness"] / curve["gd_threshold"]).to_numpy()
+    assert after["late_surrogate_gd_ratio"] == pytest.approx(float(np.median(ratio[len(ratio) // 2 :])))
+    assert read_json_object(run / "metrics.json")["train"]["sharpness_path"] == after
