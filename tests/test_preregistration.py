@@ -138,7 +138,7 @@ def test_schema_refuses_unknown_keys_families_and_undated_amendments() -> None:
     assert "unknown family 'secondary'; valid choices: primary, per_task" in _refusal(data)
     data = _data()
     data["amendments"] = [{"reason": "the LunarLander runs need box2d", "changes": "dropped LunarLander"}]
-    assert "amendments.0.date" in _refusal(data)
+    assert "amendments.0.date" in _refusal(data) and "amendments.0.body_sha256" in _refusal(data)
     data = _data()
     data["design"]["seeds"] = [1, 2, 3]
     assert "design.seeds" in _refusal(data)
@@ -148,7 +148,7 @@ def test_body_hash_ignores_layout_and_amendments_but_not_content() -> None:
     data = _data()
     base = body_hash(data)
     assert body_hash(yaml.safe_load(yaml.safe_dump(data, sort_keys=True))) == base
-    assert body_hash({**data, "amendments": [{"date": "2027-01-01", "reason": "x" * 12, "changes": "y"}]}) == base
+    assert body_hash({**data, "amendments": [{"date": "2027-01-01", "reason": "x" * 12, "changes": "yyy"}]}) == base
     changed = _data()
     changed["analysis"]["alpha"] = 0.1
     assert body_hash(changed) != base
@@ -172,12 +172,14 @@ def test_cli_check_and_render(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 # --- the hash lock --------------------------------------------------------------------------------------------------
 
 
-def _amend(path: Path, changes: str = "alpha 0.05 -> 0.05 (no change)") -> None:
+def _amend(path: Path, changes: str = "alpha 0.05 -> 0.05 (no change)", body: str | None = None) -> None:
     data = yaml.safe_load(path.read_text())
+    digest = body or body_hash(data)
     data["amendments"] = [
         *data.get("amendments", []),
-        {"date": "2026-12-09", "reason": "a task could not be run as registered", "changes": changes},
-    ]
+        {"date": "2026-12-09", "reason": "a task could not be run as registered", "changes": changes,
+         "body_sha256": digest},
+    ]  # fmt: skip
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
@@ -207,7 +209,12 @@ def test_lock_records_once_refuses_a_changed_body_and_accepts_an_amendment(workd
     # another registered task's first run is refused too: the lock of CartPole's directory is consulted
     with pytest.raises(RlflatError, match="changed after"):
         check_preregistration(prereg, Path("results/confirmatory_acrobot"), tasks=["Acrobot"], record=True)
-    _amend(prereg, "n_perm 9999 -> 19999")
+    _amend(prereg, "n_perm 9999 -> 19999", body="0" * 64)
+    with pytest.raises(RlflatError, match="differs from its last amendment's body_sha256 000000000000"):
+        check_preregistration(prereg, study)
+    data = yaml.safe_load(prereg.read_text())
+    data["amendments"][-1]["body_sha256"] = body_hash(data)
+    prereg.write_text(yaml.safe_dump(data, sort_keys=False))
     amended = check_preregistration(prereg, study, record=True)
     lock = read_lock(study)
     assert lock is not None and lock["amendments"] == 1 and lock["body_sha256"] == amended.body_hash
@@ -308,3 +315,183 @@ def test_matched_difference_by_hand() -> None:
             null.append((da + db) / 2)
     exact = float(np.mean(np.array(null) >= res.estimate - 1e-12))
     assert res.p_value == pytest.approx(exact, abs=4 * math.sqrt(exact * (1 - exact) / 20000) + 1e-4)
+
+
+# --- the registered analysis end to end on synthetic runs ----------------------------------------------------------
+
+
+def _synthetic_runs(prereg: Any, *, planted: bool, seed: int = 5) -> pd.DataFrame:
+    """Every registered run, with a within-configuration effect (planted) or none; 3% below the threshold."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    bases: dict[tuple[Any, ...], float] = {}
+    for task in prereg.design.tasks:
+        key = task.minibatch
+        for algo in task.algos:
+            radii = task.levels["rho"] if algo == "ppo_sam" else [math.nan]
+            for lr, mb, rho in itertools.product(task.levels["learning_rate"], task.levels[key], radii):
+                cell = bases.setdefault((task.task, lr, mb), rng.uniform(0.3, 0.7))  # shared by plain and SAM
+                base = cell + (0.05 if planted and algo == "ppo_sam" else 0.0)
+                for s in prereg.design.seeds:
+                    z, e = rng.normal(), rng.normal()
+                    unsolved = rng.random() < 0.03
+                    rows.append({
+                        "run_id": f"{task.task}-{algo}-{lr}-{mb}-{rho}-{s}", "task": task.task, "algo": algo,
+                        "seed": s, "status": "ok", "hp.learning_rate": lr, f"hp.{key}": mb, "hp.rho": rho,
+                        "robustness.solved_threshold": task.solved_threshold,
+                        "robustness.nominal_return": task.solved_threshold + (-50.0 if unsolved else 5.0),
+                        "robustness.nominal_return_se": 1.0,
+                        "probe.fisher_adaptive_lambda_max": math.exp(z),
+                        "probe.fisher_adaptive_trace": 3.0 * math.exp(z + 0.1 * rng.normal()),
+                        "probe.fisher_trace_method": "exact",
+                        "robustness.auc_mean": base + 0.05 * ((-0.6 * z + 0.8 * e) if planted else e),
+                    })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _fast(prereg: Any) -> Any:
+    return prereg.model_copy(update={"analysis": prereg.analysis.model_copy(update={"n_perm": 999})})
+
+
+def test_registered_analysis_supports_a_planted_effect_and_not_a_null(loaded: Any) -> None:
+    from rlflat.study.analysis import run_registered_analysis
+
+    prereg = _fast(loaded.prereg)
+    planted = run_registered_analysis(prereg, _synthetic_runs(prereg, planted=True)).verdicts.set_index("test")
+    assert list(planted.loc[["H1", "H2", "H3"], "verdict"]) == ["supported"] * 3
+    # E[r_s] at n = 10 of a bivariate normal with r = 0.6: 6 / (pi (n + 1)) (asin r + (n - 2) asin(r / 2)) (Moran 1948)
+    expected = 6 / (math.pi * 11) * (math.asin(0.6) + 8 * math.asin(0.3))
+    assert planted.loc["H1", "estimate"] == pytest.approx(-expected, abs=0.1)
+    assert planted.loc["H1", "ci_low"] < planted.loc["H1", "estimate"] < planted.loc["H1", "ci_high"] < 0
+    assert planted.loc["H3", "estimate"] == pytest.approx(0.05, abs=0.03)
+    assert len(planted) == 3 + 2 * 5 and (planted.loc[planted["family"] == "per_task", "verdict"] == "supported").all()
+    # about 3% of the 600 runs are below the threshold: out of H1/H2, kept in H3
+    assert 540 < planted.loc["H1", "n"] < 600 and planted.loc["H3", "n"] == 600
+    null = run_registered_analysis(prereg, _synthetic_runs(prereg, planted=False)).verdicts.set_index("test")
+    assert list(null.loc[["H1", "H2", "H3"], "verdict"]) == ["not supported"] * 3
+    assert abs(null.loc["H1", "estimate"]) < 0.1
+
+
+def test_h2_needs_the_exact_trace_and_unsolved_runs_follow_the_one_rule(loaded: Any) -> None:
+    from rlflat.study.analysis import prepare_runs, run_registered_analysis
+    from rlflat.tasks.spec import solved_verdict
+
+    prereg = _fast(loaded.prereg)
+    runs = _synthetic_runs(prereg, planted=True)
+    runs["probe.fisher_trace_method"] = "hutchinson"
+    verdicts = run_registered_analysis(prereg, runs).verdicts.set_index("test")
+    assert verdicts.loc["H2", "verdict"] == "not evaluable" and verdicts.loc["H1", "verdict"] == "supported"
+    probe = pd.DataFrame({"task": ["CartPole"] * 4, "algo": ["ppo"] * 4, "hp.batch_size": [64] * 4,
+                          "robustness.nominal_return": [474.0, 470.0, 476.0, 480.0],
+                          "robustness.nominal_return_se": [1.0, 2.0, 0.0, math.nan],
+                          "robustness.solved_threshold": [475.0] * 4})  # fmt: skip
+    got = list(prepare_runs(prereg, probe)["verdict"])
+    assert got == [solved_verdict(m, s, 475.0) for m, s in [(474, 1.0), (470, 2.0), (476, 0.0), (480, None)]]
+    assert got == ["borderline", "unsolved", "solved", "solved"]
+
+
+def _study_dir(root: Path, name: str, prereg: Path, runs: pd.DataFrame) -> Path:
+    directory = root / name
+    directory.mkdir(parents=True)
+    (directory / "study.yaml").write_text(yaml.safe_dump({"name": name, "preregistration": str(prereg)}))
+    runs.astype({"hp.learning_rate": str}).to_parquet(directory / "runs.parquet")  # one type per column
+    return directory
+
+
+def test_confirmatory_section_prints_verdicts_amendments_and_withholds_after_an_unamended_change(
+    workdir: Path, loaded: Any
+) -> None:
+    from rlflat.report.confirmatory import confirmatory_blocks
+    from rlflat.report.document import Document, to_markdown
+
+    prereg = Path("studies/confirmatory/preregistration.yaml").resolve()
+    text = prereg.read_text().replace("n_perm: 9999", "n_perm: 999")
+    prereg.write_text(text)
+    runs = _synthetic_runs(loaded.prereg, planted=True)
+    study = _study_dir(workdir / "results", "confirmatory_cartpole", prereg, runs)
+    check_preregistration(prereg, study, record=True)
+    doc = Document("t")
+    result, summary, _ = confirmatory_blocks(doc, [study], runs)
+    assert result is not None and summary is not None
+    md = to_markdown(doc, workdir)
+    assert "Confirmatory analysis (preregistered)" in md and "**H1: supported.**" in md
+    assert "Amendments: none." in md and "first run started" in md
+    _amend(prereg, "n_perm 9999 -> 999 for a fast test")
+    doc = Document("t")
+    confirmatory_blocks(doc, [study], runs)
+    assert "2026-12-09: n_perm 9999 -> 999 for a fast test Reason: a task could not be run" in to_markdown(doc, workdir)
+    prereg.write_text(prereg.read_text().replace("alpha: 0.05", "alpha: 0.5"))  # a change the lock has not seen
+    doc = Document("t")
+    result, _, _ = confirmatory_blocks(doc, [study], runs)
+    md = to_markdown(doc, workdir)
+    assert result is None and "Verdicts withheld" in md and "supported" not in md
+
+
+# --- granulated Kendall with intervals, pooled over tasks ----------------------------------------------------------
+
+
+def _granulated_table(noise: float = 0.0, seed: int = 0) -> pd.DataFrame:
+    """A 3 x 2 design (factor a with 3 levels, b with 2), 4 seed replicates per configuration.
+
+    Configuration means (m, y): b1: (1,1) (2,3) (3,2) -> tau 1/3; b2: (4,6) (5,5) (6,4) -> tau -1; so psi_a = -1/3.
+    Along b every level of a rises in both: psi_b = 1. Psi = 1/3.
+    """
+    rng = np.random.default_rng(seed)
+    means = {("a1", "b1"): (1, 1), ("a2", "b1"): (2, 3), ("a3", "b1"): (3, 2),
+             ("a1", "b2"): (4, 6), ("a2", "b2"): (5, 5), ("a3", "b2"): (6, 4)}  # fmt: skip
+    rows = []
+    for (a, b), (m, y) in means.items():
+        e = rng.normal(size=(4, 2)) * noise
+        e -= e.mean(axis=0)  # the configuration means stay exact
+        rows += [{"a": a, "b": b, "m": m + e[i, 0], "y": y + e[i, 1], "task": "T"} for i in range(4)]
+    return pd.DataFrame(rows)
+
+
+def test_granulated_bootstrap_by_hand() -> None:
+    from rlflat.report.stats.granulated import PSI_OVERALL
+    from rlflat.report.stats.granulated_summary import granulated_bootstrap
+
+    exact = granulated_bootstrap(_granulated_table(), "m", "y", ["a", "b"], seed=0, n_boot=200).set_index("factor")
+    assert exact.loc["a", "psi"] == pytest.approx(-1 / 3) and exact.loc["b", "psi"] == pytest.approx(1.0)
+    assert exact.loc[PSI_OVERALL, "psi"] == pytest.approx(1 / 3)
+    # identical seed replicates: every resample has the same means, so the interval is the point
+    assert np.allclose(exact["se"], 0.0, atol=1e-12) and np.allclose(exact["ci_low"], exact["psi"])
+    noisy = granulated_bootstrap(_granulated_table(0.8), "m", "y", ["a", "b"], seed=0, n_boot=400).set_index("factor")
+    assert np.allclose(noisy["psi"], exact["psi"])  # the point estimate is granulated_kendall's on the means
+    assert noisy.loc["a", "se"] > 0  # psi_b = 1 survives any resample: b moves the means by 3 units
+    assert (noisy["ci_low"] <= noisy["psi"]).all() and (noisy["psi"] <= noisy["ci_high"]).all()
+
+
+def test_fixed_effect_pool_by_hand() -> None:
+    from rlflat.report.stats.granulated_summary import SE_FLOOR, fixed_effect_pool
+
+    # weights 1 / se^2: 100 and 25
+    est = (100 * 0.2 + 25 * 0.5) / 125  # 0.26
+    q = 100 * (0.2 - est) ** 2 + 25 * (0.5 - est) ** 2  # 0.36 + 1.44 = 1.8
+    got = fixed_effect_pool([0.2, 0.5], [0.1, 0.2])
+    assert got.estimate == pytest.approx(0.26) and q == pytest.approx(1.8)
+    assert got.ci_high == pytest.approx(0.26 + 1.959964 / math.sqrt(125), rel=1e-6)
+    assert got.q == pytest.approx(1.8) and got.q_p == pytest.approx(sps.chi2.sf(1.8, 1))
+    assert got.i2 == pytest.approx(0.8 / 1.8) and got.k == 2
+    same = fixed_effect_pool([0.3, 0.3, 0.3], [0.1, 0.2, 0.0])  # an SE of 0 is floored, not an infinite weight
+    assert same.q == pytest.approx(0.0) and same.i2 == 0.0 and same.ci_high - same.estimate > 0
+    assert same.ci_high - same.estimate <= 1.959964 * SE_FLOOR + 1e-12
+    apart = fixed_effect_pool([-0.8, 0.8], [0.05, 0.05])
+    assert apart.i2 > 0.95 and apart.q_p < 1e-6
+    edge = fixed_effect_pool([1.0, 1.0], [0.0, 0.0])
+    assert (edge.estimate, edge.ci_high) == (1.0, 1.0) and edge.ci_low < 1.0
+
+
+def test_granulated_summary_pools_tasks_and_draws_one_panel_per_task(tmp_path: Path) -> None:
+    from rlflat.report.figures.granulated import plot_granulated_kendall
+    from rlflat.report.figures.style import save_figure
+    from rlflat.report.stats.granulated_summary import granulated_summary
+
+    one, two = _granulated_table(0.5, seed=1), _granulated_table(0.5, seed=2).assign(task="U")
+    summary = granulated_summary(pd.concat([one, two]), ["m"], "y", ["a", "b"], seed=0, n_boot=200)
+    pooled = summary[summary["task"] == "pooled"].set_index("factor")
+    assert pooled.loc["a", "psi"] == pytest.approx(-1 / 3, abs=1e-9) and pooled.loc["a", "k"] == 2
+    assert pooled.loc["a", "q"] == pytest.approx(0.0, abs=1e-9)  # both tasks have the same configuration means
+    fig, axes = plot_granulated_kendall(summary)
+    assert len(axes) == 3 and [ax.get_title().split("\n")[0] for ax in axes] == ["T", "U", "pooled (2 tasks)"]
+    assert save_figure(fig, tmp_path / "g.png").stat().st_size > 0

@@ -3,7 +3,8 @@
 At a confirmatory study's first sweep the body hash (:func:`rlflat.study.preregistration.body_hash`) and the
 number of amendments are written to ``<study>/preregistration.lock.json`` with the time. Every later sweep (and
 the report) compares: a changed body is refused unless the file carries more amendments than when it was locked
-(each with a date and a reason; the schema checks their form), and removing an amendment is refused. Records of
+and the newest names the current body's hash (each with a date and a reason; the schema checks their form), so an
+edit after the last amendment is refused too; removing an amendment is refused. Records of
 the other registered study directories are checked too, so a study split by task cannot run one task under a
 silently edited preregistration.
 """
@@ -39,17 +40,29 @@ def read_lock(study_dir: str | Path) -> dict[str, Any] | None:
 
 
 def _refusal(loaded: LoadedPreregistration, where: Path, record: dict[str, Any]) -> str | None:
-    amendments = len(loaded.prereg.amendments)
-    if amendments < int(record["amendments"]):
+    amendments = loaded.prereg.amendments
+    locked = int(record["amendments"])
+    if len(amendments) < locked:
         return (
-            f"{loaded.path} has {amendments} amendment(s) but {where} locked it with {record['amendments']}: "
+            f"{loaded.path} has {len(amendments)} amendment(s) but {where} locked it with {locked}: "
             "amendments cannot be removed; restore them"
         )
-    if loaded.body_hash != record["body_sha256"] and amendments == int(record["amendments"]):
+    if loaded.body_hash == record["body_sha256"]:
+        return None
+    changed = (
+        f"{loaded.path} changed after {where.parent}'s first run ({record['recorded_at']}; body sha256 "
+        f"{record['body_sha256'][:12]} then, {loaded.body_hash[:12]} now)"
+    )
+    new = amendments[locked:]
+    if not new:
         return (
-            f"{loaded.path} changed after {where.parent}'s first run ({record['recorded_at']}; body sha256 "
-            f"{record['body_sha256'][:12]} then, {loaded.body_hash[:12]} now); restore it, or add an amendment "
-            "(date, reason, changes) under 'amendments'"
+            f"{changed}; restore it, or add an amendment (date, reason, changes, body_sha256: {loaded.body_hash}) "
+            "under 'amendments'"
+        )
+    if new[-1].body_sha256 != loaded.body_hash:
+        return (
+            f"{changed} and differs from its last amendment's body_sha256 {new[-1].body_sha256[:12]}: add an "
+            f"amendment for this change (body_sha256: {loaded.body_hash}) or restore it"
         )
     return None
 

@@ -153,9 +153,13 @@ class Power(_Strict):
 
 
 class Amendment(_Strict):
+    """A dated change to a registered study, bound to the body it produces (so later edits need a new one)."""
+
     date: dt.date
     reason: str = Field(min_length=10)
     changes: str = Field(min_length=3)
+    body_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """The body hash after this change (``python -m rlflat.study check`` prints it)."""
 
 
 class Preregistration(_Strict):

@@ -108,7 +108,10 @@ def render_markdown(loaded: LoadedPreregistration) -> str:
         out += ["## Deviations from the issue", ""] + [f"- {d}" for d in p.deviations_from_issue] + [""]
     out += ["## Amendments", ""]
     if p.amendments:
-        out += [f"- {m.date.isoformat()}: {m.changes} *Reason:* {m.reason}" for m in p.amendments]
+        out += [
+            f"- {m.date.isoformat()}: {m.changes} *Reason:* {m.reason} (body sha256 `{m.body_sha256[:16]}`)"
+            for m in p.amendments
+        ]
     else:
         out += ["None."]
     return "\n".join(out).rstrip() + "\n"

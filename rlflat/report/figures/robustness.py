@@ -17,6 +17,7 @@ from rlflat.report.figures.style import (
     _grid,
     _legend,
     _ncols,
+    _wrap,
     figure_style,
 )
 
@@ -64,7 +65,7 @@ def plot_robustness_curves(
                 _factor_axis(ax, sub["x"])
                 ax.axvline(1.0, color="0.6", linewidth=0.8, zorder=0)
             ax.set_title(f"{task}: {panel}" if len(tasks) > 1 else panel)
-            ax.set_xlabel(axis_labels.get((task, panel), "factor of nominal"))
+            ax.set_xlabel(_wrap(axis_labels.get((task, panel), "factor of nominal"), 36))  # one panel wide
             ax.set_ylabel("normalised return")
         lo = min(0.0, float(np.nanmin(curves["normalized_return"])))
         hi = max(1.1, float(np.nanmax(curves["normalized_return"])))

@@ -9,6 +9,7 @@ import numpy.typing as npt
 import pandas as pd
 import seaborn as sns
 
+from rlflat.report.figures.legible import density_symlog
 from rlflat.report.figures.style import (
     FigAxes,
     FigureSkipped,
@@ -65,6 +66,11 @@ def plot_hessian_density(
             ax.set_xlabel("eigenvalue λ (loss / param²)")
             ax.set_ylabel("density (log scale)")
             ax.label_outer()  # shared axes: label only the outer row and column
+        pooled = list(densities.values())
+        if density_symlog(axes[0], [g for g, _ in pooled], [d for _, d in pooled]):  # shared x: every panel
+            for ax in axes:
+                if ax.get_xlabel():
+                    ax.set_xlabel("eigenvalue λ (loss / param², symmetric log scale)")
     return fig, axes
 
 

@@ -4,8 +4,9 @@ Each ``plot_*`` function takes tidy data (the runs table or a stacked per-run ta
 the Agg backend inside :func:`figure_style`, and returns ``(fig, axes)`` (``axes`` a flat numpy array). A
 figure whose data is absent raises :class:`FigureSkipped` with the reason, which the report prints as a note
 instead of failing. Colours come from :func:`algo_palette`, built once per report and passed to every
-figure, so ``ppo_sam`` is the same blue everywhere: a base algorithm keeps one hue, its plain variant lighter,
-SAM full and ASAM darker, so a flatness variant always sits next to its base in the legend and in colour.
+figure, so ``ppo_sam`` is the same colour everywhere: every algorithm its own colour-blind-safe hue with contrast
+on white (cool for the PPO family, warm for policy gradient) and every update rule its own marker
+(:mod:`rlflat.report.figures.legible`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy.typing as npt
 import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import LogLocator
 
 from rlflat.io import write_atomic
 
@@ -157,15 +158,12 @@ def _mix(colour: Colour, amount: float) -> Colour:
 
 
 def algo_palette(algos: Sequence[str]) -> Palette:
-    """A fixed colour per algorithm: one hue per base algorithm, shaded by update rule (see module doc)."""
-    bases = sorted({split_algo(a)[0] for a in algos}, key=lambda b: (b not in ("ppo", "pg"), b))
-    hues = sns.color_palette("colorblind", max(10, len(bases)))
-    out: Palette = {}
-    for algo in sorted(algos):
-        base, rule = split_algo(algo)
-        hue = tuple(float(c) for c in hues[bases.index(base) % len(hues)])
-        out[algo] = _mix((hue[0], hue[1], hue[2]), _RULE_SHADE.get(rule, 0.0))
-    return out
+    """A fixed, distinct colour per algorithm: Okabe-Ito hues (cool for the PPO family, warm for policy
+    gradient), each with contrast >= 3:1 on white (:mod:`rlflat.report.figures.legible`); the update rule also
+    has its own marker."""
+    from rlflat.report.figures.legible import distinct_palette
+
+    return distinct_palette(algos, split_algo)
 
 
 def algo_marker(algo: str) -> str:
@@ -263,10 +261,11 @@ def factor_ticks(lo: float, hi: float) -> list[float]:
 
 
 def _plain_log_axis(ax: Axes, axis: str = "x") -> None:
-    """Log axis labelled 10, 100 rather than 10^1, 10^2: a reader compares magnitudes, not exponents."""
-    target = ax.xaxis if axis == "x" else ax.yaxis
-    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    target.set_minor_formatter(NullFormatter())
+    """Log axis labelled 10, 100 rather than 10^1, 10^2: a reader compares magnitudes, not exponents; a view
+    spanning less than a 1-2-5 step still gets labelled ticks (:class:`rlflat.report.figures.legible.PlainLogLocator`)."""
+    from rlflat.report.figures.legible import plain_log_axis
+
+    plain_log_axis(ax, axis)
 
 
 def _factor_axis(ax: Axes, values: npt.ArrayLike) -> None:
