@@ -36,6 +36,12 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
         lines = (line.strip() for line in str(exc).splitlines())  # a library's multi-line text inside a message
         print(f"error: {' '.join(line for line in lines if line)}", file=sys.stderr)
         return 2
+    except MemoryError:  # a backstop: every size is estimated before allocating (rlflat.memory)
+        print("error: out of memory: the inputs ask for more than this machine has; use smaller sizes", file=sys.stderr)
+        return 2
+    except RecursionError:  # a backstop: JSON and YAML inputs are checked for depth before parsing
+        print("error: an input is nested too deeply to read; fix or remove it", file=sys.stderr)
+        return 2
     except Terminated:
         print("terminated", file=sys.stderr)
         return 128 + signal.SIGTERM

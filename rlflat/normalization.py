@@ -9,7 +9,6 @@ statistics are bit-identical to the pickle's.
 
 from __future__ import annotations
 
-import json
 import math
 import pickle
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from rlflat.errors import RlflatError
+from rlflat.io import load_json_text
 
 __all__ = ["FORMAT", "NORMALIZATION_FILE", "PICKLE_FILE", "NormalizationStats", "load_stats", "load_trusted_pickle"]
 
@@ -61,6 +61,15 @@ class NormalizationStats:
             "clip_reward": self.clip_reward,
             "epsilon": self.epsilon,
         }
+
+    def check_observations(self, shape: tuple[int, ...] | None, source: str) -> None:
+        """Refuse statistics whose shape is not the observation space's ``shape`` (a 1-element ``obs_mean`` on
+        4-D CartPole would broadcast silently into a wrong normalisation; 3 or 4x1 would fail mid-rollout)."""
+        if shape is not None and self.norm_obs and tuple(self.obs_mean.shape) != tuple(shape):
+            raise RlflatError(
+                f"{source}: obs_mean and obs_var have shape {list(self.obs_mean.shape)}, the policy's observations "
+                f"{list(shape)}; these statistics belong to another task"
+            )
 
     @classmethod
     def from_json(cls, data: Any, source: str) -> NormalizationStats:
@@ -105,8 +114,8 @@ def load_stats(path: str | Path) -> NormalizationStats:
     try:
         if path.stat().st_size > _MAX_JSON_BYTES:
             raise RlflatError(f"{path}: {path.stat().st_size} bytes is too large for a normalisation file")
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        data = load_json_text(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         if isinstance(exc, RlflatError):
             raise
         raise RlflatError(f"{path}: not readable as rlflat normalisation JSON ({type(exc).__name__})") from None

@@ -37,7 +37,7 @@ from rlflat.normalization import (
     load_trusted_pickle,
 )
 from rlflat.representable import check_representable, refuse_known
-from rlflat.sb3_zip import rebuild_policy
+from rlflat.sb3_zip import check_policy_values, rebuild_policy
 from rlflat.scope import actor_parameter_names
 from rlflat.tasks import TaskSpec, make_env
 
@@ -225,6 +225,9 @@ def load_policy(
         policy = _load_trusted(zip_path)
     else:
         policy = rebuild_policy(zip_path, _spaces(task) if task is not None else None)
+    check_policy_values(policy, str(zip_path))  # issue 23: NaN / overflowing weights refused in one line
+    if stats is not None:
+        stats.check_observations(policy.observation_space.shape, str(vecnormalize or path / NORMALIZATION_FILE))
     normalizer = ObservationNormalizer.from_stats(stats) if stats is not None else None
     scaling = stats.reward_scaling() if stats is not None else (1.0, math.inf)
     return FunctionalPolicy(policy, normalizer, reward_scaling=scaling)

@@ -13,7 +13,6 @@ field and ``--trust`` (SB3's full loader, for files the user trusts).
 from __future__ import annotations
 
 import io
-import json
 import math
 import re
 import warnings
@@ -30,7 +29,8 @@ from stable_baselines3.common.torch_layers import FlattenExtractor
 from torch import nn
 
 from rlflat.errors import RlflatError
-from rlflat.memory import require_memory
+from rlflat.io import load_json_text
+from rlflat.memory import mlp_parameters, require_memory
 from rlflat.representable import refuse_known
 
 __all__ = ["ACTIVATIONS", "POLICY_CLASSES", "TRUST_HINT", "rebuild_policy", "zip_member_sizes"]
@@ -84,6 +84,7 @@ def rebuild_policy(path: str | Path, task_spaces: tuple[spaces.Space, spaces.Spa
         kwargs["use_sde"] = True
     observation_space = _space(path, "observation_space", data.get("observation_space"), task_spaces, 0)
     action_space = _space(path, "action_space", data.get("action_space"), task_spaces, 1)
+    _check_size(path, kwargs.get("net_arch"), observation_space, state)
     try:
         policy = policy_class(observation_space, action_space, lambda _: 0.0, **kwargs)
     except (TypeError, ValueError, AssertionError) as exc:
@@ -91,6 +92,46 @@ def rebuild_policy(path: str | Path, task_spaces: tuple[spaces.Space, spaces.Spa
     _check_state(path, policy, state)
     policy.load_state_dict(state)
     return policy
+
+
+def _check_size(path: Path, net_arch: Any, observation_space: spaces.Space, state: Mapping[str, torch.Tensor]) -> None:
+    """Refuse, before building, an architecture larger than the weights the zip holds (a 4 KB zip naming
+    ``net_arch: [200000, 200000]`` would allocate 160 GB and only then fail to load), and one that cannot fit."""
+    inputs = spaces.flatdim(observation_space) if observation_space is not None else 0
+    needed = mlp_parameters(net_arch, inputs)
+    held = sum(t.numel() for t in state.values())
+    if needed > held:
+        raise RlflatError(
+            f"{path}: net_arch {net_arch} needs {needed:,} weights but policy.pth holds {held:,}; the readable fields "
+            "do not describe these weights"
+        )
+    require_memory(3 * 4 * needed, f"building {path}'s policy (net_arch {net_arch})")
+
+
+def check_policy_values(policy: ActorCriticPolicy, where: str) -> None:
+    """Refuse weights that are not finite, or finite but so large that the policy's outputs overflow (``1e38``
+    weights give infinite logits): one line naming the first bad tensor, instead of a torch ValueError later."""
+    for name, tensor in policy.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise RlflatError(f"{where}: weight {name!r} holds NaN or infinite values; the policy cannot be evaluated")
+    space = policy.observation_space
+    if isinstance(space, spaces.Box):  # zero, +1 and -1 (within the bounds): overflow shows on any input
+        sample = np.stack([np.clip(np.full(space.shape, c), space.low, space.high) for c in (0.0, 1.0, -1.0)])
+    elif isinstance(space, spaces.Discrete):
+        sample = np.array([int(space.start)])
+    else:
+        return
+    try:
+        obs, _ = policy.obs_to_tensor(sample.astype(space.dtype))
+        with torch.no_grad():
+            distribution = policy.get_distribution(obs).distribution
+            values = policy.predict_values(obs)
+            outputs = [getattr(distribution, key) for key in ("logits", "loc", "scale") if hasattr(distribution, key)]
+    except (ValueError, RuntimeError) as exc:  # torch's distributions validate their parameters
+        raise RlflatError(f"{where}: the policy's outputs are not finite ({str(exc).splitlines()[0][:120]})") from None
+    for output in [*outputs, values]:
+        if not bool(torch.isfinite(output).all()):
+            raise RlflatError(f"{where}: the policy's outputs overflow to infinity or NaN; its weights are too large")
 
 
 def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -104,9 +145,9 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     require_memory(2 * sizes["policy.pth"], f"reading {path}'s policy.pth ({sizes['policy.pth']} bytes)")
     try:
         with zipfile.ZipFile(path) as archive:
-            data = json.loads(archive.read("data"))
+            data = load_json_text(archive.read("data").decode())
             weights = archive.read("policy.pth")
-    except (OSError, zipfile.BadZipFile, UnicodeDecodeError, ValueError, EOFError) as exc:
+    except (OSError, zipfile.BadZipFile, UnicodeDecodeError, ValueError, EOFError, RecursionError) as exc:
         raise RlflatError(f"{path}: not a readable SB3 model ({type(exc).__name__}: {exc})") from None
     if not isinstance(data, dict):
         raise RlflatError(f"{path}: 'data' is not a JSON object")

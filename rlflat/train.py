@@ -79,8 +79,10 @@ def resolve_run_config(
 def check_training_size(spec: TaskSpec, hyperparameters: Mapping[str, Any]) -> None:
     """Refuse, in one line, more than :data:`MAX_TOTAL_TIMESTEPS` steps or a run whose rollout buffer, loss graph,
     envs and learning curve would not fit in the memory available now (:mod:`rlflat.memory`)."""
+    from gymnasium import spaces as gym_spaces
+
     from rlflat.evaluate.budget import GRAPH_COPIES, gym_row_bytes
-    from rlflat.memory import require_memory
+    from rlflat.memory import mlp_parameters, require_memory
 
     total = int(hyperparameters["total_timesteps"])
     if total > MAX_TOTAL_TIMESTEPS:
@@ -88,23 +90,51 @@ def check_training_size(spec: TaskSpec, hyperparameters: Mapping[str, Any]) -> N
             f"total_timesteps (--steps) {total:.3g} is over the maximum {MAX_TOTAL_TIMESTEPS:.0e} (100x the largest shipped "
             "task budget; hours of training at measured speeds)"
         )
+    epochs = hyperparameters.get("n_epochs", 1)
+    if isinstance(epochs, int) and epochs > MAX_EPOCHS:
+        raise RlflatError(
+            f"n_epochs {epochs} is over the maximum {MAX_EPOCHS} (SB3's default is 10; every epoch is a full pass "
+            "over each rollout)"
+        )
     env = make_env(spec)
     try:
         obs_dim = math.prod(env.observation_space.shape or (1,))
         act_dim = math.prod(env.action_space.shape or (1,))
+        discrete = not isinstance(env.action_space, gym_spaces.Box)
     finally:
         env.close()
+    if hyperparameters.get("use_sde") and discrete:
+        raise RlflatError(f"use_sde (gSDE) needs continuous (Box) actions; {spec.alias} has discrete actions")
     n_envs, n_steps = int(hyperparameters.get("n_envs", 1)), int(hyperparameters.get("n_steps", 2048))
     net_arch = (hyperparameters.get("policy_kwargs") or {}).get("net_arch", [64, 64]) or []
-    widths = sum(sum(v) for v in net_arch.values()) if isinstance(net_arch, dict) else 2 * sum(net_arch)
+    widths = _widths(net_arch)
     rows = float(n_envs) * n_steps
+    parameters = mlp_parameters(net_arch, obs_dim) + (widths + 1) * act_dim
     need = (
         rows * 4 * (obs_dim + act_dim + 8)  # SB3's float32 rollout buffer
         + rows * 4 * GRAPH_COPIES * (obs_dim + widths)  # a full-batch loss graph (pg; ppo's minibatches are smaller)
         + float(n_envs) * gym_row_bytes(spec)
         + float(total) * CURVE_ROW_BYTES
+        + float(parameters) * 4 * PARAMETER_COPIES  # before the network is built (net_arch from --set)
     )
-    require_memory(need, f"training with n_envs {n_envs} x n_steps {n_steps} and {total} steps")
+    require_memory(
+        need, f"training with n_envs {n_envs} x n_steps {n_steps}, {total} steps and {parameters:,} parameters"
+    )
+
+
+MAX_EPOCHS = 1000
+"""The most ``n_epochs`` a run may take: 100x SB3's default; ``n_epochs=1000000000`` would never end."""
+PARAMETER_COPIES = 8
+"""float32 copies per parameter while training: weights, gradient, Adam's two moments, SAM's saved weights and
+perturbation, and slack for the loss graph's parameter-sized intermediates."""
+
+
+def _widths(net_arch: Any) -> int:
+    """Sum of the hidden widths of actor and critic (0 for an unreadable ``net_arch``: the builder refuses it)."""
+    branches = [net_arch.get("pi") or [], net_arch.get("vf") or []] if isinstance(net_arch, dict) else [net_arch] * 2
+    return sum(
+        w for b in branches if isinstance(b, list | tuple) for w in b if isinstance(w, int) and not isinstance(w, bool)
+    )
 
 
 def run_id(config: Mapping[str, Any]) -> str:

@@ -20,7 +20,15 @@ from rlflat.io import check_output_dir, read_json
 from rlflat.policy import FunctionalPolicy, load_policy
 from rlflat.tasks import TaskSpec, load_task
 
-__all__ = ["METRICS_FILE", "TABLE_FILE", "default_out", "evaluate", "evaluate_run", "resolve_task"]
+__all__ = [
+    "METRICS_FILE",
+    "TABLE_FILE",
+    "default_out",
+    "evaluate",
+    "evaluate_run",
+    "resolve_task",
+    "validate_evaluate_options",
+]
 
 TABLE_FILE = "robustness.parquet"
 METRICS_FILE = "metrics.json"
@@ -65,6 +73,7 @@ def evaluate(
     """
     _check_collapse_frac(collapse_frac)
     _check_nominal_episodes(nominal_episodes)
+    validate_evaluate_options({"seed": seed, "rng_seed": rng_seed})
     task = task.with_protocol((suite or SuiteSpec()).protocol)  # how perturbations are applied (suites.py)
     if isinstance(episodes, int) and not isinstance(episodes, bool) and episodes > 0:  # else _rollout says why
         widths = activation_widths(policy)
@@ -197,8 +206,41 @@ def _check_nominal_episodes(value: int) -> None:
 
 
 def _check_collapse_frac(value: float) -> None:
-    if not isinstance(value, int | float) or not (0 < value <= 1):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (0 < value <= 1):
         raise RlflatError(f"collapse_frac must be in (0, 1], got {value!r}")
+
+
+MAX_EPISODES = 100_000
+"""Most episodes per setting (the nominal row included): 1000x the default 100-episode nominal row."""
+
+
+def validate_evaluate_options(options: dict[str, Any]) -> None:
+    """Check :func:`evaluate`'s scalar options (a sweep's ``evaluate:`` block, or the CLI's) before any work:
+    types, ranges and choices, one line naming the first bad one. Suites are checked by their own builder."""
+    from rlflat.evaluate.metrics import NORMALIZATIONS
+    from rlflat.evaluate.rollout import BACKENDS
+
+    for name, low, high in (
+        ("episodes", 1, MAX_EPISODES),
+        ("nominal_episodes", 1, MAX_EPISODES),
+        ("seed", 0, 2**31 - 1),
+        ("rng_seed", 0, 2**63 - 1),
+        ("workers", 1, 4096),
+    ):
+        value = options.get(name)
+        if (value is None and name == "workers") or name not in options:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or not low <= value <= high:
+            raise RlflatError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    for name in ("deterministic", "detect_inert"):
+        if name in options and not isinstance(options[name], bool):
+            raise RlflatError(f"{name} must be true or false, got {options[name]!r}")
+    if "collapse_frac" in options:
+        _check_collapse_frac(options["collapse_frac"])
+    if "normalization" in options and options["normalization"] not in NORMALIZATIONS:
+        raise RlflatError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {options['normalization']!r}")
+    if "backend" in options and options["backend"] not in BACKENDS:
+        raise RlflatError(f"backend must be one of {', '.join(BACKENDS)}, got {options['backend']!r}")
 
 
 def resolve_task(path: str | Path, task: str | TaskSpec | None = None) -> TaskSpec:

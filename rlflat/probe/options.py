@@ -62,6 +62,12 @@ _NON_NEGATIVE_FLOATS = ("rho", "adaptive_rho", "eta", "landscape_span", "interpo
 _POSITIVE_FLOATS = ("cliff_span", "keskar_eps", "magnitude_aware_target", "magnitude_aware_upper")
 
 
+MAX_SIGMAS = 100
+"""Most values in one sigma list: each costs a rollout batch per direction (the defaults have 2-6)."""
+MAX_KESKAR_EPS = 10.0
+"""Largest Keskar box: beyond it the box dwarfs the weights and the ascent's numbers overflow (1e308 did)."""
+
+
 @dataclass(frozen=True)
 class ProbeOptions:
     """Every knob of a probe, recorded in ``probe.json['config']``; defaults are the fast CartPole demo set."""
@@ -159,6 +165,11 @@ class ProbeOptions:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise RlflatError(f"{name} must be a finite number > 0, got {value!r}")
+        if self.keskar_eps > MAX_KESKAR_EPS:
+            raise RlflatError(
+                f"keskar_eps must be in (0, {MAX_KESKAR_EPS:g}] (Keskar et al. 2017 use 1e-3 and 5e-4: the box is "
+                f"eps x (|theta| + 1)), got {self.keskar_eps!r}"
+            )
         if self.cliff_points < 10:
             raise RlflatError(
                 f"cliff_points must be >= 10 (the cliff test reads the 10th point), got {self.cliff_points}"
@@ -185,6 +196,8 @@ class ProbeOptions:
     def _validate_sigmas(self) -> None:
         for name in ("sigmas", "reference_sigmas", "return_sigmas"):
             values = getattr(self, name)
+            if len(values) > MAX_SIGMAS:
+                raise RlflatError(f"{name} has {len(values)} values; at most {MAX_SIGMAS}")
             if any(not (isinstance(s, int | float) and math.isfinite(s) and s > 0) for s in values):
                 raise RlflatError(f"{name} must be positive finite numbers, got {list(values)}")
             if list(values) != sorted(set(values)):

@@ -172,7 +172,13 @@ def probe_run(
         check_spaces(policy, env.observation_space, env.action_space)
     finally:
         env.close()
-    check_probe_memory(opts, policy, sum(p.numel() for p in scope_params(policy, opts.scope).values()), spec)
+    probed = scope_params(policy, opts.scope)
+    if all(not bool(p.any()) for p in probed.values()):  # issue 23: ARPACK fails on the zero operator
+        raise RlflatError(
+            f"{source.path}: every probed parameter is zero, so the policy ignores its input and every curvature "
+            "measure is zero by construction; nothing to probe (an untrained zero-initialised model?)"
+        )
+    check_probe_memory(opts, policy, sum(p.numel() for p in probed.values()), spec)
     other = None
     if opts.interpolate is not None:
         other = load_policy(_resolve_source(opts.interpolate).path, spec, trust=trust)
@@ -197,8 +203,12 @@ def _collect(
     """The probe batch of ``opts.seed``, with the resolved gamma / GAE lambda / reward scale (the run's unless
     overridden)."""
     hp = source.config.get("hyperparameters") or {}
-    gamma = float(opts.gamma if opts.gamma is not None else hp.get("gamma", DEFAULT_GAMMA))
-    gae_lambda = float(opts.gae_lambda if opts.gae_lambda is not None else hp.get("gae_lambda", DEFAULT_GAE_LAMBDA))
+    gamma = _rate(opts.gamma if opts.gamma is not None else hp.get("gamma", DEFAULT_GAMMA), "gamma", source)
+    gae_lambda = _rate(
+        opts.gae_lambda if opts.gae_lambda is not None else hp.get("gae_lambda", DEFAULT_GAE_LAMBDA),
+        "gae_lambda",
+        source,
+    )
     rscale = policy.reward_scaling
     batch = collect_batch(
         policy,
@@ -213,6 +223,13 @@ def _collect(
         whole_episodes=opts.whole_episodes,
     )
     return batch, {"gamma_resolved": gamma, "gae_lambda_resolved": gae_lambda, "reward_scale": list(rscale)}
+
+
+def _rate(value: Any, name: str, source: _Source) -> float:
+    """A discount or GAE lambda in [0, 1] (from the options or the run's config.json), or a one-line error."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise RlflatError(f"{name} must be a number in [0, 1], got {value!r} (from {source.path}'s {CONFIG_JSON})")
+    return float(value)
 
 
 def _stages(opts: ProbeOptions, other: FunctionalPolicy | None) -> list[str]:

@@ -13,14 +13,14 @@ from collections.abc import Callable, Sequence
 from rlflat.cli import ArgumentParser, run_cli
 
 
-def _int_at_least(low: int) -> Callable[[str], int]:
+def _int_at_least(low: int, high: int = 2**32 - 1) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{low}, {high}], got {value}")
         return value
 
     return parse
@@ -35,7 +35,7 @@ def _parser() -> ArgumentParser:
     )
     parser.add_argument(
         "--n-boot",
-        type=_int_at_least(1),
+        type=_int_at_least(1, 100_000),
         default=None,
         help="bootstrap resamples of the descriptive intervals (default: report.n_boot, 2000)",
     )

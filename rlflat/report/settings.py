@@ -96,11 +96,11 @@ class ReportSettings(BaseModel):
     """Keep runs below the task's solved threshold in the sharpness-robustness correlations (default: left out)."""
     comparisons: list[tuple[str, str]] | None = None
     """``[algo, baseline]`` pairs; None: every flatness variant with its base (ppo_sam vs ppo, ...)."""
-    n_boot: int = Field(default=2000, ge=1)
+    n_boot: int = Field(default=2000, ge=1, le=100_000)  # 50x the default; 1e9 ran for ever (issue 23)
     """Resamples of the descriptive IQM intervals and the figures' bands."""
-    n_perm: int = Field(default=9999, ge=99)
+    n_perm: int = Field(default=9999, ge=99, le=1_000_000)  # ~100x the default
     """Random permutations of a correlation's p-value (exact enumeration up to 8 runs)."""
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
     """Seed of every resampling and permutation."""
     collapse_frac: float | None = Field(default=None, gt=0.0, lt=1.0)
     """Collapse threshold drawn on the curves; None: the evaluator's ``robustness.collapse_frac`` from the data."""

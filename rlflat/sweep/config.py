@@ -17,6 +17,7 @@ a result: recording such runs as failed rows would write a study directory for a
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlflat.errors import RlflatError
+from rlflat.io import check_nesting
 from rlflat.sweep.stage_options import check_options
 
 STAGES = ("train", "probe", "evaluate")
@@ -85,13 +87,15 @@ class StudyConfig(BaseModel):
     @classmethod
     def _seeds(cls, value: int | list[int]) -> int | list[int]:
         if isinstance(value, int):
-            if value < 1:
-                raise ValueError(f"a seed count must be >= 1, got {value}")
+            if not 1 <= value <= MAX_SEEDS:
+                raise ValueError(f"a seed count must be in [1, {MAX_SEEDS}], got {value}")
             return value
         if not value:
             raise ValueError("the seed list is empty")
         if any(s < 0 for s in value) or len(set(value)) != len(value):
             raise ValueError(f"seeds must be distinct non-negative integers, got {value}")
+        if len(value) > MAX_SEEDS:
+            raise ValueError(f"{len(value)} seeds; at most {MAX_SEEDS}")
         return value
 
     @field_validator("steps")
@@ -127,6 +131,19 @@ class StudyConfig(BaseModel):
     def _report(cls, value: dict[str, Any]) -> dict[str, Any]:
         validate_report_settings(value)
         return value
+
+    @model_validator(mode="after")
+    def _bounded(self) -> StudyConfig:
+        """At most :data:`MAX_RUNS` candidate runs, counted from the list lengths (nothing is expanded)."""
+        seeds = self.seeds if isinstance(self.seeds, int) else len(self.seeds)
+        points = sum(math.prod(len(v) for v in grid.values()) for grid in self.grids)
+        runs = len(self.tasks) * len(self.algos) * points * seeds
+        if runs > MAX_RUNS:
+            raise ValueError(
+                f"{len(self.tasks)} tasks x {len(self.algos)} algos x {points:,} grid points x {seeds:,} seeds = "
+                f"{runs:,} runs, more than the {MAX_RUNS:,} a study may have"
+            )
+        return self
 
     @model_validator(mode="after")
     def _overrides_name_study_algos(self) -> StudyConfig:
@@ -188,20 +205,42 @@ class RunSpec:
         return f"{self.name} {settings}".strip()
 
 
+MAX_CONFIG_BYTES = 1 << 20
+"""Largest study config read (1 MiB; the shipped ones are under 4 KiB): ``sweep /dev/zero`` must not read for ever."""
+MAX_SEEDS = 10_000
+MAX_RUNS = 100_000
+"""Most runs one study may expand to (tasks x algos x grid points x seeds), checked from the list lengths before any
+run is built: a grid of 1e10 points is refused at once, not after minutes of expansion."""
+
+
 def load_study_config(path: str | Path) -> LoadedStudy:
     """Read and validate ``path``; every problem is one :class:`RlflatError` line naming the file and key."""
+    import stat
+
     path = Path(path)
     try:
-        text = path.read_text()
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise RlflatError(f"study config {path} is not a regular file; give a YAML file")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise RlflatError(f"study config {path} is {info.st_size} bytes, over the {MAX_CONFIG_BYTES} accepted")
+        text = path.read_bytes()[: MAX_CONFIG_BYTES + 1].decode("utf-8")
     except OSError as exc:
         raise RlflatError(f"cannot read study config {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise RlflatError(f"study config {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 YAML") from None
     return parse_study_config(text, source=str(path))
 
 
 def parse_study_config(text: str, source: str = "<string>") -> LoadedStudy:
     """Validate YAML text as a study config (``source`` names it in error messages)."""
     try:
+        check_nesting(text)
         data = yaml.safe_load(text)
+    except (ValueError, RecursionError) as exc:
+        raise RlflatError(
+            f"{source}: not a usable study config ({exc if isinstance(exc, ValueError) else 'nested too deeply'})"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
