@@ -251,6 +251,19 @@ def test_sweep_refuses_a_changed_preregistration_in_one_line_exit_2(
     assert json.loads(Path("results/confirmatory_cartpole", LOCK_FILE).read_text())["amendments"] == 1
 
 
+def test_sweep_refuses_a_config_that_departs_from_the_registered_design(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rlflat.sweep.__main__ import main as sweep_main
+
+    config = Path("configs/confirmatory_cartpole.yaml")
+    config.write_text(config.read_text().replace("1008, 1009]", "1008, 1010]"))
+    assert run_cli(sweep_main, [str(config), "--no-progress", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "departs from" in err and "seeds" in err
+    assert not Path("results/confirmatory_cartpole").exists()
+
+
 # --- the registered tests against hand computations -------------------------------------------------------------
 
 

@@ -18,11 +18,11 @@ from typing import Any
 
 from rlflat.errors import RlflatError
 from rlflat.io import write_text
-from rlflat.study.preregistration import LoadedPreregistration, load_preregistration
+from rlflat.study.preregistration import LoadedPreregistration, Preregistration, load_preregistration
 
 LOCK_FILE = "preregistration.lock.json"
 
-__all__ = ["LOCK_FILE", "check_preregistration", "read_lock"]
+__all__ = ["LOCK_FILE", "check_preregistration", "design_mismatch", "read_lock"]
 
 
 def read_lock(study_dir: str | Path) -> dict[str, Any] | None:
@@ -67,13 +67,43 @@ def _refusal(loaded: LoadedPreregistration, where: Path, record: dict[str, Any])
     return None
 
 
+def design_mismatch(prereg: Preregistration, config: Any) -> str | None:
+    """Where a sweep config (:class:`rlflat.sweep.config.StudyConfig`) departs from the registered design, or None.
+
+    A config runs one registered task: its algorithms, seeds, grid, per-algorithm overrides and probe/evaluate
+    options must be the registered ones, so the runs cannot drift from the registration either.
+    """
+    registered = {t.task: t for t in prereg.design.tasks}
+    if len(config.tasks) != 1 or config.tasks[0] not in registered:
+        return f"tasks {config.tasks} must be one registered task; valid choices: {', '.join(registered)}"
+    task = registered[config.tasks[0]]
+    wanted = {
+        "algos": (config.algos, task.algos),
+        "seeds": (config.seed_list, prereg.design.seeds),
+        "grid": (config.grid, task.levels),
+        "overrides": (config.overrides, {a: task.fixed for a in task.algos} if task.fixed else {}),
+        "probe": (config.probe, prereg.design.probe),
+        "evaluate": (config.evaluate, prereg.design.evaluate),
+    }
+    for key, (got, registered_value) in wanted.items():
+        if got != registered_value:
+            return f"{key} {got!r} is not the registered {registered_value!r} ({task.task})"
+    return None
+
+
 def check_preregistration(
-    path: str | Path, study_dir: str | Path, *, tasks: list[str] | None = None, record: bool = False
+    path: str | Path,
+    study_dir: str | Path,
+    *,
+    tasks: list[str] | None = None,
+    record: bool = False,
+    config: Any = None,
 ) -> LoadedPreregistration:
     """Validate ``path`` against the locks of ``study_dir`` and of every registered study directory.
 
-    ``tasks``: the sweep's tasks, each of which must be registered. ``record``: write (or update, after an
-    amendment) the lock of ``study_dir``; a dry run checks without writing. Refusals are one line.
+    ``tasks``: the sweep's tasks, each of which must be registered. ``config``: the sweep's study config, which
+    must be the registered design (:func:`design_mismatch`). ``record``: write (or update, after an amendment) the
+    lock of ``study_dir``; a dry run checks without writing. Refusals are one line.
     """
     loaded = load_preregistration(path)
     registered = loaded.prereg.design.task_names
@@ -82,6 +112,8 @@ def check_preregistration(
             raise RlflatError(
                 f"task {task!r} is not registered in {loaded.path}; valid choices: {', '.join(registered)}"
             )
+    if config is not None and (why := design_mismatch(loaded.prereg, config)):
+        raise RlflatError(f"the study config departs from {loaded.path}: {why}; amend the preregistration or fix it")
     study_dir = Path(study_dir)
     dirs = dict.fromkeys([study_dir, *(Path(t.study_dir) for t in loaded.prereg.design.tasks)])
     for directory in dirs:

@@ -180,12 +180,14 @@ def run_sweep(
 
 
 def _check_preregistration(study: LoadedStudy, study_dir: Path, *, record: bool) -> None:
-    """A confirmatory study: refuse a preregistration changed since the first run without an amendment."""
+    """A confirmatory study: refuse a config that is not the registered design, or a preregistration changed
+    since the first run without an amendment."""
     if study.config.preregistration is None:
         return
     from rlflat.study.lock import check_preregistration
 
-    check_preregistration(study.config.preregistration, study_dir, tasks=study.config.tasks, record=record)
+    config = study.config
+    check_preregistration(config.preregistration, study_dir, tasks=config.tasks, record=record, config=config)
 
 
 def _slots(backend: str, workers: int | None) -> int:
