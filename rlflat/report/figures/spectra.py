@@ -70,7 +70,7 @@ def plot_hessian_density(
         if density_symlog(axes[0], [g for g, _ in pooled], [d for _, d in pooled]):  # shared x: every panel
             for ax in axes:
                 if ax.get_xlabel():
-                    ax.set_xlabel("eigenvalue λ (loss / param², symmetric log scale)")
+                    ax.set_xlabel("eigenvalue λ (loss / param²)\nsymmetric log scale")
     return fig, axes
 
 
