@@ -289,3 +289,17 @@ def test_resummarised_paths_match_the_committed_summary_and_add_the_policys_own_
     ratio = (curve["surrogate_sharpness"] / curve["gd_threshold"]).to_numpy()
     assert after["late_surrogate_gd_ratio"] == pytest.approx(float(np.median(ratio[len(ratio) // 2 :])))
     assert read_json_object(run / "metrics.json")["train"]["sharpness_path"] == after
+
+
+def test_threshold_crossings_are_per_run_not_cell_means() -> None:
+    from rlflat.report.sections_stability import _crossings_sentence, crossings_table
+
+    runs = pd.DataFrame({"run_id": ["a", "b", "c"], "algo": ["ppo"] * 3, "hp.learning_rate": [3e-3] * 3,
+                         "train.sharpness_path.max_gd_ratio": [2.81, 0.5, 0.2],
+                         "train.sharpness_path.late_gd_ratio": [0.5, 0.1, 0.1],
+                         "train.sharpness_path.value_dominated": [True, True, False]})  # fmt: skip
+    table = crossings_table(runs)
+    assert list(table["verdict"]) == [None, None, None] and len(table) == 3
+    text = _crossings_sentence(table)
+    assert "max λ₁(H) / (2/η) ≥ 1 in 1 of 3 runs (largest 2.81): a (2.81)" in text  # the cell mean is 1.17
+    assert "late λ₁(H) / (2/η) ≥ 1 in 0 of 3 runs (largest 0.50)" in text and "in 2 of 3 runs" in text

@@ -144,9 +144,14 @@ def section_flatness_vs_algorithm(ctx: Context) -> None:
     doc.para(
         f"Runs entering: {len(runs)} ({', '.join(f'{a}: {n}' for a, n in runs.groupby('algo').size().items())}). "
         + strata_sentence(strata, columns)
-        + f" The design's power for a within-configuration |ρ| of 0.3 is {stratified_power(0.3, sizes):.2f} and "
-        f"of 0.5 is {stratified_power(0.5, sizes):.2f} (two-sided 5% test, Fisher z with the entered strata's "
-        "equivalent n). 'Between + within algorithms' is the pooled across-run ρ; 'within configuration' averages "
+        + (
+            f" The design's power for a within-configuration |ρ| of 0.3 is {stratified_power(0.3, sizes):.2f} and "
+            f"of 0.5 is {stratified_power(0.5, sizes):.2f} (two-sided 5% test, Fisher z with the entered strata's "
+            "equivalent n)."
+            if len(sizes)
+            else " No stratum has enough runs: there is no within-configuration estimate and no power to state."
+        )
+        + " 'Between + within algorithms' is the pooled across-run ρ; 'within configuration' averages "
         "the coefficients inside each configuration (the permutation test shuffles within them); the partial ρ "
         "removes the configuration's level (indicators) and the ranks of the confounds, on the same runs."
         + (f" Confounds not in the runs table (or constant), left out: {', '.join(absent)}." if absent else "")

@@ -11,6 +11,7 @@ import scipy.stats as sps
 from rlflat.report import figures as F
 from rlflat.report.context import Context, add_figure
 from rlflat.report.document import estimate_ci
+from rlflat.report.solved import run_verdicts
 from rlflat.report.stats.comparison import mean_interval
 from rlflat.report.study import load_sharpness_paths
 
@@ -84,6 +85,51 @@ def threshold_slopes(levels: pd.DataFrame, confidence: float = 0.95) -> pd.DataF
     return pd.DataFrame(rows)
 
 
+_PATH = "train.sharpness_path."
+CROSSING_COLUMNS = (
+    ("max_gd_ratio", "max λ₁(H) / (2/η)"),
+    ("late_gd_ratio", "late λ₁(H) / (2/η)"),
+    ("max_adam_ratio", "max λ₁(P⁻¹H) / (38/η)"),
+    ("late_adam_ratio", "late λ₁(P⁻¹H) / (38/η)"),
+    ("max_surrogate_gd_ratio", "max surrogate λ₁(H) / (2/η)"),
+    ("late_surrogate_adam_ratio", "late surrogate λ₁(P⁻¹H) / (38/η)"),
+    ("value_dominated", "value-dominated"),
+)
+"""Per-run path scalars of the crossings table (:func:`rlflat.algos.sharpness_tracking.path_summary`)."""
+
+
+def crossings_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per tracked run: algorithm, learning rate, solved verdict and its threshold ratios (max and late),
+    the policy surrogate's own, and whether the whole loss's curvature is the value terms'."""
+    present = [(c, name) for c, name in CROSSING_COLUMNS if f"{_PATH}{c}" in runs]
+    if not present:
+        return pd.DataFrame()
+    table = runs[["run_id", "algo"]].copy()
+    table["learning rate"] = runs.get("hp.learning_rate")
+    table["verdict"] = run_verdicts(runs)
+    for column, name in present:
+        table[name] = runs[f"{_PATH}{column}"]
+    return table.dropna(subset=[present[0][1]]).sort_values(["algo", "learning rate", "run_id"])
+
+
+def _crossings_sentence(table: pd.DataFrame) -> str:
+    """How many runs cross each threshold at some update and late, named, and the value-dominated count."""
+    parts = []
+    for name in ("max λ₁(H) / (2/η)", "late λ₁(H) / (2/η)", "max λ₁(P⁻¹H) / (38/η)", "late λ₁(P⁻¹H) / (38/η)"):
+        if name not in table:
+            continue
+        values = pd.to_numeric(table[name], errors="coerce")
+        over = table[values >= 1.0]
+        listed = ", ".join(f"{r.run_id} ({v:.2f})" for r, v in zip(over.itertuples(), values[over.index], strict=True))
+        parts.append(f"{name} ≥ 1 in {len(over)} of {len(table)} runs (largest {values.max():.2f})"
+                     + (f": {listed}" if 0 < len(over) <= 6 else ""))  # fmt: skip
+    if "value-dominated" in table:
+        flags = table["value-dominated"].map(lambda v: v is True or str(v) == "True")
+        parts.append(f"value-dominated (the whole loss's late top eigenvalue more than twice the policy "
+                     f"surrogate's) in {int(flags.sum())} of {len(table)} runs")  # fmt: skip
+    return "Per run: " + "; ".join(parts) + ". Every run is in tables/threshold_crossings.csv."
+
+
 def section_stability(ctx: Context) -> None:
     """Skipped entirely for a study without tracked runs (the section would only say so)."""
     paths = load_sharpness_paths(ctx.study)
@@ -110,6 +156,10 @@ def section_stability(ctx: Context) -> None:
     if len(table.columns) > 3:
         ctx.doc.table(table, "Path scalars per algorithm and learning rate: mean [95% t interval over runs].")
         ctx.save_table(table, "sharpness_paths")
+    crossings = crossings_table(ctx.runs)
+    if not crossings.empty:
+        ctx.save_table(crossings, "threshold_crossings")
+        ctx.doc.para(_crossings_sentence(crossings))
     slopes = threshold_slopes(late_levels(paths))
     if not slopes.empty and (slopes["learning rates"] > 1).any():
         shown = slopes[[c for c in slopes.columns if not c.startswith("_")]]

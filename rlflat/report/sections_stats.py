@@ -52,12 +52,15 @@ def _sentences(ctx: Context, corr: pd.DataFrame, scope: str, which: str) -> list
     for _, r in rows.iterrows():
         n_cens = ctx.n_censored(str(r["metric"])) + ctx.n_censored(str(r["measure"]))
         sentence = S.describe_correlation(r.to_dict(), label(str(r["measure"])), label(str(r["metric"])), n_cens)
-        out.append(sentence + " " + power_clause(int(r["n"]), int(r.get("n_strata", 1) or 1)))
+        strata = r.get("n_strata", 1)
+        out.append(sentence + " " + power_clause(int(r["n"]), 1 if pd.isna(strata) else int(strata)))
     return out
 
 
 def power_clause(n: int, n_strata: int = 1) -> str:
     """How many runs entered and the smallest |rho| they detect with 80% power (strata: their equivalent n)."""
+    if n_strata == 0:
+        return "(no stratum had enough runs: no within estimate.)"
     n_eq = n - 3 * (max(n_strata, 1) - 1)  # equivalent_n with every stratum above 3 runs
     smallest = min_detectable_rho(n_eq)
     within = f" in {n_strata} strata (equivalent n {n_eq})" if n_strata > 1 else ""

@@ -214,7 +214,7 @@ def rank_correlation(
     if not usable:
         if strata is None:
             return _nan_corr(method, n_all, "x is constant" if np.ptp(xa) == 0 else "y is constant")
-        return _nan_corr(method, n_all, "; ".join(notes) or "no stratum with data", len(groups))
+        return _nan_corr(method, n_all, "; ".join(notes) or "no stratum with data", 0)  # none entered
     sizes = np.array([gx.size for gx, _ in usable], dtype=np.float64)
     n = int(sizes.sum())
     estimate = float(
