@@ -133,6 +133,25 @@ def test_learner_in_population_of_8_is_bit_identical_to_it_alone(algo: str) -> N
     assert any(not np.array_equal(together[1][n], nudged[n]) for n in nudged)
 
 
+@pytest.mark.parametrize(
+    ("algo", "task", "overrides"),
+    [
+        ("ppo", "Pendulum", {"n_steps": 32, "batch_size": 64, "n_epochs": 2}),  # gSDE (sde_sample_freq 4), Box
+        ("ppo_sam", "Acrobot", {"n_steps": 8, "batch_size": 64, "n_epochs": 2}),  # VecNormalize per learner
+        ("pg", "Pendulum", {"n_steps": 32, "use_sde": False}),  # Gaussian with a state-independent log_std
+        ("ppo", "MountainCarContinuous", {"n_steps": 64, "batch_size": 32, "n_epochs": 2}),  # gSDE + VecNormalize
+    ],
+)
+def test_other_tasks_match_the_single_run_in_a_population_of_2(algo: str, task: str, overrides: dict[str, Any]) -> None:
+    configs = [
+        resolve_run_config(algo, task, seed=s, steps=512, overrides={**overrides, "learning_rate": lr})
+        for s, lr in ((4, 1e-3), (5, 3e-4))
+    ]
+    together, _ = _engine(configs)
+    expected, _ = _reference(configs[0], sb3=False)
+    assert all(np.array_equal(together[0][n], expected[n]) for n in expected)
+
+
 def test_batched_cartpole_env_equals_the_learners_vecenvs() -> None:
     configs = [_config("ppo", seed=s, steps=1024) for s in (0, 5)]
     simulated, sim_rollouts = _engine(configs, simulate=True)

@@ -30,7 +30,6 @@ from rlflat.population.update import Shared, Trainer
 UNSUPPORTED = {
     "track_sharpness": "sharpness tracking",
     "swa_start": "stochastic weight averaging",
-    "use_sde": "state-dependent exploration (gSDE)",
     "dropout": "consistent dropout (masks stored with the rollout: rlflat.algos.dropout)",
     "critic_dropout": "consistent dropout (masks stored with the rollout: rlflat.algos.dropout)",
 }

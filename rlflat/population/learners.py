@@ -46,6 +46,8 @@ class Learner:
     error: str | None = None
     n_updates: int = 0
     iteration: int = 0
+    exploration: tuple[th.Tensor, th.Tensor] = (th.zeros(0), th.zeros(0))
+    """gSDE's exploration matrix and per-env matrices (``sample_weights``), redrawn as SB3 redraws them."""
 
     @property
     def failed(self) -> bool:

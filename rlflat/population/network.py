@@ -14,7 +14,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch as th
-from stable_baselines3.common.distributions import CategoricalDistribution, DiagGaussianDistribution
+from stable_baselines3.common.distributions import (
+    CategoricalDistribution,
+    DiagGaussianDistribution,
+    StateDependentNoiseDistribution,
+)
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import FlattenExtractor
 
@@ -70,10 +74,15 @@ def check_policy(policy: ActorCriticPolicy) -> str | None:
     """Why ``policy`` cannot be stacked (None if it can): flat observations, MLPs, categorical or Gaussian."""
     if not isinstance(policy.features_extractor, FlattenExtractor):
         return f"features extractor {type(policy.features_extractor).__name__}"
-    if not isinstance(policy.action_dist, CategoricalDistribution | DiagGaussianDistribution):
-        return f"action distribution {type(policy.action_dist).__name__}"
-    if policy.squash_output or policy.use_sde:
-        return "squashed or state-dependent exploration"
+    dist = policy.action_dist
+    if not isinstance(dist, CategoricalDistribution | DiagGaussianDistribution | StateDependentNoiseDistribution):
+        return f"action distribution {type(dist).__name__}"
+    if isinstance(dist, StateDependentNoiseDistribution) and (
+        not dist.full_std or dist.use_expln or dist.learn_features or dist.bijector is not None
+    ):
+        return "gSDE with full_std false, use_expln, learn_features or squashed actions"
+    if policy.squash_output:
+        return "squashed actions"
     for module in (policy.mlp_extractor.policy_net, policy.mlp_extractor.value_net):
         for child in module.children():
             if not isinstance(child, th.nn.Linear) and any(True for _ in child.parameters()):
@@ -89,7 +98,9 @@ class StackedActorCritic:
         self.pi_layers = linear_layers(policy.mlp_extractor.policy_net, "mlp_extractor.policy_net")
         self.vf_layers = linear_layers(policy.mlp_extractor.value_net, "mlp_extractor.value_net")
         self.activation = policy.activation_fn()
-        self.gaussian = isinstance(policy.action_dist, DiagGaussianDistribution)
+        self.sde = isinstance(policy.action_dist, StateDependentNoiseDistribution)
+        self.gaussian = self.sde or isinstance(policy.action_dist, DiagGaussianDistribution)
+        self.sde_epsilon = float(getattr(policy.action_dist, "epsilon", 0.0))
 
     @staticmethod
     def stack(policies: Sequence[ActorCriticPolicy]) -> Params:
@@ -114,20 +125,28 @@ class StackedActorCritic:
     def _linear(params: Params, x: th.Tensor, prefix: str) -> th.Tensor:
         return StackedLinear.apply(x, params[f"{prefix}.weight"], params[f"{prefix}.bias"])  # type: ignore[no-any-return]
 
-    def forward(self, params: Params, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
-        """``obs (K, B, obs_dim)`` -> (action logits or Gaussian means ``(K, B, A)``, values ``(K, B)``)."""
+    def forward(self, params: Params, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """``obs (K, B, obs_dim)`` -> (action logits or Gaussian means ``(K, B, A)``, values ``(K, B)``, the
+        policy latent ``(K, B, L)`` that gSDE's noise and variance read)."""
         obs = obs.float()
         latent_pi = self._mlp(params, obs, self.pi_layers)
         latent_vf = self._mlp(params, obs, self.vf_layers)
-        return self._linear(params, latent_pi, "action_net"), self._linear(params, latent_vf, "value_net")[..., 0]
+        head = self._linear(params, latent_pi, "action_net")
+        return head, self._linear(params, latent_vf, "value_net")[..., 0], latent_pi
 
     def values(self, params: Params, obs: th.Tensor) -> th.Tensor:
         """Values only ``(K, B)``."""
         latent_vf = self._mlp(params, obs.float(), self.vf_layers)
         return self._linear(params, latent_vf, "value_net")[..., 0]
 
-    def distribution(self, params: Params, head: th.Tensor) -> th.distributions.Distribution:
-        """SB3's action distribution over ``(K, B)`` from the head's output (log_std is state-independent)."""
+    def distribution(self, params: Params, head: th.Tensor, latent_pi: th.Tensor) -> th.distributions.Distribution:
+        """SB3's action distribution over ``(K, B)`` from the head's output: categorical, Gaussian with a
+        state-independent log_std, or gSDE's Gaussian with variance ``latent^2 @ std^2`` (per learner ``mm``)."""
+        if self.sde:
+            std = params["log_std"].exp()
+            latent = latent_pi.detach() ** 2
+            variance = th.stack([th.mm(latent[k], std[k] ** 2) for k in range(head.shape[0])])
+            return th.distributions.Normal(head, th.sqrt(variance + self.sde_epsilon), validate_args=False)
         if self.gaussian:
             std = th.ones_like(head) * params["log_std"].exp().unsqueeze(1)
             return th.distributions.Normal(head, std, validate_args=False)

@@ -160,7 +160,9 @@ def run_members(rendezvous: Rendezvous, work: Sequence[Callable[[], Any]]) -> li
         finally:
             rendezvous.leave()
 
-    threads = [threading.Thread(target=body, args=(k,), name=f"rlflat-member-{k}") for k in range(len(work))]
+    threads = [  # daemons: an interrupted caller (Ctrl-C, a killed sweep) must not wait for its members
+        threading.Thread(target=body, args=(k,), name=f"rlflat-member-{k}", daemon=True) for k in range(len(work))
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

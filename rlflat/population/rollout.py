@@ -50,12 +50,24 @@ class Rollout:
 
 
 def sample_actions(
-    net: StackedActorCritic, params: Params, head: th.Tensor, learners: list[Learner]
+    net: StackedActorCritic, params: Params, head: th.Tensor, latent_pi: th.Tensor, learners: list[Learner]
 ) -> tuple[th.Tensor, th.Tensor]:
     """Each live learner's actions from its own generator; (actions ``(K, n, ...)``, log-probs ``(K, n)``)."""
-    dist = net.distribution(params, head)
-    if net.gaussian:
-        loc, scale = dist.mean, dist.stddev  # type: ignore[attr-defined]
+    dist = net.distribution(params, head, latent_pi)
+    if net.sde:  # gSDE: mean + latent @ exploration matrix (one per env when there are as many), SB3's get_noise
+        noise = th.zeros_like(head)
+        for k, learner in enumerate(learners):
+            if learner.failed:
+                continue
+            latent = latent_pi[k].detach()
+            single, per_env = learner.exploration
+            if len(latent) == 1 or len(latent) != len(per_env):
+                noise[k] = th.mm(latent, single)
+            else:
+                noise[k] = th.bmm(latent.unsqueeze(dim=1), per_env).squeeze(dim=1)
+        actions = dist.mean + noise
+    elif net.gaussian:
+        loc, scale = dist.mean, dist.stddev
         noise = th.zeros_like(loc)
         for k, learner in enumerate(learners):
             if not learner.failed:
@@ -71,6 +83,18 @@ def sample_actions(
     return actions, log_prob
 
 
+def reset_noise(params: Params, learners: list[Learner], n_envs: int) -> None:
+    """gSDE's ``sample_weights``: each learner draws its exploration matrices from its own generator."""
+    with th.no_grad():
+        for k, learner in enumerate(learners):
+            if learner.failed:
+                continue
+            std = params["log_std"][k].exp()
+            single = th.zeros_like(std) + th.empty(std.shape).normal_(generator=learner.torch_rng) * std
+            per_env = th.zeros_like(std) + th.empty((n_envs, *std.shape)).normal_(generator=learner.torch_rng) * std
+            learner.exploration = (single, per_env)
+
+
 def collect(
     net: StackedActorCritic,
     params: Params,
@@ -83,11 +107,17 @@ def collect(
     """Fill ``buffer`` with ``n_steps`` steps of every live learner's envs, then its advantages and returns."""
     box = isinstance(learners[0].model.action_space, spaces.Box)
     live = [not learner.failed for learner in learners]
+    n_envs = learners[0].model.n_envs
+    sample_freq = int(learners[0].model.sde_sample_freq)
+    if net.sde:
+        reset_noise(params, learners, n_envs)
     for step in range(n_steps):
+        if net.sde and sample_freq > 0 and step % sample_freq == 0:
+            reset_noise(params, learners, n_envs)
         obs = th.as_tensor(np.stack([_obs(learner) for learner in learners]))
         with th.no_grad():
-            head, values = net.forward(params, obs)
-            actions, log_probs = sample_actions(net, params, head, learners)
+            head, values, latent_pi = net.forward(params, obs)
+            actions, log_probs = sample_actions(net, params, head, latent_pi, learners)
         actions_np = actions.numpy()
         env_actions = actions_np
         if box:

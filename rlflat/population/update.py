@@ -62,8 +62,8 @@ def minibatch_losses(
 ) -> tuple[th.Tensor, th.Tensor]:
     """Per-learner loss ``(K,)`` and PPO's approx_kl ``(K,)`` (zeros for PG) on stacked minibatches."""
     net = shared.net
-    head, values = net.forward(params, batch["observations"])
-    dist = net.distribution(params, head)
+    head, values, latent_pi = net.forward(params, batch["observations"])
+    dist = net.distribution(params, head, latent_pi)
     actions = batch["actions"] if net.gaussian else batch["actions"].long().flatten(1)
     log_prob, entropy = net.log_prob_entropy(dist, actions)
     advantages = batch["advantages"]
