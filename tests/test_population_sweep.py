@@ -226,3 +226,13 @@ def test_ray_ships_populations_and_matches_the_serial_sweep(tmp_path: Path) -> N
     assert list(remote["run_id"]) == list(local["run_id"]) and set(remote["status"]) == {"ok"}
     assert remote["robustness.auc_mean"].notna().all()
     assert any(p.name.startswith("population-") for p in (tmp_path / "ray" / "logs").iterdir())
+
+
+def test_dry_run_shows_the_populations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _config(tmp_path, algos=["ppo", "ppo_sam"])
+    args = [str(config), "--out", str(tmp_path / "out"), "--dry-run", "--workers", "2"]
+    assert main(args) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "--population auto: 2 populations of 2, 2 runs, 2 runs alone"
+    assert main([*args, "--population", "1"]) == 0
+    assert "populations" not in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()

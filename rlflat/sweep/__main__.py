@@ -93,6 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         counts = {s: sum(1 for p in result.plan if p.state == s) for s in states}
         shown = ", ".join(f"{n} {s}" for s, n in counts.items())
         print(f"{study_dir}: {len(result.plan)} runs ({shown}); stages: {', '.join(study.config.stages)}")
+        grouped = [len(names) for names in result.populations if len(names) > 1]
+        if grouped:
+            alone = sum(1 for names in result.populations if len(names) == 1)
+            print(f"--population {args.population}: {len(grouped)} populations of {', '.join(map(str, grouped))} runs, "
+                  f"{alone} runs alone")  # fmt: skip
         return 0
     for line in summary_lines(result):
         print(line)

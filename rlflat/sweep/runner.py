@@ -32,7 +32,7 @@ from rlflat.sweep.config import (
 )
 from rlflat.sweep.executors import check_execution, connect, default_workers, run_jobs
 from rlflat.sweep.pipeline import LOGS_DIR, RunJob, RunOutcome, remaining_stages, run_state
-from rlflat.sweep.populations import population_units
+from rlflat.sweep.populations import members_of, population_units
 from rlflat.sweep.table import RUNS_FILE, STUDY_FILE, build_table, collect, run_directories
 
 RESULTS_DIR = Path("results")
@@ -60,6 +60,8 @@ class SweepResult:
     seconds: float = 0.0
     stale_table: bool = False
     """Nothing ran and ``runs.parquet`` differs from the run directories; it was left as it is."""
+    populations: list[list[str]] = field(default_factory=list)
+    """The pending runs' names as the sweep groups them (``--population``): one list per unit of work."""
 
     @property
     def failed(self) -> list[RunOutcome]:
@@ -125,7 +127,7 @@ def run_sweep(
     check_output_dir(study_dir)
     _check_compatible(loaded, study_dir, force)  # a dry run refuses what the real run would refuse
     _check_preregistration(loaded, study_dir, record=False)
-    _population_plan(loaded, plan, population, backend, workers, device)  # refuses a bad K up front
+    result.populations = _population_plan(loaded, plan, population, backend, workers, device)  # refuses a bad K
     if dry_run:
         return result
     start = time.perf_counter()
@@ -211,7 +213,7 @@ def _population_plan(
     backend: str,
     workers: int | None,
     device: str,
-) -> None:
+) -> list[list[str]]:
     """Group the pending runs as the sweep will (nothing written): a K they cannot take fails here."""
     config = study.config
     pending = [
@@ -220,7 +222,8 @@ def _population_plan(
         for p in plan
         if p.state != "done"
     ]  # fmt: skip
-    population_units(pending, population, _slots(backend, workers))
+    units = population_units(pending, population, _slots(backend, workers))
+    return [[job.name for job in members_of(unit)] for unit in units]
 
 
 @contextmanager
