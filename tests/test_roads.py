@@ -116,6 +116,10 @@ def test_main_writes_the_tables_and_the_connect_commands(
     assert set(levers["metric"]) == {"robustness.auc_mean", "probe.kl_sigma0p1"}
     dose = pd.read_csv(tmp_path / "report" / "roads_dose_response.csv")
     assert len(dose) == 4
+    summary = (tmp_path / "report" / "roads.md").read_text()
+    # one slope row and 15 lever levels (batch 256 is the plain arm itself: not compared with itself)
+    assert summary.count("| CartPole | probe.kl_sigma0p1 |") == 1 + 15
+    assert (tmp_path / "report" / "roads_dose_response.png").stat().st_size > 0
     assert capsys.readouterr().out.count("--connect") == len(
         connect_pairs(arms, dict(zip(runs["run_id"], runs["path"], strict=True)))
     )

@@ -38,10 +38,12 @@ __all__ = [
     "arm_table",
     "connect_pairs",
     "connect_table",
+    "dose_points",
     "dose_response",
     "hodges_lehmann",
     "lever_table",
     "main",
+    "summary_markdown",
 ]
 
 LEVERS = ("batch_size", "weight_decay", "swa_start", "learning_rate", "dropout")
@@ -122,6 +124,8 @@ def lever_table(
             base = _values(runs, plain_ids, metric)
             family = []
             for (lever, level), group in in_task[in_task["lever"] != PLAIN].groupby(["lever", "level"], sort=True):
+                if set(group["run_id"]) == set(plain_ids):
+                    continue  # the plain runs themselves (CartPole's batch 256): no comparison
                 arm = _values(runs, group["run_id"], metric)
                 low, high = welch_interval(arm, base, confidence)
                 p = float(sps.ttest_ind(arm, base, equal_var=False).pvalue) if math.isfinite(low) else math.nan
@@ -164,12 +168,8 @@ def dose_response(
     robustness. ``spearman`` (with its p) is the monotone-trend check that does not assume a straight line.
     """
     rows = []
-    for task in sorted(arms["task"].unique()):
-        ids = arms.loc[(arms["task"] == task) & arms["lever"].isin([PLAIN, "batch_size"]), "run_id"].unique()
-        subset = runs[runs["run_id"].isin(set(ids))]
-        if batch_column not in subset.columns:
-            raise RlflatError(f"the runs table has no {batch_column} column: cannot place runs on the batch axis")
-        dose = np.log2(pd.to_numeric(subset[batch_column], errors="coerce").to_numpy(dtype=np.float64))
+    for task, subset in dose_points(runs, arms, batch_column).items():
+        dose = np.log2(pd.to_numeric(subset["dose"], errors="coerce").to_numpy(dtype=np.float64))
         for metric in metrics:
             if metric not in subset.columns:
                 continue
@@ -188,6 +188,19 @@ def dose_response(
             rows.append(row)
     columns = ["task", "metric", "n", "doses", "slope", "slope_low", "slope_high", "slope_p", "spearman", "spearman_p"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def dose_points(runs: pd.DataFrame, arms: pd.DataFrame, batch_column: str = "hp.batch_size") -> dict[str, pd.DataFrame]:
+    """Per task, the plain and batch-size runs with their batch size as ``dose`` (one row per run)."""
+    if batch_column not in runs.columns:
+        raise RlflatError(f"the runs table has no {batch_column} column: cannot place runs on the batch axis")
+    out = {}
+    for task in sorted(arms["task"].unique()):
+        ids = arms.loc[(arms["task"] == task) & arms["lever"].isin([PLAIN, "batch_size"]), "run_id"].unique()
+        subset = runs[runs["run_id"].isin(set(ids))].copy()
+        subset["dose"] = pd.to_numeric(subset[batch_column], errors="coerce")
+        out[task] = subset
+    return out
 
 
 def connect_pairs(
@@ -226,6 +239,47 @@ def connect_table(study_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _ci(value: Any, low: Any, high: Any) -> str:
+    value, low, high = _float(value), _float(low), _float(high)
+    if not math.isfinite(value):
+        return "n/a"
+    interval = f" [{low:.3g}, {high:.3g}]" if math.isfinite(low) and math.isfinite(high) else " [n/a]"
+    return f"{value:.3g}{interval}"
+
+
+def summary_markdown(levers: pd.DataFrame, dose: pd.DataFrame) -> str:
+    """The two tables as Markdown: every difference and slope with its 95% interval (the CSVs hold the rest)."""
+    lines = ["# Flatness roads: each lever against plain PPO", ""]
+    lines += ["Arm minus plain PPO: Welch mean difference and Hodges-Lehmann shift, each with its 95% interval;",
+              "p is Welch's, Holm-adjusted over the levels of one lever (per task and measure).", ""]  # fmt: skip
+    lines += ["| task | measure | lever = level | n arm / plain | Welch diff [95% CI] | HL shift [95% CI] | p (Holm) |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for r in levers.itertuples(index=False):
+        lines.append(
+            f"| {r.task} | {r.metric} | {r.lever} = {r.level} | {r.n_arm} / {r.n_plain} | "
+            f"{_ci(r.welch_diff, r.welch_low, r.welch_high)} | {_ci(r.hl_shift, r.hl_low, r.hl_high)} | "
+            f"{_float(r.welch_p_holm):.3g} |"
+        )
+    lines += ["", "# Batch-size dose-response (plain + batch-size runs)", ""]
+    lines += [
+        "| task | measure | runs | doses | slope per doubling [95% CI] | Spearman rho (p) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in dose.itertuples(index=False):
+        rho = f"{_float(r.spearman):.3g} ({_float(r.spearman_p):.3g})" if math.isfinite(_float(r.spearman)) else "n/a"
+        lines.append(
+            f"| {r.task} | {r.metric} | {r.n} | {r.doses} | {_ci(r.slope, r.slope_low, r.slope_high)} | {rho} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def _write_csv(path: Path, table: pd.DataFrame) -> None:
     from rlflat.io import write_atomic
 
@@ -234,6 +288,9 @@ def _write_csv(path: Path, table: pd.DataFrame) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m rlflat.report.roads STUDY_DIR``: the lever and dose-response tables, and the connect commands."""
+    from rlflat.io import write_text
+    from rlflat.report.figures.dose import plot_dose_response
+    from rlflat.report.figures.style import FigureSkipped, save_figure
     from rlflat.report.settings import DEFAULT_MEASURES, DEFAULT_METRICS
     from rlflat.sweep.config import load_study_config
     from rlflat.sweep.table import RUNS_FILE, STUDY_FILE
@@ -258,6 +315,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, table in tables.items():
         _write_csv(out / name, table)
         print(out / name)
+    write_text(out / "roads.md", summary_markdown(tables["roads_levers.csv"], tables["roads_dose_response.csv"]))
+    print(out / "roads.md")
+    try:
+        fig, _ = plot_dose_response(dose_points(runs, arms), tables["roads_dose_response.csv"], metrics)
+        print(save_figure(fig, out / "roads_dose_response.png"))
+    except FigureSkipped as exc:
+        print(f"note: no dose-response figure ({exc})", file=sys.stderr)
     names = dict(zip(runs["run_id"], runs["path"], strict=False))
     for a, b in connect_pairs(arms[arms["run_id"].isin(set(names))], names):
         print(f"python -m rlflat.probe {study_dir / a} --connect {study_dir / b}")
