@@ -112,7 +112,7 @@ def reliability(values: pd.DataFrame) -> pd.DataFrame:
             icc2 = types.loc["ICC(A,1)" if "ICC(A,1)" in types.index else "ICC2"]  # McGraw & Wong's name / older
             row["icc"] = float(icc2["ICC"])
             low, high = icc2["CI95"] if "CI95" in icc2 else icc2["CI95%"]
-            row["icc_ci95"] = f"[{low:.2f}, {high:.2f}]"
+            row["icc_ci95"] = f"[{low:.3f}, {high:.3f}]"  # 2 digits printed [1.00, 1.00] beside an ICC of 0.998
             within = float(wide.var(axis=1, ddof=1).mean())
             between = float(wide.mean(axis=1).var(ddof=1))
             row["variance_ratio"] = between / within if within > 0 else math.inf

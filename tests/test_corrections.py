@@ -303,3 +303,13 @@ def test_threshold_crossings_are_per_run_not_cell_means() -> None:
     text = _crossings_sentence(table)
     assert "max λ₁(H) / (2/η) ≥ 1 in 1 of 3 runs (largest 2.81): a (2.81)" in text  # the cell mean is 1.17
     assert "late λ₁(H) / (2/η) ≥ 1 in 0 of 3 runs (largest 0.50)" in text and "in 2 of 3 runs" in text
+
+
+def test_bar_margins_mark_verdicts_within_a_hair_of_their_bar() -> None:
+    from rlflat.report.reliability import bar_margins
+
+    pooled = pd.DataFrame({"measure": ["kl", "fisher", "far"], "icc": [0.947, 0.998, 0.5]})
+    family = pd.DataFrame({"measure": ["kl", "kl", "fisher", "fisher"], "icc": [0.804, 0.95, 0.792, 0.99]})
+    margins = bar_margins(pooled, family)
+    assert margins[0] == pytest.approx(0.004) and margins[1] == pytest.approx(-0.008)  # the family bars decide
+    assert margins[2] == pytest.approx(-0.3)  # pooled vs 0.8, the nearer bar

@@ -48,6 +48,28 @@ def verdicts(pooled: pd.DataFrame, by_family: pd.DataFrame | None = None) -> lis
     ]
 
 
+SENSITIVE_MARGIN = 0.01
+"""A verdict decided by an ICC this close to its bar is threshold-sensitive: within the ICC's own noise."""
+
+
+def bar_margins(pooled: pd.DataFrame, by_family: pd.DataFrame | None = None) -> list[float]:
+    """Per row of ``pooled``: the signed distance of the nearest deciding ICC to its bar (pooled ICC vs
+    :data:`HEADLINE_ICC` and :data:`UNFIT_ICC`, the lowest family ICC vs :data:`UNFIT_ICC`); negative: below."""
+    inside = (
+        pd.to_numeric(by_family["icc"], errors="coerce").groupby(by_family["measure"]).min()
+        if by_family is not None and not by_family.empty
+        else pd.Series(dtype=float)
+    )
+    out = []
+    for measure, value in zip(pooled["measure"], pd.to_numeric(pooled["icc"], errors="coerce"), strict=True):
+        gaps = [value - HEADLINE_ICC, value - UNFIT_ICC]
+        if measure in inside.index and np.isfinite(inside[measure]):
+            gaps.append(float(inside[measure]) - UNFIT_ICC)
+        finite = [g for g in gaps if np.isfinite(g)]
+        out.append(min(finite, key=abs) if finite else float("nan"))
+    return out
+
+
 def _read(ctx: Context, name: str) -> pd.DataFrame | None:
     for directory in ctx.study.dirs:
         path = directory / name
@@ -110,6 +132,10 @@ def section_reliability(ctx: Context) -> None:
     else:
         families = None
     shown["verdict"] = verdicts(table, families)
+    shown["bar margin"] = bar_margins(table, families)
+    sensitive = [
+        str(m) for m, g in zip(shown["measure"], shown["bar margin"], strict=True) if abs(g) < SENSITIVE_MARGIN
+    ]
     ctx.doc.para(
         "Test-retest reliability: each policy probed twice with independent batch sets. ICC(2,1) (two-way random, "
         f"absolute agreement, single probe) over {int(shown['n'].max())} policies, with its 95% CI, the "
@@ -120,6 +146,20 @@ def section_reliability(ctx: Context) -> None:
     )
     ctx.doc.table(shown, "Probe measures by test-retest reliability.")
     ctx.save_table(shown, "probe_reliability")
+    ctx.doc.para(
+        "'bar margin' is the signed distance of the deciding ICC (pooled, or the lowest family's) to the nearest "
+        f"bar (0.9, 0.8); a verdict within {SENSITIVE_MARGIN} of its bar is threshold-sensitive, a choice within the "
+        "ICC's own noise rather than a finding: "
+        + (", ".join(sensitive) if sensitive else "none")
+        + ". Intervals are printed as the table stores them (two decimals in tables written before three were "
+        "kept: [1.00, 1.00] there means both bounds >= 0.995)."
+        + (
+            " fisher_trace and fisher_adaptive_trace here are the older Hutchinson estimates (the models are not "
+            "committed, so the exact trace could not be re-probed)."
+            if "probe.fisher_trace_method" not in ctx.runs or ctx.runs["probe.fisher_trace_method"].ne("exact").any()
+            else ""
+        )
+    )
     unfit = [m for m, v in zip(shown["measure"], shown["verdict"], strict=True) if v == "unfit"]
     headline_unfit = [m for m in ctx.measures if m.removeprefix("probe.") in unfit]
     if headline_unfit:

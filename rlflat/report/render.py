@@ -39,6 +39,7 @@ from rlflat.report.sections_stats import section_comparisons, section_correlatio
 from rlflat.report.settings import ReportSettings, load_report_settings
 from rlflat.report.solved import VERDICT_WORDS, run_verdicts
 from rlflat.report.study import Study, load_robustness, load_study, skipped_runs
+from rlflat.report.summary import section_summary
 
 DEFAULT_COLLAPSE_FRAC = 0.5
 
@@ -266,8 +267,9 @@ def build_report(
             for section in bar:
                 bar.set_postfix_str(section.__name__.removeprefix("_").removeprefix("section_"))
                 section(ctx)
+        section_summary(ctx)  # shown first, built last: it quotes the tables the sections wrote
         write_text(folder / "report.md", to_markdown(ctx.doc, folder))
-        write_text(folder / "report.html", to_html(ctx.doc))
+        write_text(folder / "report.html", to_html(ctx.doc, folder))
 
     update_dir(out_dir, build, lock=False)  # a failure or kill leaves the earlier report whole (issue 23)
     return out_dir

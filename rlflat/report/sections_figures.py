@@ -9,6 +9,7 @@ from typing import TypeVar
 from rlflat.report import figures as F
 from rlflat.report import probe_data as P
 from rlflat.report import robustness_data as RD
+from rlflat.report.captions import normalized_return_words
 from rlflat.report.context import Context, add_figure, label
 from rlflat.report.study import load_learning_curves, load_robustness, median_run
 
@@ -30,7 +31,7 @@ def section_robustness(ctx: Context) -> None:
     add_figure(
         ctx,
         "robustness_curves",
-        "Normalised return (1 = the run's nominal return) vs perturbation, per algorithm: mean over runs with a "
+        f"{normalized_return_words(ctx.runs)} vs perturbation, per algorithm: mean over runs with a "
         f"95% bootstrap CI band (descriptive); dashed: the evaluator's collapse threshold {ctx.collapse_frac:g}.",
         lambda: F.plot_robustness_curves(
             curves, ctx.palette, labels, threshold=ctx.collapse_frac, seed=ctx.seed, n_boot=ctx.fig_boot
