@@ -8,13 +8,13 @@ was trained on. Pickled fields (``:serialized:``) are never decoded.
 
 from __future__ import annotations
 
-import json
 import math
 import zipfile
 from pathlib import Path
 from typing import Any
 
 from rlflat.errors import RlflatError
+from rlflat.io import load_json_text
 
 READABLE_KEYS = ("gamma", "gae_lambda")
 _MAX_DATA_BYTES = 64 * 2**20
@@ -29,8 +29,8 @@ def readable_hyperparameters(path: str | Path) -> dict[str, float]:
                 return {}
             if archive.getinfo("data").file_size > _MAX_DATA_BYTES:
                 raise RlflatError(f"{path}: its data member is over {_MAX_DATA_BYTES} bytes; not an SB3 model")
-            data: Any = json.loads(archive.read("data"))
-    except (OSError, zipfile.BadZipFile, UnicodeDecodeError, ValueError) as exc:
+            data: Any = load_json_text(archive.read("data").decode())  # depth-checked (issue 23)
+    except (OSError, zipfile.BadZipFile, UnicodeDecodeError, ValueError, RecursionError) as exc:
         if isinstance(exc, RlflatError):
             raise
         raise RlflatError(f"{path}: not a readable SB3 model zip ({type(exc).__name__})") from None

@@ -127,11 +127,14 @@ def check_policy_values(policy: ActorCriticPolicy, where: str) -> None:
             distribution = policy.get_distribution(obs).distribution
             values = policy.predict_values(obs)
             outputs = [getattr(distribution, key) for key in ("logits", "loc", "scale") if hasattr(distribution, key)]
-    except (ValueError, RuntimeError) as exc:  # torch's distributions validate their parameters
-        raise RlflatError(f"{where}: the policy's outputs are not finite ({str(exc).splitlines()[0][:120]})") from None
-    for output in [*outputs, values]:
-        if not bool(torch.isfinite(output).all()):
-            raise RlflatError(f"{where}: the policy's outputs overflow to infinity or NaN; its weights are too large")
+    except (ValueError, RuntimeError):  # torch's distributions refuse non-finite parameters
+        outputs, values = [torch.tensor(math.nan)], torch.tensor(math.nan)
+    if not all(bool(torch.isfinite(output).all()) for output in [*outputs, values]):
+        largest = max(float(t.abs().max()) for t in policy.state_dict().values() if t.numel() and t.is_floating_point())
+        raise RlflatError(
+            f"{where}: the policy's outputs overflow to infinity or NaN (largest |weight| {largest:.3g}); "
+            "these weights cannot be evaluated"
+        )
 
 
 def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

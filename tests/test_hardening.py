@@ -362,3 +362,275 @@ def test_evaluate_suites_accumulate_as_one_evaluation(trained: Path, tmp_path: P
     _one_line_refusal(evaluate_main, [str(run), "--suite", "masspole", *EVAL, "--seed", "4"], tmp_path, "seed")
     assert evaluate_main([str(run), "--suite", "masspole", *EVAL, "--force"]) == 0
     assert set(pd.read_parquet(run / "robustness.parquet")["family"]) == {"nominal", "masspole"}
+
+
+# -- 3/4. every listed input: one line, exit 2, nothing written or changed --------------------------------------
+
+
+def _nested(depth: int = 100_000) -> str:
+    return "[" * depth
+
+
+def _rezip(source: Path, target: Path, data: Callable[[bytes], bytes] | None = None, weights: str | None = None) -> str:
+    """A copy of a model zip with its ``data`` member rewritten and/or every float weight set to ``weights``."""
+    import io
+    import zipfile
+
+    import torch
+
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for item in old.infolist():
+            payload = old.read(item.filename)
+            if item.filename == "data" and data is not None:
+                payload = data(payload)
+            if item.filename == "policy.pth" and weights is not None:
+                state = torch.load(io.BytesIO(payload), weights_only=True)
+                for tensor in state.values():
+                    if tensor.is_floating_point():
+                        tensor.fill_(float(weights))
+                buffer = io.BytesIO()
+                torch.save(state, buffer)
+                payload = buffer.getvalue()
+            new.writestr(item.filename, payload)
+    return str(target)
+
+
+def _with_net_arch(arch: list[int]) -> Callable[[bytes], bytes]:
+    import json
+
+    def edit(payload: bytes) -> bytes:
+        data = json.loads(payload)
+        data["policy_kwargs"]["net_arch"] = arch
+        return json.dumps(data).encode()
+
+    return edit
+
+
+def _run_copy(root: Path, trained: Path, name: str = "run") -> Path:
+    import shutil
+
+    shutil.copytree(trained, root / name)
+    return root / name
+
+
+def _normalization(root: Path, trained: Path, mean: object, var: object) -> str:
+    import json
+
+    run = _run_copy(root, trained)
+    stats = {"format": "rlflat.normalization/1", "norm_obs": True, "norm_reward": False, "obs_mean": mean,
+             "obs_var": var, "ret_var": 1.0, "clip_obs": 10.0, "clip_reward": 10.0, "epsilon": 1e-8}  # fmt: skip
+    (run / "normalization.json").write_text(json.dumps(stats))
+    return str(run)
+
+
+def _edit_run(root: Path, trained: Path, name: str, text: str | None = None, directory: bool = False) -> str:
+    run = _run_copy(root, trained)
+    (run / name).unlink()
+    if directory:
+        (run / name).mkdir()
+    else:
+        (run / name).write_text(text or "")
+    return str(run)
+
+
+def _gamma_abc(root: Path, trained: Path) -> str:
+    import json
+
+    run = _run_copy(root, trained)
+    config = json.loads((run / "config.json").read_text())
+    config["hyperparameters"]["gamma"] = "abc"
+    (run / "config.json").write_text(json.dumps(config))
+    return str(run)
+
+
+STUDY = {"name": "s", "tasks": ["CartPole"], "algos": ["ppo"], "steps": 64,
+         "grid": {"n_steps": [32], "batch_size": [32], "n_envs": [2], "n_epochs": [1]}}  # fmt: skip
+
+
+def _study(root: Path, **changes: object) -> str:
+    import yaml
+
+    path = root / "s.yaml"
+    path.write_text(yaml.safe_dump({**STUDY, **changes}))
+    return str(path)
+
+
+def _text_file(root: Path, name: str, data: bytes) -> str:
+    (root / name).write_bytes(data)
+    return str(root / name)
+
+
+def _report_study(root: Path, report: dict[str, object] | None = None) -> str:
+    import pandas as pd
+    import yaml
+
+    study = root / "study"
+    study.mkdir()
+    rows = [{"run_id": f"r{i}", "algo": "ppo", "task": "CartPole", "seed": i, "status": "ok"} for i in range(2)]
+    pd.DataFrame(rows).to_parquet(study / "runs.parquet")
+    if report is not None:
+        (study / "study.yaml").write_text(yaml.safe_dump({**STUDY, "report": report}))
+    return str(study)
+
+
+_P = ["--quick", "--batch", "64", "--batches", "1", "--no-progress"]
+_E = ["--points", "2", "--episodes", "1", "--no-progress"]
+_T = ["--no-progress", "--steps", "64", "--set=n_steps=32", "--set=batch_size=32", "--set=n_epochs=1"]
+_TEN_KEYS = ("learning_rate", "gamma", "gae_lambda", "ent_coef", "vf_coef", "clip_range", "max_grad_norm",
+             "target_kl", "rho", "adaptive_rho")  # fmt: skip
+_SIGMAS = ",".join(f"{0.001 * (i + 1):.3f}" for i in range(10_000))
+
+Case = tuple[str, str, Callable[[Path, Path], list[str]], str]
+LISTED: list[Case] = [
+    # (issue 23 case, command, argv builder (root, trained run), fragment of the one-line message)
+    ("normalization.json obs_mean [100.0] on 4-D CartPole", "evaluate",
+     lambda r, t: [_normalization(r, t, [100.0], [1.0]), *_E], "shape [1]"),
+    ("normalization.json of shape 3", "evaluate", lambda r, t: [_normalization(r, t, [0.0] * 3, [1.0] * 3), *_E],
+     "shape [3]"),
+    ("normalization.json of shape 4x1", "evaluate",
+     lambda r, t: [_normalization(r, t, [[0.0]] * 4, [[1.0]] * 4), *_E], "shape [4, 1]"),
+    ("normalization.json nested 1e5 deep", "evaluate",
+     lambda r, t: [_nested_normalization(r, t), *_E], "normalization.json"),
+    ("zip net_arch [200000, 200000]: probe", "probe",
+     lambda r, t: [_rezip(t / "model.zip", r / "big.zip", _with_net_arch([200000, 200000])), "--task", "CartPole",
+                   *_P], "net_arch"),
+    ("zip net_arch [200000, 200000]: evaluate", "evaluate",
+     lambda r, t: [_rezip(t / "model.zip", r / "big.zip", _with_net_arch([200000, 200000])), "--task", "CartPole",
+                   *_E], "net_arch"),
+    ("zip net_arch [200000, 200000]: --interpolate", "probe",
+     lambda r, t: [str(_run_copy(r, t)), "--interpolate",
+                   _rezip(t / "model.zip", r / "big.zip", _with_net_arch([200000, 200000])), *_P], "net_arch"),
+    ("train --set policy_kwargs={net_arch: [100000, 100000]}", "train",
+     lambda r, t: ["ppo", "CartPole", "--set", "policy_kwargs={net_arch: [100000, 100000]}", "--out",
+                   str(r / "o"), *_T], "memory"),
+    ("train --set n_epochs=1000000000", "train",
+     lambda r, t: ["ppo", "CartPole", "--out", str(r / "o"), *_T, "--set", "n_epochs=1000000000"], "n_epochs"),
+    ("train --set use_sde=true on discrete CartPole", "train",
+     lambda r, t: ["ppo", "CartPole", "--set", "use_sde=true", "--out", str(r / "o"), *_T], "use_sde"),
+    ("sweep seeds: 1000000000", "sweep", lambda r, t: [_study(r, seeds=10**9), "--out", str(r / "o")], "seed"),
+    ("sweep grid of 1e10 points", "sweep",
+     lambda r, t: [_study(r, grid={k: [0.1 + i / 100 for i in range(10)] for k in _TEN_KEYS}), "--out",
+                   str(r / "o")], "10,000,000,000 runs"),
+    ("sweep of 1e6 runs", "sweep",
+     lambda r, t: [_study(r, seeds=1000, grid={"learning_rate": [1e-3 + i * 1e-6 for i in range(1000)]}), "--out",
+                   str(r / "o")], "runs"),
+    ("sweep probe: {batch: 1000000000}", "sweep",
+     lambda r, t: [_study(r, probe={"batch": 10**9}), "--out", str(r / "o")], "memory"),
+    ("sweep evaluate: {episodes: abc}", "sweep",
+     lambda r, t: [_study(r, evaluate={"episodes": "abc"}), "--out", str(r / "o")], "episodes"),
+    ("sweep factors: {length: [abc]}", "sweep",
+     lambda r, t: [_study(r, evaluate={"suite": {"factors": {"length": ["abc"]}}}), "--out", str(r / "o")], "abc"),
+    ("sweep report: {n_perm: 1e12}", "sweep",
+     lambda r, t: [_study(r, report={"n_perm": 10**12}), "--out", str(r / "o")], "n_perm"),
+    ("sweep YAML nested 1e5 deep", "sweep", lambda r, t: [_text_file(r, "n.yaml", _nested().encode()), "--out",
+                                                           str(r / "o")], "nested"),
+    ("sweep YAML starting with bytes \\xff\\xfe", "sweep",
+     lambda r, t: [_text_file(r, "b.yaml", b"\xff\xfename: s\n"), "--out", str(r / "o")], "UTF-8"),
+    ("sweep /dev/zero", "sweep", lambda r, t: ["/dev/zero", "--out", str(r / "o")], "regular file"),
+    ("zip data nested 1e5 deep: evaluate", "evaluate",
+     lambda r, t: [_rezip(t / "model.zip", r / "n.zip", lambda _: _nested().encode()), "--task", "CartPole", *_E],
+     "n.zip"),
+    ("zip data nested 1e5 deep: probe", "probe",
+     lambda r, t: [_rezip(t / "model.zip", r / "n.zip", lambda _: _nested().encode()), "--task", "CartPole", *_P],
+     "n.zip"),
+    ("config.json nested 1e5 deep: probe", "probe", lambda r, t: [_edit_run(r, t, "config.json", _nested()), *_P],
+     "config.json"),
+    ("config.json nested 1e5 deep: evaluate", "evaluate",
+     lambda r, t: [_edit_run(r, t, "config.json", _nested()), *_E], "config.json"),
+    ("metrics.json a directory: probe", "probe",
+     lambda r, t: [_edit_run(r, t, "metrics.json", directory=True), *_P], "metrics.json"),
+    ("metrics.json a directory: evaluate", "evaluate",
+     lambda r, t: [_edit_run(r, t, "metrics.json", directory=True), *_E], "metrics.json"),
+    ("config.json a directory: probe", "probe", lambda r, t: [_edit_run(r, t, "config.json", directory=True), *_P],
+     "config.json"),
+    ("config.json a directory: evaluate", "evaluate",
+     lambda r, t: [_edit_run(r, t, "config.json", directory=True), *_E], "config.json"),
+    ('gamma: "abc" in config.json', "probe", lambda r, t: [_gamma_abc(r, t), *_P], "gamma"),
+    ("NaN weights: probe", "probe",
+     lambda r, t: [_rezip(t / "model.zip", r / "w.zip", weights="nan"), "--task", "CartPole", *_P], "NaN"),
+    ("NaN weights: evaluate", "evaluate",
+     lambda r, t: [_rezip(t / "model.zip", r / "w.zip", weights="nan"), "--task", "CartPole", *_E], "NaN"),
+    ("1e38 weights: probe", "probe",
+     lambda r, t: [_rezip(t / "model.zip", r / "w.zip", weights="1e38"), "--task", "CartPole", *_P], "overflow"),
+    ("1e38 weights: evaluate", "evaluate",
+     lambda r, t: [_rezip(t / "model.zip", r / "w.zip", weights="1e38"), "--task", "CartPole", *_E], "overflow"),
+    ("all-zero weights: quick probe", "probe",
+     lambda r, t: [_rezip(t / "model.zip", r / "w.zip", weights="0"), "--task", "CartPole", *_P], "zero"),
+    ("all-zero weights: default probe", "probe",
+     lambda r, t: [_rezip(t / "model.zip", r / "w.zip", weights="0"), "--task", "CartPole", "--no-progress"],
+     "zero"),
+    ("evaluate --rng-seed -1", "evaluate", lambda r, t: [str(_run_copy(r, t)), *_E, "--rng-seed", "-1"], "rng_seed"),
+    ("probe --keskar-eps 1e308", "probe",
+     lambda r, t: [str(_run_copy(r, t)), *_P, "--measures", "keskar", "--keskar-eps", "1e308"], "keskar_eps"),
+    ("probe --sigmas with 10,000 values", "probe",
+     lambda r, t: [str(_run_copy(r, t)), *_P, "--measures", "perturbation", "--sigmas", _SIGMAS], "sigmas"),
+    ("report --n-boot 1e9", "report", lambda r, t: [_report_study(r), "--n-boot", "1000000000", "--no-progress"],
+     "--n-boot"),
+    ("report n_perm: 1e12 in study.yaml", "report",
+     lambda r, t: [_report_study(r, {"n_perm": 10**12}), "--no-progress"], "n_perm"),
+    ("train --set learning_rate=1e30 (diverges)", "train",
+     lambda r, t: ["ppo", "CartPole", "--set", "learning_rate=1e30", "--out", str(r / "o"), *_T], "diverged"),
+]  # fmt: skip
+
+
+def _nested_normalization(root: Path, trained: Path) -> str:
+    run = _run_copy(root, trained)
+    (run / "normalization.json").write_text(_nested())
+    return str(run)
+
+
+def _main(command: str) -> Callable[[list[str] | None], int]:
+    import importlib
+
+    module = importlib.import_module("rlflat.train" if command == "train" else f"rlflat.{command}.__main__")
+    return module.main  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("case", "command", "build", "fragment"), LISTED, ids=[c[0] for c in LISTED])
+def test_listed_case_is_one_line_exit_2_nothing_written(
+    case: str,
+    command: str,
+    build: Callable[[Path, Path], list[str]],
+    fragment: str,
+    trained: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # default outputs would land here, inside the compared tree
+    argv = build(tmp_path, trained)
+    _one_line_refusal(_main(command), argv, tmp_path, fragment)
+
+
+def test_memory_estimate_honours_ulimit() -> None:
+    """``ulimit -v`` caps the estimate (the evaluator's --episodes 40000 under 6 GB and a 3 GiB policy.pth bomb
+    were refused by nothing: MemAvailable was read alone)."""
+    import subprocess
+    import sys
+
+    code = "from rlflat.memory import available_memory; print(available_memory())"
+    limit_kib = 3_000_000
+    out = subprocess.run(
+        ["bash", "-c", f"ulimit -v {limit_kib}; {sys.executable} -c '{code}'"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert 0 < int(out.stdout) < limit_kib * 1024
+
+
+def test_policy_bomb_is_refused_from_the_zip_directory(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A policy.pth declared larger than memory allows is refused before it is inflated."""
+    import zipfile
+
+    from rlflat import memory
+
+    path = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(trained / "model.zip") as old, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as new:
+        for item in old.infolist():
+            payload = old.read(item.filename)
+            new.writestr(item.filename, payload + b"\0" * (8 << 20) if item.filename == "policy.pth" else payload)
+    monkeypatch.setattr(memory, "available_memory", lambda: 4 << 20)  # as under a small ulimit -v
+    _one_line_refusal(_main("evaluate"), [str(path), "--task", "CartPole", *_E], tmp_path, "policy.pth")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from rlflat.evaluate.metrics import robustness_block
 from rlflat.evaluate.results import check_accumulates, describe_options, publish_evaluation
 from rlflat.evaluate.rollout import Backend, _rollout, episodes_ci
 from rlflat.evaluate.suites import ACTION_NOISE, NOMINAL, OBS_NOISE, Setting, SuiteSpec, build_settings, count_settings
-from rlflat.io import check_output_dir, read_json
+from rlflat.io import check_output_dir, read_json_object
 from rlflat.policy import FunctionalPolicy, load_policy
 from rlflat.tasks import TaskSpec, load_task
 
@@ -250,11 +251,8 @@ def resolve_task(path: str | Path, task: str | TaskSpec | None = None) -> TaskSp
         raise RlflatError(f"{path} does not exist: give a run directory or an SB3 model .zip")
     config = path / CONFIG_FILE
     recorded: str | None = None
-    if path.is_dir() and config.exists():
-        try:
-            recorded = read_json(config).get("task")
-        except (ValueError, AttributeError):
-            raise RlflatError(f"{config}: not a JSON object") from None
+    if path.is_dir() and os.path.lexists(config):
+        recorded = read_json_object(config).get("task")  # a folder, bad bytes or deep nesting: one line
     if task is None:
         if recorded is None:
             raise RlflatError(f"{path}: cannot tell the task (no 'task' in {CONFIG_FILE}); pass --task")
