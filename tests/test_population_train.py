@@ -14,6 +14,7 @@ the comparison can fail).
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -212,6 +213,22 @@ def test_population_publishes_what_train_run_writes(tmp_path: Path) -> None:
     assert metrics["train"]["return_mean"] == json.loads((single / "metrics.json").read_text())["train"]["return_mean"]
     again = train_population([Member(c, tmp_path / f"pop{i}") for i, c in enumerate(configs)], progress=False)
     assert again == results  # published members are not retrained
+
+
+def test_sharpness_tracking_per_learner_equals_the_single_runs(tmp_path: Path) -> None:
+    overrides = {"track_sharpness": 1, "n_steps": 16, "batch_size": 128, "n_epochs": 2, "learning_rate": 1e-3}
+    configs = [resolve_run_config("ppo_sam", "CartPole", seed=s, steps=256, overrides=overrides) for s in (1, 2)]
+    train_population([Member(c, tmp_path / f"pop{i}") for i, c in enumerate(configs)], progress=False)
+    single = train_run(configs[0], out=tmp_path / "single", progress=False)
+    ours = list(csv.reader((tmp_path / "pop0" / "train.csv").read_text().splitlines()))
+    theirs = list(csv.reader((single / "train.csv").read_text().splitlines()))
+    assert ours[0] == theirs[0] and "sharpness" in ours[0] and len(ours) == len(theirs)
+    timing = {ours[0].index("wall_seconds"), ours[0].index("tracking_seconds")}
+    for a, b in zip(ours, theirs, strict=True):
+        assert [v for i, v in enumerate(a) if i not in timing] == [v for i, v in enumerate(b) if i not in timing]
+    path = json.loads((tmp_path / "pop0" / "metrics.json").read_text())["train"]["sharpness_path"]
+    assert path == json.loads((single / "metrics.json").read_text())["train"]["sharpness_path"]
+    assert path["n_tracked"] == 2
 
 
 def test_differing_shapes_are_refused_in_one_line(tmp_path: Path) -> None:

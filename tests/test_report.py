@@ -197,8 +197,11 @@ def test_report_writes_every_figure_and_references_it(report_dir: Path) -> None:
 
 def test_html_is_self_contained(report_dir: Path) -> None:
     html = (report_dir / "report.html").read_text()
-    sources = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)""", html)
+    sources = re.findall(r"""src\s*=\s*["']([^"']*)""", html)
     assert sources and all(s.startswith("data:") for s in sources)
+    links = re.findall(r"""href\s*=\s*["']([^"']*)""", html)  # the contents' anchors and the CSVs beside it
+    ids = set(re.findall(r"""id\s*=\s*["']([^"']*)""", html))
+    assert all(h[1:] in ids if h.startswith("#") else (report_dir / h).is_file() for h in links)
     assert "<link" not in html and "<script" not in html and "@import" not in html
 
 

@@ -28,7 +28,6 @@ from rlflat.population.rollout import Rollout, collect
 from rlflat.population.update import Shared, Trainer
 
 UNSUPPORTED = {
-    "track_sharpness": "sharpness tracking",
     "swa_start": "stochastic weight averaging",
     "dropout": "consistent dropout (masks stored with the rollout: rlflat.algos.dropout)",
     "critic_dropout": "consistent dropout (masks stored with the rollout: rlflat.algos.dropout)",
@@ -125,6 +124,7 @@ def run(
             for learner in learners:
                 learner.model._current_progress_remaining = progress_remaining
             trainer.train(buffer, progress_remaining)
+            track(learners, params, optimizer, trainer.lrs, buffer)
             for k, learner in enumerate(learners):
                 if learner.failed and k not in published:
                     publish(learner, 0.0, EVAL_EPISODES)
@@ -144,6 +144,27 @@ def run(
         optimizer.load_into(learner.model.policy.optimizer, names, params, k, trainer.lrs[k])
         finish_model(learner, done, progress_remaining)
     return wall
+
+
+def track(
+    learners: list[Learner], params: dict[str, th.Tensor], optimizer: StackedAdam, lrs: list[float], buffer: Rollout
+) -> None:
+    """Sharpness tracking per learner, as a single run's ``update_observer``: learner k's parameters, optimiser
+    state and rollout (flattened, as ``get()`` leaves SB3's buffer) go into its SB3 model, then its tracker
+    measures that model (reading, never writing, so training is unchanged)."""
+    names = list(params)
+    for k, learner in enumerate(learners):
+        if learner.tracker is None or learner.failed:
+            continue
+        model = learner.model
+        StackedActorCritic.unstack_into(params, [model.policy], [k])  # type: ignore[list-item]
+        optimizer.load_into(model.policy.optimizer, names, params, k, lrs[k])
+        rollout = model.rollout_buffer
+        for name, source in (("observations", "observations"), ("actions", "actions"), ("values", "values"),
+                             ("log_probs", "log_probs"), ("advantages", "advantages"), ("returns", "returns")):  # fmt: skip
+            setattr(rollout, name, buffer.flat(source)[k].numpy().copy())
+        rollout.generator_ready = True
+        learner.tracker(model)
 
 
 def training_envs(learners: list[Learner], simulate: bool = True) -> VecEnvGroup | CartPoleGroup:

@@ -22,6 +22,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from rlflat import algos
 from rlflat.algos.base import FlatOnPolicyAlgorithm
+from rlflat.algos.sharpness_tracking import SharpnessTracker, path_summary
 from rlflat.io import remove_stale_staging, staging_dir, write_json
 from rlflat.normalization import NORMALIZATION_FILE, NormalizationStats
 from rlflat.policy import MODEL_FILE, NORMALIZER_FILE, FunctionalPolicy, ObservationNormalizer
@@ -46,6 +47,7 @@ class Learner:
     error: str | None = None
     n_updates: int = 0
     iteration: int = 0
+    tracker: SharpnessTracker | None = None
     exploration: tuple[th.Tensor, th.Tensor] = (th.zeros(0), th.zeros(0))
     """gSDE's exploration matrix and per-env matrices (``sample_weights``), redrawn as SB3 redraws them."""
 
@@ -67,9 +69,13 @@ def build_learner(member: Member, extra: dict[str, str], device: str) -> Learner
     torch_rng.set_state(th.get_rng_state())
     numpy_rng = np.random.RandomState()
     numpy_rng.set_state(np.random.get_state())
+    tracker = None
+    if config["hyperparameters"].get("track_sharpness"):
+        tracker = SharpnessTracker(int(config["hyperparameters"]["track_sharpness"]), seed=seed)
+        model.update_observer = tracker
     record = run_record(config, device, extra)
     record["effective_hyperparameters"] = algos.effective_hyperparameters(model, config["hyperparameters"])
-    return Learner(member, spec, model, env, torch_rng, numpy_rng, record)
+    return Learner(member, spec, model, env, torch_rng, numpy_rng, record, tracker=tracker)
 
 
 def run_record(config: dict[str, Any], device: str, extra: dict[str, str]) -> dict[str, Any]:
@@ -128,9 +134,12 @@ def publish(learner: Learner, wall_seconds: float, episodes: int) -> None:
         curve = _LearningCurve(int(model._total_timesteps), progress=False, label="")
         curve.rows = list(learner.curve)
         curve.close()
-        curve.write_csv(directory / "train.csv", None)
+        tracker = learner.tracker
+        curve.write_csv(directory / "train.csv", tracker.rows if tracker is not None else None)
         returns = evaluate_nominal(FunctionalPolicy(model.policy, normalizer), learner.spec, episodes)
+        tracked = {"sharpness_path": path_summary(tracker.rows)} if tracker is not None else {}
         metrics = {
+            **tracked,
             "return_mean": float(np.mean(returns)),
             "return_std": float(np.std(returns)),
             "episodes": len(returns),

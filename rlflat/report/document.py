@@ -1,11 +1,17 @@
 """The report as a list of blocks, rendered twice: Markdown (figures linked from ``figures/``) and a self-contained
-HTML file (the same PNGs inlined as base64, so the file can be mailed or archived alone)."""
+HTML file (the same PNGs inlined as base64, so the file can be mailed or archived alone).
+
+Both renderings share one layout: the title, the summary (``Document.front``), a table of contents linking
+every section by anchor, the sections, then the appendices: tables longer than :data:`LONG_TABLE_ROWS` rows
+are moved there (a link stays in place) and every CSV under ``tables/`` is listed.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +38,8 @@ class Document:
 
     title: str
     blocks: list[Block] = field(default_factory=list)
+    front: list[Block] = field(default_factory=list)
+    """Shown before the table of contents: the summary (:mod:`rlflat.report.summary`)."""
 
     def heading(self, text: str, level: int = 2) -> None:
         self.blocks.append(Block("heading", text, level=level))
@@ -72,12 +80,56 @@ def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+LONG_TABLE_ROWS = 15
+"""Tables with more rows go to an appendix, linked from where they were."""
+
+
+def slug(text: str) -> str:
+    """An anchor for a heading: lowercase words joined by hyphens (GitHub's style, punctuation dropped)."""
+    words = re.sub(r"[^\w\s-]", "", text.lower(), flags=re.UNICODE).split()
+    return "-".join(words) or "section"
+
+
+def layout(doc: Document, root: Path | None = None) -> tuple[list[Block], list[tuple[str, str]]]:
+    """The blocks in reading order (front, contents, sections, appendices) and the contents (title, anchor).
+
+    Long tables are replaced by a paragraph linking their appendix; CSV files under ``root/tables`` are listed
+    (as links relative to the report) in a last appendix.
+    """
+    body: list[Block] = []
+    appendix: list[Block] = []
+    for b in doc.blocks:
+        if b.kind == "table" and b.table is not None and len(b.table) > LONG_TABLE_ROWS:
+            number = sum(1 for x in appendix if x.kind == "heading") + 1
+            short = re.split(r"[;:(]", b.text or "table")[0].strip().rstrip(".")
+            title = f"Appendix {number}: {short[:60]}"
+            body.append(Block("link", f"{b.text} ({len(b.table)} rows): see", items=[title]))
+            appendix += [Block("heading", title), Block("table", b.text, table=b.table)]
+        else:
+            body.append(b)
+    if root is not None and (root / "tables").is_dir():
+        csvs = [p.relative_to(root).as_posix() for p in sorted((root / "tables").glob("*.csv"))]
+        if csvs:
+            appendix += [Block("heading", "Tables (CSV)"), Block("files", items=csvs)]
+    sections = [b for b in [*doc.front, *body, *appendix] if b.kind == "heading" and b.level == 2]
+    contents = [(b.text, slug(b.text)) for b in sections]
+    toc = [Block("heading", "Contents"), Block("contents", items=[t for t, _ in contents])] if contents else []
+    return [*doc.front, *toc, *body, *appendix], contents
+
+
 def to_markdown(doc: Document, root: Path) -> str:
     """Markdown with figures linked relative to ``root`` (the report directory)."""
     lines = [f"# {doc.title}", ""]
-    for b in doc.blocks:
+    blocks, _ = layout(doc, root)
+    for b in blocks:
         if b.kind == "heading":
-            lines += ["#" * b.level + " " + b.text, ""]
+            lines += [f'<a id="{slug(b.text)}"></a>', "", "#" * b.level + " " + b.text, ""]
+        elif b.kind == "contents":
+            lines += [f"- [{item}](#{slug(item)})" for item in b.items] + [""]
+        elif b.kind == "link":
+            lines += [f"*{b.text} [{b.items[0]}](#{slug(b.items[0])}).*", ""]
+        elif b.kind == "files":
+            lines += [f"- [{item}]({item})" for item in b.items] + [""]
         elif b.kind == "para":
             lines += [b.text, ""]
         elif b.kind == "note":
@@ -110,8 +162,9 @@ padding:.4em .8em}.caption{font-style:italic;color:#444}
 """
 
 
-def to_html(doc: Document) -> str:
-    """Self-contained HTML: inline CSS, every figure embedded as a base64 PNG, no external references."""
+def to_html(doc: Document, root: Path | None = None) -> str:
+    """Self-contained HTML: inline CSS, every figure embedded as a base64 PNG; the only links are the anchors of
+    the contents and, when ``root`` is given, the CSV tables beside the file."""
     esc = html.escape
     parts = [
         "<!DOCTYPE html>",
@@ -119,9 +172,16 @@ def to_html(doc: Document) -> str:
         f"<title>{esc(doc.title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{esc(doc.title)}</h1>",
     ]
-    for b in doc.blocks:
+    blocks, _ = layout(doc, root)
+    for b in blocks:
         if b.kind == "heading":
-            parts.append(f"<h{b.level}>{esc(b.text)}</h{b.level}>")
+            parts.append(f'<h{b.level} id="{slug(b.text)}">{esc(b.text)}</h{b.level}>')
+        elif b.kind == "contents":
+            parts.append("<ul>" + "".join(f'<li><a href="#{slug(i)}">{esc(i)}</a></li>' for i in b.items) + "</ul>")
+        elif b.kind == "link":
+            parts.append(f'<p class="caption">{esc(b.text)} <a href="#{slug(b.items[0])}">{esc(b.items[0])}</a>.</p>')
+        elif b.kind == "files":
+            parts.append("<ul>" + "".join(f'<li><a href="{esc(i)}">{esc(i)}</a></li>' for i in b.items) + "</ul>")
         elif b.kind == "para":
             parts.append(f"<p>{esc(b.text)}</p>")
         elif b.kind == "note":
