@@ -371,15 +371,18 @@ def test_crash_leftovers_resume_without_duplicates(swept: tuple[Path, Path], tmp
     write_json(sam[0] / "metrics.json", metrics)
     # killed while training: only train_run's hidden staging directory exists
     shutil.rmtree(sam[1])
-    staging = copy / f".{sam[1].name}.abc123"
-    staging.mkdir()
-    (staging / "config.json").write_text("{}")
+    from rlflat.io import _new_staging
+
+    staging = _new_staging(copy / sam[1].name)  # marked, as staging_dir makes them
+    (staging / "new" / "config.json").write_text("{}")
     stale_tmp = copy / ".runs.parquet.x1y2.tmp"
     stale_tmp.write_text("half")
     foreign = [copy / ".cache", copy / f".{sam[1].name}", copy / ".notes.tmp"]  # not a sweep's: kept
+    foreign.append(copy / f".{sam[1].name}.backup")  # issue 23: a decoy with the run's name is kept too
     foreign[0].mkdir()
     foreign[1].mkdir()
     foreign[2].write_text("mine")
+    foreign[3].mkdir()
     assert len(collect(copy)) == 1  # half-finished runs have no row
     model_mtime = (sam[0] / "model.zip").stat().st_mtime_ns
     result = run_sweep(config, copy, backend="serial", progress=False)

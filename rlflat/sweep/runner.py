@@ -8,7 +8,6 @@ after any interruption does exactly the missing work. A lock file keeps two swee
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from typing import IO, Any
 import pandas as pd
 
 from rlflat.errors import RlflatError
-from rlflat.io import check_output_dir, write_text
+from rlflat.io import check_output_dir, remove_stale_staging, write_text
 from rlflat.population.grouping import parse_population
 from rlflat.sweep.config import (
     LoadedStudy,
@@ -317,18 +316,20 @@ def _short(value: Any, limit: int = 120) -> str:
 def _remove_leftovers(study_dir: Path, names: set[str]) -> None:
     """Staging directories and temp files of killed sweeps (we hold the lock: nobody is writing).
 
-    Only what a sweep itself leaves: ``.<run name>.*`` directories of this study's runs or of published run
-    directories, and ``.<study file>.*.tmp`` files; any other hidden entry is someone else's and stays.
+    Only what a sweep itself leaves: the marked staging folders of this study's runs or of published run
+    directories (:func:`rlflat.io.remove_stale_staging`), and ``.<study file>.*.tmp`` files; any other hidden
+    entry is someone else's and stays.
     """
     runs = names | {path.name for path in run_directories(study_dir)}
+    for name in runs:
+        remove_stale_staging(study_dir / name)
     files = (STUDY_FILE, RUNS_FILE)
     for path in study_dir.iterdir():
         if not path.name.startswith(".") or path.name == LOCK_FILE:
             continue
-        if path.is_dir() and not path.is_symlink():
-            if _staging_of(path.name, runs):
-                shutil.rmtree(path, ignore_errors=True)
-        elif path.name.endswith(".tmp") and _staging_of(path.name, files):
+        if path.is_dir():
+            continue  # staging folders went above, marked ones only (issue 23: a user's .<run>.backup stays)
+        if path.name.endswith(".tmp") and _staging_of(path.name, files):
             path.unlink(missing_ok=True)
 
 
