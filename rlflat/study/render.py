@@ -68,7 +68,7 @@ def render_markdown(loaded: LoadedPreregistration) -> str:
          for h in p.hypotheses],
     )  # fmt: skip
     for h in p.hypotheses:
-        requires = "; requires " + ", ".join(f"{k} = {v}" for k, v in h.requires.items()) if h.requires else ""
+        requires = " *Requires:* " + ", ".join(f"{k} = {v}" for k, v in h.requires.items()) if h.requires else ""
         out += [f"- **{h.id}.** {h.statement} *Why:* {h.reason}{requires}"]
     out += ["", "## Measures", ""]
     out += [f"- `{name}`: {text}" for name, text in p.measures.items()]
