@@ -231,6 +231,22 @@ def test_sharpness_tracking_per_learner_equals_the_single_runs(tmp_path: Path) -
     assert path["n_tracked"] == 2
 
 
+def test_a_diverging_learner_fails_alone(tmp_path: Path) -> None:
+    """A learner whose loss becomes infinite fails (and, like a diverged single run, publishes nothing) while the
+    other trains on exactly as it would alone."""
+    wild = _config("ppo", seed=1, steps=384, learning_rate=1e30, max_grad_norm=1e30)
+    tame = _config("ppo", seed=2, steps=384)
+    with pytest.raises(algos.TrainingDiverged):
+        train_run(wild, out=tmp_path / "single", progress=False)
+    results = train_population([Member(wild, tmp_path / "wild"), Member(tame, tmp_path / "tame")], progress=False)
+    assert [r.status for r in results] == ["failed", "ok"]
+    assert results[0].error is not None and "training diverged at iteration" in results[0].error
+    assert not (tmp_path / "wild").exists() and not (tmp_path / "single").exists()
+    (alone,), _ = _engine([tame])
+    loaded = PPO.load(tmp_path / "tame" / "model.zip")
+    assert all(np.array_equal(p.detach().numpy(), alone[n]) for n, p in loaded.policy.named_parameters())
+
+
 def test_differing_shapes_are_refused_in_one_line(tmp_path: Path) -> None:
     a, b = _config("ppo"), _config("ppo", n_steps=32)
     assert shape_key(a) != shape_key(b)

@@ -41,6 +41,10 @@ def unsupported(config: dict[str, Any], device: str) -> str | None:
     base, _ = parse_algorithm(config["algo"])
     if base not in ("ppo", "pg"):
         return f"algorithm {config['algo']}"
+    from rlflat.train_monitoring import Monitoring
+
+    if Monitoring.from_json(config.get("monitoring")).active:
+        return "training monitoring (tensorboard, checkpoints, periodic evaluation)"
     hyperparameters = config["hyperparameters"]
     for key, what in UNSUPPORTED.items():
         if hyperparameters.get(key) not in (None, False):
@@ -88,12 +92,11 @@ def run(
     simulate: bool = True,
     on_rollout: Callable[[Rollout], None] | None = None,
 ) -> float:
-    """Train every learner to ``total`` steps; failed learners are published at once. Returns the wall time.
+    """Train every learner to ``total`` steps (a learner that diverges drops out). Returns the wall time.
 
     ``simulate``: step CartPole on the batched simulator (False: on the learners' own VecEnvs, the reference).
     ``on_rollout``: called with each filled rollout buffer before the update (tests compare it with SB3's).
     """
-    from rlflat.train import EVAL_EPISODES
 
     policy = learners[0].model.policy
     net = StackedActorCritic(policy)  # type: ignore[arg-type]
@@ -112,7 +115,6 @@ def run(
                leave=False, file=sys.stderr)  # fmt: skip
     start = now()
     done = 0
-    published: set[int] = set()
     progress_remaining = 1.0
     try:
         while done < total:
@@ -125,10 +127,6 @@ def run(
                 learner.model._current_progress_remaining = progress_remaining
             trainer.train(buffer, progress_remaining)
             track(learners, params, optimizer, trainer.lrs, buffer)
-            for k, learner in enumerate(learners):
-                if learner.failed and k not in published:
-                    publish(learner, 0.0, EVAL_EPISODES)
-                    published.add(k)
             bar.n = done
             bar.refresh()
             if all(learner.failed for learner in learners):

@@ -112,16 +112,18 @@ def finish_model(learner: Learner, total_timesteps: int, progress_remaining: flo
 
 
 def publish(learner: Learner, wall_seconds: float, episodes: int) -> None:
-    """Write the learner's run directory (staged, then renamed into place) exactly as a single run does."""
+    """Write the learner's run directory (staged, then renamed into place) exactly as a single run does.
+
+    A failed (diverged) learner publishes nothing, as :func:`rlflat.train.train_run` does on divergence.
+    """
     from rlflat.train import _LearningCurve, evaluate_nominal
 
+    if learner.failed:
+        return
     out = Path(learner.member.run_dir)
     remove_stale_staging(out)
     with staging_dir(out) as directory:
         write_json(directory / "config.json", learner.record)
-        if learner.failed:
-            write_json(directory / "metrics.json", {"status": "failed", "error": learner.error})
-            return
         model = learner.model
         model.check_parameters("after training")
         model.save(directory / MODEL_FILE)
