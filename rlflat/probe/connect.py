@@ -303,7 +303,7 @@ def connect_runs(
     :class:`ConnectOptions` fields (``quick`` starts from :data:`QUICK_CONNECT`). Every input is checked before
     any work; an existing result is refused unless ``force``. Returns ``(result, path of the JSON)``.
     """
-    from rlflat.io import check_no_results, check_output_dir, to_jsonable, write_atomic, write_json
+    from rlflat.io import check_no_results, check_output_dir, to_jsonable, update_dir, write_atomic, write_json
     from rlflat.policy import load_policy
     from rlflat.probe.run import _resolve_source, _resolve_task, default_out
 
@@ -318,8 +318,11 @@ def connect_runs(
     check_same_architecture(policy_a, policy_b)
     result, arrays = connect(policy_a, policy_b, spec, opts)
     result = {"a": str(source_a.path), "b": str(source_b.path), "task": spec.alias, **result}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(out_dir / f"{stem}.npz", lambda p: _save_npz(p, arrays))
-    path = write_json(out_dir / f"{stem}.json", result)
+
+    def build(folder: Path) -> None:  # both files as one unit, beside the run's other results (issue 23)
+        write_atomic(folder / f"{stem}.npz", lambda p: _save_npz(p, arrays))
+        write_json(folder / f"{stem}.json", result)
+
+    update_dir(out_dir, build)
     jsonable: dict[str, Any] = to_jsonable(result)
-    return jsonable, path
+    return jsonable, out_dir / f"{stem}.json"
