@@ -508,3 +508,24 @@ def test_granulated_summary_pools_tasks_and_draws_one_panel_per_task(tmp_path: P
     fig, axes = plot_granulated_kendall(summary)
     assert len(axes) == 3 and [ax.get_title().split("\n")[0] for ax in axes] == ["T", "U", "pooled (2 tasks)"]
     assert save_figure(fig, tmp_path / "g.png").stat().st_size > 0
+
+
+@pytest.mark.slow  # the whole report over 120 runs: ~25 s on a core
+def test_report_carries_the_confirmatory_section_first_and_labels_the_rest_exploratory(
+    workdir: Path, loaded: Any
+) -> None:
+    from rlflat.report.render import build_report
+
+    prereg = Path("studies/confirmatory/preregistration.yaml").resolve()
+    prereg.write_text(prereg.read_text().replace("n_perm: 9999", "n_perm: 999"))
+    runs = _synthetic_runs(loaded.prereg, planted=True)
+    runs = runs[runs["task"] == "CartPole"].reset_index(drop=True)
+    study = _study_dir(workdir / "results", "confirmatory_cartpole", prereg, runs)
+    check_preregistration(prereg, study, record=True)
+    out = build_report([study], workdir / "report")
+    md = (out / "report.md").read_text()
+    assert md.index("## Confirmatory analysis (preregistered)") < md.index("## Exploratory analyses")
+    assert "**H1: supported.**" in md and "| H1t:Acrobot | per_task | n/a |" in md  # no Acrobot runs: not evaluable
+    verdicts = pd.read_csv(out / "tables" / "confirmatory_verdicts.csv").set_index("test")
+    assert verdicts.loc["H1t:Acrobot", "verdict"] == "not evaluable" and verdicts.loc["H3", "n"] == 120
+    assert (out / "figures" / "granulated_kendall.png").exists()

@@ -120,12 +120,12 @@ def run_sweep(
     population = parse_population(population)
     loaded = study if isinstance(study, LoadedStudy) else load_study_config(study)
     study_dir = Path(out) if out is not None else default_study_dir(loaded)
+    _check_preregistration(loaded, study_dir, record=False)  # before expanding: a refusal costs nothing
     plan = plan_sweep(loaded, study_dir)
     check_stage_options(loaded)
     result = SweepResult(study_dir=study_dir, plan=plan)
     check_output_dir(study_dir)
     _check_compatible(loaded, study_dir, force)  # a dry run refuses what the real run would refuse
-    _check_preregistration(loaded, study_dir, record=False)
     result.populations = _population_plan(loaded, plan, population, backend, workers, device)  # refuses a bad K
     if dry_run:
         return result
