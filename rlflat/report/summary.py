@@ -79,7 +79,7 @@ def _primary_comparison(ctx: Context) -> str | None:
     if rows.empty:
         return None
     parts = []
-    for _, row in rows.iterrows():
+    for _, row in rows.drop_duplicates(["algo", "baseline"]).iterrows():  # the first (primary) statistic per pair
         words = "CI excludes zero" if _excludes_zero(row, "diff_ci_low", "diff_ci_high") else "CI spans zero"
         parts.append(
             f"{row['algo']} vs {row['baseline']}, {label(ctx.primary)}: difference "
