@@ -183,11 +183,11 @@ def run_sweep(
 def _check_preregistration(study: LoadedStudy, study_dir: Path, *, record: bool) -> None:
     """A confirmatory study: refuse a config that is not the registered design, or a preregistration changed
     since the first run without an amendment."""
-    if study.config.preregistration is None:
+    config = study.config
+    if config.preregistration is None:
         return
     from rlflat.study.lock import check_preregistration
 
-    config = study.config
     check_preregistration(config.preregistration, study_dir, tasks=config.tasks, record=record, config=config)
 
 
