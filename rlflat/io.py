@@ -394,12 +394,17 @@ def load_json_file(path: str | Path, what: str = "JSON") -> Any:
     if path.is_dir():
         raise RlflatError(f"{path} is a directory, not a {what} file; remove or replace it")
     try:
-        return load_json_text(path.read_text())
+        text = path.read_text()
+        check_nesting(text)
     except OSError as exc:
         raise RlflatError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    except (ValueError, RecursionError) as exc:
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else "not valid JSON"
+    except ValueError as exc:  # bytes that are not UTF-8, or nesting past MAX_JSON_DEPTH
+        reason = str(exc) if isinstance(exc, _NestingError) else "not UTF-8 text"
         raise RlflatError(f"{path}: {reason}; fix or remove it") from None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise RlflatError(f"{path}: not valid JSON; fix or remove it") from None
 
 
 MAX_JSON_DEPTH = 100
@@ -410,6 +415,10 @@ def load_json_text(text: str) -> Any:
     """``json.loads`` that refuses nesting deeper than :data:`MAX_JSON_DEPTH` (ValueError) before parsing."""
     check_nesting(text)
     return json.loads(text)
+
+
+class _NestingError(ValueError):
+    """Brackets nested past the limit (a ValueError, so callers that catch bad JSON catch it too)."""
 
 
 def check_nesting(text: str, limit: int = MAX_JSON_DEPTH) -> None:
@@ -431,7 +440,7 @@ def check_nesting(text: str, limit: int = MAX_JSON_DEPTH) -> None:
         elif char in "[{":
             depth += 1
             if depth > limit:
-                raise ValueError(f"nested more than {limit} levels deep")
+                raise _NestingError(f"nested more than {limit} levels deep")
         elif char in "]}":
             depth -= 1
 
