@@ -7,9 +7,10 @@ maximum or a cited reference return), so the same return scores the same in ever
 1 is the reference, below 0 is worse than random, and above 1 is a return beyond R_ref (possible only where R_ref
 is a reference rather than a maximum). Nothing is capped. ``nominal`` is the per-run alternative kept for
 comparison with older studies: ``(R - floor) / (R_nominal - floor)``, 1 at the run's own nominal return and 0 at
-the task's worst possible return (:data:`RETURN_FLOORS`); it rewards a run that never solved the task (its ratios
-are relative to a low nominal) and is not comparable across runs. A run whose nominal mean return is below the
-spec's ``solved_threshold`` is ``unsolved`` in either mode.
+the task's worst possible return (:data:`RETURN_FLOORS`); it rewards a run below the solved threshold (its ratios
+are relative to a low nominal) and is not comparable across runs. ``unsolved`` and ``solved_verdict`` follow the one
+rule (:func:`rlflat.tasks.spec.solved_verdict`: the nominal return's upper 95% bound below the spec's
+``solved_threshold``) in either mode.
 
 Collapse point. Per parameter, walking outward from nominal on each side separately (factors < 1 and > 1),
 the first crossing of ``collapse_frac`` is located by linear interpolation in log-factor between the last
