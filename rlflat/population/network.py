@@ -134,6 +134,11 @@ class StackedActorCritic:
         head = self._linear(params, latent_pi, "action_net")
         return head, self._linear(params, latent_vf, "value_net")[..., 0], latent_pi
 
+    def actor(self, params: Params, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        """The policy side alone: (head ``(K, B, A)``, policy latent ``(K, B, L)``)."""
+        latent_pi = self._mlp(params, obs.float(), self.pi_layers)
+        return self._linear(params, latent_pi, "action_net"), latent_pi
+
     def values(self, params: Params, obs: th.Tensor) -> th.Tensor:
         """Values only ``(K, B)``."""
         latent_vf = self._mlp(params, obs.float(), self.vf_layers)

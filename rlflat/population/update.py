@@ -57,12 +57,25 @@ def _mse(a: th.Tensor, b: th.Tensor) -> th.Tensor:
     return ((a - b) ** 2).mean(dim=1)
 
 
+CRITIC_PREFIXES = ("mlp_extractor.value_net.", "value_net.")
+"""Parameters that only the value loss reads (SB3's MLP extractor keeps the two networks apart)."""
+
+
 def minibatch_losses(
-    shared: Shared, params: Params, batch: Batch, scalars: dict[str, th.Tensor]
-) -> tuple[th.Tensor, th.Tensor]:
-    """Per-learner loss ``(K,)`` and PPO's approx_kl ``(K,)`` (zeros for PG) on stacked minibatches."""
+    shared: Shared, params: Params, batch: Batch, scalars: dict[str, th.Tensor], value_term: th.Tensor | None = None
+) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+    """Per-learner loss ``(K,)``, PPO's approx_kl ``(K,)`` (zeros for PG) and the value term ``vf_coef * value
+    loss`` (detached) on stacked minibatches.
+
+    With ``value_term`` given, the value network is not evaluated and that term is added instead: SAM's second
+    pass, where only actor parameters moved, so the value loss (a function of the critic alone) is the first
+    pass's to the bit, and the loss's value and its actor-side gradient are what a full pass would give.
+    """
     net = shared.net
-    head, values, latent_pi = net.forward(params, batch["observations"])
+    if value_term is None:
+        head, values, latent_pi = net.forward(params, batch["observations"])
+    else:
+        head, latent_pi = net.actor(params, batch["observations"])
     dist = net.distribution(params, head, latent_pi)
     actions = batch["actions"] if net.gaussian else batch["actions"].long().flatten(1)
     log_prob, entropy = net.log_prob_entropy(dist, actions)
@@ -72,23 +85,28 @@ def minibatch_losses(
     entropy_loss = -th.mean(entropy, dim=1)
     if shared.base == "pg":
         policy_loss = -(advantages * log_prob).mean(dim=1)
-        value_loss = _mse(batch["returns"], values)
         kl = th.zeros_like(policy_loss)
     else:
         ratio = th.exp(log_prob - batch["old_log_prob"])
         low, high = scalars["clip_low"], scalars["clip_high"]
         policy_loss = -th.min(advantages * ratio, advantages * th.clamp(ratio, low, high)).mean(dim=1)
-        values_pred = values
-        if "vf_clip" in scalars:
-            old = batch["old_values"]
-            clipped = old + th.clamp(values - old, -scalars["vf_clip"], scalars["vf_clip"])
-            values_pred = th.where(scalars["vf_clip_on"], clipped, values)
-        value_loss = _mse(batch["returns"], values_pred)
         with th.no_grad():
             log_ratio = log_prob - batch["old_log_prob"]
             kl = th.mean((th.exp(log_ratio) - 1) - log_ratio, dim=1)
-    loss = policy_loss + scalars["ent_coef"] * entropy_loss + scalars["vf_coef"] * value_loss
-    return loss, kl
+    if value_term is None:
+        value_term = scalars["vf_coef"] * _value_loss(shared, batch, values, scalars)
+    loss = policy_loss + scalars["ent_coef"] * entropy_loss + value_term
+    return loss, kl, value_term.detach()
+
+
+def _value_loss(shared: Shared, batch: Batch, values: th.Tensor, scalars: dict[str, th.Tensor]) -> th.Tensor:
+    """``F.mse_loss(returns, values)``, PPO's values clipped around the rollout's where clip_range_vf is set."""
+    values_pred = values
+    if shared.base == "ppo" and "vf_clip" in scalars:
+        old = batch["old_values"]
+        clipped = old + th.clamp(values - old, -scalars["vf_clip"], scalars["vf_clip"])
+        values_pred = th.where(scalars["vf_clip_on"], clipped, values)
+    return _mse(batch["returns"], values_pred)
 
 
 def _scalars(learners: Sequence[Learner], progress: float) -> dict[str, th.Tensor]:
@@ -168,7 +186,7 @@ class Trainer:
     ) -> list[int]:
         """One minibatch step of the active learners; returns those stopping now (approx_kl > 1.5 target_kl)."""
         learners = self.learners
-        loss, kl = minibatch_losses(self.shared, self.params, batch, scalars)
+        loss, kl, value_term = minibatch_losses(self.shared, self.params, batch, scalars)
         losses, kls = loss.tolist(), kl.tolist()
         finite = th.isfinite(loss).tolist()
         stop = []
@@ -184,21 +202,32 @@ class Trainer:
         if stepping:
             grads = self._grads(loss, stepping)
             if self.shared.rule != "plain":
-                grads = self._sharpness_aware(batch, scalars, grads, stepping, minibatch)
+                grads = self._sharpness_aware(batch, scalars, grads, stepping, minibatch, value_term)
             if stepping:
                 self._apply(grads, stepping)
             for k in stepping:
                 minibatch[k] += 1
         return stop
 
-    def _grads(self, loss: th.Tensor, rows: list[int]) -> Params:
-        values = th.autograd.grad(loss[rows].sum(), [self.params[n] for n in self.names])
-        return dict(zip(self.names, values, strict=True))
+    def _grads(self, loss: th.Tensor, rows: list[int], names: list[str] | None = None) -> Params:
+        names = self.names if names is None else names
+        values = th.autograd.grad(loss[rows].sum(), [self.params[n] for n in names])
+        return dict(zip(names, values, strict=True))
 
     def _sharpness_aware(
-        self, batch: Batch, scalars: dict[str, th.Tensor], grads: Params, stepping: list[int], minibatch: dict[int, int]
+        self,
+        batch: Batch,
+        scalars: dict[str, th.Tensor],
+        grads: Params,
+        stepping: list[int],
+        minibatch: dict[int, int],
+        value_term: th.Tensor,
     ) -> Params:
-        """SAM/ASAM: the gradient at each learner's own theta + e, theta restored bit for bit."""
+        """SAM/ASAM: the gradient at each learner's own theta + e, theta restored bit for bit.
+
+        When no critic parameter is perturbed (``sam_scope: actor``), the critic's gradient at theta + e is its
+        gradient at theta (the value loss reads only critic parameters, which did not move): it is reused, and
+        the second pass evaluates the policy side alone (:func:`minibatch_losses` with ``value_term``)."""
         learners = self.learners
         names = self.shared.perturbed
         rhos = [float(learners[k].model._rule.rho) for k in range(len(learners))]  # type: ignore[attr-defined]
@@ -210,9 +239,15 @@ class Trainer:
             steps = sam_perturbation([self.params[n] for n in names], [grads[n] for n in names], rhos, etas)
             for n, e in zip(names, steps, strict=True):
                 self.params[n].add_(e)
-        perturbed_loss, _ = minibatch_losses(self.shared, self.params, batch, scalars)
+        actor_only = not any(n.startswith(CRITIC_PREFIXES) for n in names)
+        critic = [n for n in self.names if n.startswith(CRITIC_PREFIXES)] if actor_only else []
+        reused = value_term if actor_only else None
+        perturbed_loss, _, _ = minibatch_losses(self.shared, self.params, batch, scalars, reused)
         finite = [k for k in stepping if bool(th.isfinite(perturbed_loss[k]))]
-        second = self._grads(perturbed_loss, finite) if finite else grads
+        second = grads
+        if finite:
+            second = self._grads(perturbed_loss, finite, [n for n in self.names if n not in critic])
+            second.update({n: grads[n] for n in critic})
         with th.no_grad():
             for n in names:
                 self.params[n].copy_(saved[n])
