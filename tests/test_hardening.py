@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rlflat import io as rio
-from rlflat.io import STAGING_MARKER, remove_stale_staging, staging_dir
+from rlflat.io import STAGING_MARKER, remove_stale_staging, staging_dir, update_dir
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -136,7 +136,11 @@ def _killed_at(n: int, action: Callable[[], object], after_publish: bool = False
 
 
 def _kill_everywhere(
-    target: Path, action: Callable[[], object], is_new: Callable[[Path], bool], limit: int = 40
+    target: Path,
+    action: Callable[[], object],
+    is_new: Callable[[Path], bool],
+    limit: int = 40,
+    cleanup_first: bool = False,
 ) -> list[str]:
     """Kill ``action`` at each of its renames in turn (and once after publishing); after every kill ``target`` must
     be exactly as before or wholly new, and the next cleanup must leave no staging litter. Returns the states."""
@@ -152,10 +156,11 @@ def _kill_everywhere(
     for n in [*range(1, limit + 1)]:
         after = finished  # once a run finished untouched: one more, killed after its publishing rename
         code = _killed_at(n, action, after_publish=after)
+        removed = remove_stale_staging(target) if cleanup_first else []  # the two-rename fallback: restore first
         state = "old" if (_tree(target) if target.exists() else None) == before else "new"
         if state == "new":
             assert is_new(target), f"kill at rename {n}: a mix of old and new files"
-        removed = remove_stale_staging(target)
+        removed += remove_stale_staging(target)
         assert sorted(p.name for p in target.parent.iterdir() if p != pristine) == sorted(
             {*siblings, target.name} if state == "new" or before is not None else siblings
         ), f"litter after kill at rename {n}: {removed}"
@@ -634,3 +639,26 @@ def test_policy_bomb_is_refused_from_the_zip_directory(
             new.writestr(item.filename, payload + b"\0" * (8 << 20) if item.filename == "policy.pth" else payload)
     monkeypatch.setattr(memory, "available_memory", lambda: 4 << 20)  # as under a small ulimit -v
     _one_line_refusal(_main("evaluate"), [str(path), "--task", "CartPole", *_E], tmp_path, "policy.pth")
+
+
+def test_publication_without_exchange_kill_at_every_rename(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the file system has no atomic exchange, publication takes two renames; a kill between them leaves
+    no target, and the next cleanup puts the old set back: after cleanup, old or new, never a mix or nothing."""
+    monkeypatch.setattr(rio, "_renameat2", lambda: None)
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "a").write_text("old a")
+    (target / "b").write_text("old b")
+
+    def action() -> None:
+        def build(folder: Path) -> None:
+            rio.write_text(folder / "a", "new a")
+            rio.write_text(folder / "b", "new b")
+
+        update_dir(target, build)
+
+    def is_new(path: Path) -> bool:
+        return (path / "a").read_text() == "new a" and (path / "b").read_text() == "new b"
+
+    states = _kill_everywhere(target, action, is_new, cleanup_first=True)
+    assert len(states) == 7  # 2 writes in the copy, the exchange tried, 2 renames; finished; killed after
