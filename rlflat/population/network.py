@@ -50,12 +50,19 @@ class StackedLinear(th.autograd.Function):
     def backward(ctx: Any, grad: th.Tensor) -> tuple[th.Tensor | None, ...]:  # type: ignore[override]
         x, weight = ctx.saved_tensors
         grad_x = grad_w = grad_b = None
+        k_count = grad.shape[0]
         if ctx.needs_input_grad[0]:
-            grad_x = th.stack([grad[k].mm(weight[k]) for k in range(grad.shape[0])])
+            grad_x = x.new_empty(x.shape)
+            for k in range(k_count):
+                th.mm(grad[k], weight[k], out=grad_x[k])
         if ctx.needs_input_grad[1]:
-            grad_w = th.stack([grad[k].t().mm(x[k]) for k in range(grad.shape[0])])
+            grad_w = weight.new_empty(weight.shape)
+            for k in range(k_count):
+                th.mm(grad[k].t(), x[k], out=grad_w[k])
         if ctx.needs_input_grad[2]:
-            grad_b = th.stack([grad[k].sum(0) for k in range(grad.shape[0])])
+            grad_b = weight.new_empty((k_count, weight.shape[1]))
+            for k in range(k_count):
+                th.sum(grad[k], 0, out=grad_b[k])
         return grad_x, grad_w, grad_b
 
 
