@@ -313,3 +313,22 @@ def test_bar_margins_mark_verdicts_within_a_hair_of_their_bar() -> None:
     margins = bar_margins(pooled, family)
     assert margins[0] == pytest.approx(0.004) and margins[1] == pytest.approx(-0.008)  # the family bars decide
     assert margins[2] == pytest.approx(-0.3)  # pooled vs 0.8, the nearer bar
+
+
+def test_reverdict_rewrites_only_the_verdict_keys(tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from rlflat.evaluate.rescore import reverdict_run
+
+    source = Path(__file__).resolve().parents[1] / "results" / "cartpole_v2" / "pg_sam-CartPole-s3-4adbeec9c8"
+    run = Path(shutil.copytree(source, tmp_path / "run"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    old = {k: v for k, v in metrics["robustness"].items() if k != "solved_verdict"} | {"unsolved": True}
+    (run / "metrics.json").write_text(json.dumps({**metrics, "robustness": old}))  # as the old rule wrote it
+    reverdict_run(run)
+    new = json.loads((run / "metrics.json").read_text())
+    assert new["robustness"] == old | {"unsolved": False, "solved_verdict": "borderline"}
+    assert {k: v for k, v in new.items() if k != "robustness"} == {
+        k: v for k, v in metrics.items() if k != "robustness"
+    }

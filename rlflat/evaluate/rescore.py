@@ -24,7 +24,7 @@ from rlflat.evaluate.api import METRICS_FILE, TABLE_FILE, resolve_task
 from rlflat.evaluate.metrics import _RESULT_COLUMNS, NORMALIZATIONS, normalization, robustness_block
 from rlflat.io import read_json_object, update_dir, write_atomic, write_json
 
-__all__ = ["rescore_run"]
+__all__ = ["rescore_run", "reverdict_run"]
 
 
 def rescore_run(run_dir: str | Path, mode: str = "task", write: bool = True) -> dict[str, Any]:
@@ -68,10 +68,33 @@ def rescore_run(run_dir: str | Path, mode: str = "task", write: bool = True) -> 
     return block
 
 
+def reverdict_run(run_dir: str | Path) -> dict[str, Any]:
+    """Rewrite only the ``unsolved`` / ``solved_verdict`` keys of a run's robustness block by the current rule
+    (:func:`rlflat.tasks.spec.solved_verdict`), from its saved nominal mean and SE; every other key, and the table,
+    stay as they were (a full rescore would also re-derive the declared severities, which it cannot)."""
+    run_dir = Path(run_dir)
+    block = dict(read_json_object(run_dir / METRICS_FILE).get("robustness") or {})
+    if "nominal_return" not in block or "solved_threshold" not in block:
+        raise RlflatError(f"{run_dir}: no robustness block with a nominal return and threshold to re-verdict")
+    task = resolve_task(run_dir)
+    verdict = task.verdict(float(block["nominal_return"]), block.get("nominal_return_se"))
+    block.update(solved_verdict=verdict, unsolved=verdict == "unsolved")
+
+    def build(folder: Path) -> None:
+        metrics = read_json_object(folder / METRICS_FILE)
+        metrics["robustness"] = {**metrics["robustness"], "solved_verdict": verdict, "unsolved": verdict == "unsolved"}
+        write_json(folder / METRICS_FILE, metrics)
+
+    update_dir(run_dir, build)
+    return block
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rlflat.evaluate.rescore", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="run directories or study directories (every run dir inside)")
     parser.add_argument("--normalization", choices=NORMALIZATIONS, default="task")
+    parser.add_argument("--verdicts-only", action="store_true",
+                        help="rewrite only unsolved/solved_verdict by the current rule (nothing else changes)")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         runs: list[Path] = []
@@ -85,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not runs:
             raise RlflatError(f"no {TABLE_FILE} under {', '.join(args.paths)}")
         for run in runs:
-            block = rescore_run(run, args.normalization)
+            block = reverdict_run(run) if args.verdicts_only else rescore_run(run, args.normalization)
             flag = " UNSOLVED" if block["unsolved"] else ""
             print(f"{run.name}: nominal {block['nominal_return']:.1f}{flag}, auc_mean {block['auc_mean']:.3f}")
     except RlflatError as exc:
