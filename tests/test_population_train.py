@@ -7,7 +7,8 @@ operation order allows bitwise equality everywhere: matrix products call ``nn.Li
 learner (``rlflat.population.network.StackedLinear``) and every other operation reproduces the single run's
 arithmetic (``test_stacked_adam_and_clipping_are_torch_bit_for_bit``).
 (b) Independence: learner k inside a population of 8 with mixed hyperparameters (learning rate and its
-schedule, ent_coef, vf_coef, clip_range, gamma, gae_lambda, max_grad_norm, target_kl, rho) trains bit for bit
+schedule, ent_coef, vf_coef, clip_range, clip_range_vf, gamma, gae_lambda, max_grad_norm, target_kl,
+weight_decay (AdamW beside Adam), rho) trains bit for bit
 as it does alone in the engine; the same learner with its learning rate changed by 1e-6 relative does not (so
 the comparison can fail).
 """
@@ -114,9 +115,9 @@ MIXED = [
     {"vf_coef": 0.9, "clip_range": 0.1, "max_grad_norm": 0.3},
     {"gamma": 0.9, "gae_lambda": 0.5},
     {"target_kl": 0.002},  # stops early: masked while the others go on
-    {"learning_rate": "lin_2e-3", "clip_range": "lin_0.3"},
-    {"max_grad_norm": 5.0, "learning_rate": 3e-3},
-    {"ent_coef": 0.05, "vf_coef": 0.1},
+    {"learning_rate": "lin_2e-3", "clip_range": "lin_0.3", "weight_decay": 0.01},  # AdamW beside Adam
+    {"max_grad_norm": 5.0, "learning_rate": 3e-3, "clip_range_vf": 0.2},
+    {"ent_coef": 0.05, "vf_coef": 0.1, "weight_decay": 0.1},
 ]
 
 
@@ -125,7 +126,7 @@ def test_learner_in_population_of_8_is_bit_identical_to_it_alone(algo: str) -> N
     extra = {"rho": 0.1} if algo == "ppo_sam" else {}
     configs = [_config(algo, seed=10 + i, steps=384, **m, **(extra if i % 2 else {})) for i, m in enumerate(MIXED)]
     together, _ = _engine(configs)
-    for k in (0, 4, 7):
+    for k in (0, 4, 6, 7):
         (alone,), _ = _engine([configs[k]])
         for name in alone:
             assert np.array_equal(together[k][name], alone[name]), (k, name)
