@@ -106,6 +106,8 @@ class PlainLogLocator(Locator):
     or evenly spaced plain numbers when the view holds fewer than two such multiples."""
 
     def __call__(self) -> Sequence[float]:
+        if self.axis is None:
+            return []
         lo, hi = sorted(float(v) for v in self.axis.get_view_interval())
         return self.tick_values(lo, hi)
 
@@ -140,6 +142,8 @@ class SymlogLocator(Locator):
         self.linthresh = linthresh
 
     def __call__(self) -> Sequence[float]:
+        if self.axis is None:
+            return []
         lo, hi = sorted(float(v) for v in self.axis.get_view_interval())
         return self.tick_values(lo, hi)
 
