@@ -29,3 +29,15 @@ def test_per_run_lines_without_a_terminal() -> None:
     with _ProgressView(total=1, todo=1, name="study", enabled=True, stream=stream) as view:
         view.finished(RunOutcome("r", "r", "ok", seconds=0.5))
     assert stream.getvalue().splitlines() == ["study: 1 of 1 runs to do", "[1/1] ok r 0.5 s"]
+
+
+def test_summary_counts_solved_runs_and_notes_a_table_left_stale(tmp_path) -> None:
+    import pandas as pd
+
+    from rlflat.sweep.runner import SweepResult, summary_lines
+
+    table = pd.DataFrame({"run_id": ["a", "b", "c"], "unsolved": [True, False, None]})
+    result = SweepResult(study_dir=tmp_path, plan=[], table=table, stale_table=True)
+    lines = summary_lines(result)
+    assert "solved: 2 of 3 runs (1 unsolved: the report leaves them out of correlations)" in lines
+    assert any(line.startswith("note: runs.parquet differs") and "--collect" in line for line in lines)

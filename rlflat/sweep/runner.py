@@ -421,6 +421,11 @@ def summary_lines(result: SweepResult) -> list[str]:
         f"({len(result.ok)} ok, {len(result.failed)} failed) in {result.seconds:.1f} s",
         f"table: {result.study_dir / RUNS_FILE} ({rows} rows)",
     ]
+    if result.table is not None and "unsolved" in result.table and rows:
+        unsolved = int(result.table["unsolved"].fillna(False).astype(bool).sum())
+        lines.append(
+            f"solved: {rows - unsolved} of {rows} runs ({unsolved} unsolved: the report leaves them out of correlations)"
+        )
     if result.stale_table:
         lines.append(
             f"note: {RUNS_FILE} differs from what the run directories give now; left as it is "
