@@ -2,9 +2,10 @@
 
 Per learner the loop is SB3's ``OnPolicyAlgorithm.learn``: ``_setup_learn`` (the env reset with seeds
 ``seed + i``), then rollouts of ``n_steps`` and one ``train()`` each until ``total_timesteps``, with
-``progress_remaining`` updated in between. What is batched is the arithmetic (one forward per env step, one
-forward/backward per minibatch for all K); what stays per learner is everything that draws randomness or
-reads a learner's own hyperparameters.
+``progress_remaining`` updated in between. What is batched is the arithmetic (one forward call per env step and
+one forward/backward per minibatch for all K, matrix products per learner inside them, see
+:mod:`rlflat.population.network`); what stays per learner is everything that draws randomness or reads a
+learner's own hyperparameters.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch as th
 from tqdm.auto import tqdm
 
@@ -176,9 +176,3 @@ def training_envs(learners: list[Learner], simulate: bool = True) -> VecEnvGroup
             learner.last_obs = first[k]
         return group
     return VecEnvGroup([learner.env for learner in learners])
-
-
-def stacked_parameters(learners: list[Learner]) -> dict[str, np.ndarray]:
-    """Each learner's current policy parameters as numpy arrays stacked on K (for tests and diagnostics)."""
-    named = [dict(lr.model.policy.named_parameters()) for lr in learners]
-    return {n: np.stack([d[n].detach().numpy() for d in named]) for n in named[0]}

@@ -177,7 +177,3 @@ class StackedActorCritic:
         for weight, bias in self.vf_layers:
             x = self.activation(th.nn.functional.linear(x, params[weight][k], params[bias][k]))
         return th.nn.functional.linear(x, params["value_net.weight"][k], params["value_net.bias"][k]).flatten()
-
-
-def describe(policy: Any) -> str:
-    return type(policy).__name__
