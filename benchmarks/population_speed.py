@@ -82,10 +82,45 @@ def sam_overhead(k: int, steps: int, repeats: int) -> dict[str, Any]:
     return {"ratio_cpu": sam_cpu / plain_cpu, "ratio_wall": sam_wall / plain_wall}
 
 
+def env_costs(k: int, steps: int) -> dict[str, float]:
+    """Per-step CPU microseconds of stepping K Hopper envs: each learner's own SB3 VecEnv (what the engine uses:
+    DummyVecEnv + Monitor + VecNormalize), the same Monitor-wrapped Gymnasium envs stepped directly (no
+    DummyVecEnv, no VecNormalize: the floor a batched wrapper stack could reach in this process), and the bare
+    MuJoCo env (``env.unwrapped``)."""
+    import numpy as np
+
+    config = resolve_run_config("ppo", "Hopper", seed=0)
+    hyperparameters = dict(config["hyperparameters"])
+    vecenvs = [training_env(load_task("Hopper"), hyperparameters, s) for s in range(k)]
+    rng = np.random.default_rng(0)
+    actions = rng.uniform(-1, 1, size=(steps, k, 1, 3)).astype(np.float32)
+    costs = {}
+    for venv in vecenvs:
+        venv.reset()
+    cpu = time.process_time()
+    for t in range(steps):
+        for j, venv in enumerate(vecenvs):
+            venv.step(actions[t, j])
+    costs["sb3_vecenv"] = (time.process_time() - cpu) / (steps * k) * 1e6
+    envs = [venv.unwrapped.envs[0] if hasattr(venv, "unwrapped") else venv.venv.envs[0] for venv in vecenvs]
+    for name, pick in (("monitor_env", lambda e: e), ("bare_mujoco", lambda e: e.unwrapped)):
+        chosen = [pick(e) for e in envs]
+        for e in chosen:
+            e.reset(seed=0)
+        cpu = time.process_time()
+        for t in range(steps):
+            for j, e in enumerate(chosen):
+                _, _, terminated, truncated, _ = e.step(actions[t, j, 0])
+                if terminated or truncated:
+                    e.reset()
+        costs[name] = (time.process_time() - cpu) / (steps * k) * 1e6
+    return costs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--only", default="cartpole,hopper,sam", help="comma-separated: cartpole, hopper, sam")
+    parser.add_argument("--only", default="cartpole,hopper,sam", help="comma-separated: cartpole, hopper, sam, envs")
     parser.add_argument("--cartpole-steps", type=int, default=8192, help="steps per learner (32 rollouts)")
     parser.add_argument("--hopper-steps", type=int, default=1536, help="steps per learner (3 rollouts of 512)")
     args = parser.parse_args()
@@ -101,6 +136,10 @@ def main() -> None:
         print(f"Hopper zoo PPO, K=15 vs SB3: {r['ratio_cpu']:.2f}x per CPU-second (wall {r['ratio_wall']:.2f}x); "
               f"population {r['population_steps_per_cpu_s']:.0f} vs SB3 {r['sb3_steps_per_cpu_s']:.0f} steps/s "
               "(target >= 5x)")  # fmt: skip
+    if "envs" in only:
+        c = env_costs(15, 300)
+        print(f"Hopper env step, K=15, CPU us per learner-step: SB3 VecEnv {c['sb3_vecenv']:.0f}, Monitor-wrapped env "
+              f"{c['monitor_env']:.0f}, bare MuJoCo env {c['bare_mujoco']:.0f}")  # fmt: skip
     if "sam" in only:
         r = sam_overhead(16, args.cartpole_steps // 2, args.repeats)
         print(f"ppo_sam / ppo inside a CartPole population of K=16: {r['ratio_cpu']:.2f}x CPU time "
