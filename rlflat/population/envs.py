@@ -11,9 +11,11 @@ generator seeded ``seed + i`` on the first reset and continued on every autorese
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MethodType
+from typing import Any
 
 import numpy as np
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from rlflat.tasks.sims.base import seeded_generators
 from rlflat.tasks.sims.cartpole import CartPoleSim
@@ -32,10 +34,20 @@ class Step:
 
 
 class VecEnvGroup:
-    """Each learner's own SB3 VecEnv, stepped one after another (rows of failed learners are skipped)."""
+    """Each learner's own SB3 VecEnv, stepped one after another (rows of failed learners are skipped).
+
+    DummyVecEnv returns a deep copy of its info dicts every step (Hopper: a tenth of the env's time); the engine
+    only reads them before the next step replaces them, so each learner's DummyVecEnv gets a ``step_wait``
+    that returns them as they are. Nothing else changes: observations, rewards, resets and VecNormalize's
+    statistics are the env's own.
+    """
 
     def __init__(self, envs: list[VecEnv]) -> None:
         self.envs = envs
+        for env in envs:
+            inner = env.unwrapped
+            if isinstance(inner, DummyVecEnv):
+                inner.step_wait = MethodType(_step_wait_shared_infos, inner)  # type: ignore[method-assign]
 
     def step(self, actions: np.ndarray, live: list[bool]) -> Step:
         out = Step([], [], [], [], [])
@@ -62,6 +74,21 @@ class VecEnvGroup:
                 [(float(info["episode"]["r"]), int(info["episode"]["l"])) for info in infos if "episode" in info]
             )
         return out
+
+
+def _step_wait_shared_infos(self: DummyVecEnv) -> Any:
+    """``DummyVecEnv.step_wait`` (SB3 2.9) without the deep copy of the info dicts."""
+    for env_idx in range(self.num_envs):
+        obs, self.buf_rews[env_idx], terminated, truncated, self.buf_infos[env_idx] = self.envs[env_idx].step(
+            self.actions[env_idx]
+        )
+        self.buf_dones[env_idx] = terminated or truncated
+        self.buf_infos[env_idx]["TimeLimit.truncated"] = truncated and not terminated
+        if self.buf_dones[env_idx]:
+            self.buf_infos[env_idx]["terminal_observation"] = obs
+            obs, self.reset_infos[env_idx] = self.envs[env_idx].reset()
+        self._save_obs(env_idx, obs)
+    return self._obs_from_buf(), np.copy(self.buf_rews), np.copy(self.buf_dones), list(self.buf_infos)
 
 
 class CartPoleGroup:
