@@ -24,7 +24,7 @@ import pandas as pd
 from rlflat.report import stats as S
 from rlflat.report.context import Context, label
 from rlflat.report.solved import run_verdicts
-from rlflat.report.stats.partial import partial_spearman
+from rlflat.report.stats.partial import PartialResult, partial_spearman
 from rlflat.report.stats.strata import MIN_STRATUM_RUNS, configuration_columns, configuration_labels
 
 __all__ = ["AUC", "NOMINAL", "RETENTION", "retention", "retention_table", "section_retention"]
@@ -36,8 +36,9 @@ RETENTION = "robustness.retention"
 def retention(runs: pd.DataFrame) -> pd.Series:
     """auc_mean / nominal_normalized_return for runs that are not unsolved (NaN otherwise, or for a nominal score
     <= 0)."""
-    auc = pd.to_numeric(runs.get(AUC), errors="coerce")
-    nominal = pd.to_numeric(runs.get(NOMINAL), errors="coerce")
+    missing = pd.Series(float("nan"), index=runs.index)
+    auc = pd.to_numeric(runs.get(AUC, missing), errors="coerce")
+    nominal = pd.to_numeric(runs.get(NOMINAL, missing), errors="coerce")
     ok = (run_verdicts(runs) != "unsolved").to_numpy() & (nominal > 0).to_numpy()
     return pd.Series(np.where(ok, auc / nominal.where(nominal > 0), np.nan), index=runs.index, dtype=float)
 
@@ -66,12 +67,14 @@ def retention_table(ctx: Context, runs: pd.DataFrame) -> pd.DataFrame:
             given = partial_spearman(x, auc, seed=ctx.seed, confounds=nominal[:, None], n_perm=ctx.settings.n_perm)
             within = partial_spearman(x[big], auc[big], seed=ctx.seed, strata=labels[big],
                                       confounds=nominal[big, None], n_perm=ctx.settings.n_perm)  # fmt: skip
-            for score, res in (("auc (task scale)", on_auc), ("retention (auc / own nominal)", on_retention)):
-                rows.append({"task": task, "measure": measure, "score": score, "adjusted_for": "",
-                             "rho": res.estimate, "ci_low": res.ci_low, "ci_high": res.ci_high, "n": res.n,
-                             "p_value": res.p_value})  # fmt: skip
-            for adjusted, res in (("nominal return", given), ("nominal return, within configuration", within)):
-                rows.append({"task": task, "measure": measure, "score": "auc (task scale)", "adjusted_for": adjusted,
+            results: list[tuple[str, str, S.CorrResult | PartialResult]] = [
+                ("auc (task scale)", "", on_auc),
+                ("retention (auc / own nominal)", "", on_retention),
+                ("auc (task scale)", "nominal return", given),
+                ("auc (task scale)", "nominal return, within configuration", within),
+            ]
+            for score, adjusted, res in results:
+                rows.append({"task": task, "measure": measure, "score": score, "adjusted_for": adjusted,
                              "rho": res.estimate, "ci_low": res.ci_low, "ci_high": res.ci_high, "n": res.n,
                              "p_value": res.p_value})  # fmt: skip
     return pd.DataFrame(rows)
