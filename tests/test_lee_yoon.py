@@ -368,3 +368,23 @@ def test_study_config_loads_with_their_hyperparameters_and_both_protocols() -> N
     text = CONFIG.read_text()  # the header's CLI pass is the pass validated above
     for name in ("torso_mass", "foot_friction", "friction_scale"):
         assert f"--factors {name}=" + ",".join(str(float(f)) for f in options["suite"]["factors"][name]) in text
+
+
+def test_evaluate_cli_takes_the_protocol(
+    saturating_hopper: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pandas as pd
+
+    from rlflat.cli import run_cli
+    from rlflat.evaluate.__main__ import main
+
+    argv = [str(saturating_hopper), "--factors", "torso_mass=1.3", "--episodes", "2", "--nominal-episodes", "2"]
+    argv += ["--no-inert", "--workers", "1", "--no-progress", "--out", str(tmp_path / "ly"), "--protocol", "lee_yoon"]
+    assert run_cli(main, argv) == 0
+    table = pd.read_parquet(tmp_path / "ly" / "robustness.parquet")
+    got = table.loc[(table.family == "torso_mass") & (table.factor == 1.3), "returns"].iloc[0]
+    expected = rollout_returns(load_policy(saturating_hopper), HOPPER.with_protocol("lee_yoon"),
+                               [{"torso_mass": TORSO * 1.3}], episodes=2, workers=1)[0, 0]  # fmt: skip
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert run_cli(main, [*argv[:-1], "lee_yon"]) == 2
+    assert "lee_yon" in capsys.readouterr().err
