@@ -118,7 +118,9 @@ def load_stats(path: str | Path) -> NormalizationStats:
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         if isinstance(exc, RlflatError):
             raise
-        raise RlflatError(f"{path}: not readable as rlflat normalisation JSON ({type(exc).__name__})") from None
+        nested = "nested" in str(exc) or isinstance(exc, RecursionError)
+        why = "nested too deeply" if nested else type(exc).__name__
+        raise RlflatError(f"{path}: not readable as rlflat normalisation JSON ({why})") from None
     return NormalizationStats.from_json(data, str(path))
 
 
