@@ -96,7 +96,8 @@ def test_summary_states_the_primary_test_with_its_interval_and_limits(tmp_path: 
     assert text.index("## Summary") < text.index("## Contents")
     assert (
         "Within algorithm, Fisher-Rao norm vs robust AUC: Spearman -0.52 [-0.78, -0.11] over 32 runs in 4 strata "
-        "(the 95% CI excludes zero; Holm-adjusted p = 0.095 over 20 tests)." in text
+        "(the 95% CI excludes zero; Holm-adjusted p = 0.095 over 20 tests, so it does not survive the family-wise "
+        "correction: a lead, not a finding)." in text
     )
     assert (
         "ppo_sam vs ppo, robust AUC: difference 0.049 [0.022, 0.076] (Welch t; n = 14 vs 7; CI excludes zero)" in text

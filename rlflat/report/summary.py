@@ -54,15 +54,12 @@ def _primary_correlation(ctx: Context) -> str | None:
     if rows.empty:
         return None
     row = rows.iloc[0]
-    words = (
-        "the 95% CI excludes zero"
-        if _excludes_zero(row, "ci_low", "ci_high")
-        else "the 95% CI spans zero: no evidence either way at this n"
-    )
-    holm = pd.to_numeric(pd.Series([row.get("p_holm")]), errors="coerce").iloc[0]
-    corrected = (
-        f"; Holm-adjusted p = {_fmt(holm)} over {int(row['n_tests'])} tests" if math.isfinite(float(holm)) else ""
-    )
+    holm = float(pd.to_numeric(pd.Series([row.get("p_holm")]), errors="coerce").iloc[0])
+    excludes = _excludes_zero(row, "ci_low", "ci_high")
+    words = "the 95% CI excludes zero" if excludes else "the 95% CI spans zero: no evidence either way at this n"
+    corrected = f"; Holm-adjusted p = {_fmt(holm)} over {int(row['n_tests'])} tests" if math.isfinite(holm) else ""
+    if excludes and math.isfinite(holm) and holm >= 0.05:
+        corrected += ", so it does not survive the family-wise correction: a lead, not a finding"
     scope = str(row["scope"])
     return (
         f"{scope[0].upper()}{scope[1:]}, {label(ctx.measures[0])} vs {label(ctx.primary)}: Spearman "
