@@ -248,6 +248,19 @@ def test_a_diverging_learner_fails_alone(tmp_path: Path) -> None:
     assert all(np.array_equal(p.detach().numpy(), alone[n]) for n, p in loaded.policy.named_parameters())
 
 
+def test_what_the_batched_engine_does_not_cover_trains_one_run_each(tmp_path: Path) -> None:
+    """swa_start is not batched: the members go through train_run, with the population's config keys."""
+    from rlflat.population.batched import unsupported
+
+    configs = [_config("ppo", seed=s, steps=256, swa_start=0.5) for s in (1, 2)]
+    assert unsupported(configs[0], "cpu") == "stochastic weight averaging"
+    assert unsupported(_config("ppo"), "cpu") is None
+    results = train_population([Member(c, tmp_path / f"m{i}") for i, c in enumerate(configs)], progress=False)
+    assert [r.status for r in results] == ["ok", "ok"]
+    record = json.loads((tmp_path / "m1" / "config.json").read_text())
+    assert record["engine"] == "population" and record["seed"] == 2
+
+
 def test_differing_shapes_are_refused_in_one_line(tmp_path: Path) -> None:
     a, b = _config("ppo"), _config("ppo", n_steps=32)
     assert shape_key(a) != shape_key(b)
