@@ -1047,7 +1047,7 @@ SNAPSHOT: dict[str, Any] = {
         "  --strict              with --collect: refuse (exit 2, nothing written) when a run folder is\n"
         "                        skipped\n",
         "prog": "python -m rlflat.sweep",
-        "source": "2e60fab62bbab2f6219c14670e816083ac6a7e165bc0636ca22f9eb2f64fcc45",
+        "source": "d747e6b0a4598f6991e9808772cf071e8c511dc733c22b4cb7a7f546079d9299",
     },
     "train": {
         "arguments": [
