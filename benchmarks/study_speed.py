@@ -106,10 +106,10 @@ def main() -> None:
         config = root / "study.yaml"
         config.write_text(yaml.safe_dump(_study(args.runs, args.steps, args.algo), sort_keys=False))
         results = {}
-        for population in ("1", "auto"):
-            results[population] = _sweep(config, root / f"population-{population}", population, args.workers)
-            r = results[population]
-            print(f"--population {population:>4}: {int(r['runs'])} runs, wall {r['wall']:.0f} s, CPU {r['cpu']:.0f} s, "
+        for mode in ("1", "auto"):
+            results[mode] = _sweep(config, root / f"population-{mode}", mode, args.workers)
+            r = results[mode]
+            print(f"--population {mode:>4}: {int(r['runs'])} runs, wall {r['wall']:.0f} s, CPU {r['cpu']:.0f} s, "
                   f"stages (worker seconds) train {r['train']:.0f} / probe {r['probe']:.0f} / evaluate "
                   f"{r['evaluate']:.0f}", flush=True)  # fmt: skip
     per_run, population = results["1"], results["auto"]
@@ -125,8 +125,8 @@ def main() -> None:
         if population[stage] > 0:
             print(f"  {stage:>8}: {per_run[stage]:.0f} -> {population[stage]:.0f} worker-seconds "
                   f"({per_run[stage] / population[stage]:.2f}x)")  # fmt: skip
-    for name, r in (("per-run", rate["1"]), ("population", rate["auto"])):
-        print(f"projection, 1,000 such runs on 2 cores ({name}): {1000 / (2 * r):.1f} h")
+    for name, per_core_hour in (("per-run", rate["1"]), ("population", rate["auto"])):
+        print(f"projection, 1,000 such runs on 2 cores ({name}): {1000 / (2 * per_core_hour):.1f} h")
 
 
 if __name__ == "__main__":
