@@ -146,16 +146,21 @@ def _publish(staging: Path, out: Path) -> None:
     folder (holding the old set after an exchange). A kill at any point leaves ``out`` old or new, never a mix;
     the staging folder it leaves is removed (or, after the two-rename fallback, put back) by
     :func:`remove_stale_staging`."""
+    from rlflat.errors import RlflatError
+
     new = staging / _NEW
-    if not os.path.lexists(out):
-        _replace(new, out)
-    elif not _exchange(new, out):  # no atomic exchange here: two renames; a kill between is undone on cleanup
-        _replace(out, staging / _OLD)
-        try:
+    try:
+        if not os.path.lexists(out):
             _replace(new, out)
-        except BaseException:
-            _replace(staging / _OLD, out)
-            raise
+        elif not _exchange(new, out):  # no atomic exchange here: two renames; a kill between is undone on cleanup
+            _replace(out, staging / _OLD)
+            try:
+                _replace(new, out)
+            except BaseException:
+                _replace(staging / _OLD, out)
+                raise
+    except OSError as exc:  # a mount point, a folder turned read-only meanwhile: out is as it was
+        raise RlflatError(f"cannot publish {out}: {exc.strerror or exc}; nothing was changed") from None
     shutil.rmtree(staging, ignore_errors=True)
 
 

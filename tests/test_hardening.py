@@ -662,3 +662,25 @@ def test_publication_without_exchange_kill_at_every_rename(tmp_path: Path, monke
 
     states = _kill_everywhere(target, action, is_new, cleanup_first=True)
     assert len(states) == 7  # 2 writes in the copy, the exchange tried, 2 renames; finished; killed after
+
+
+def test_a_failed_publication_is_one_line_and_leaves_the_old_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exchange the file system refuses (EBUSY on a mount point, EXDEV) is a one-line error, old set intact."""
+    import errno
+
+    from rlflat.errors import RlflatError
+
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "a").write_text("old")
+
+    def refuse(kind: str, src: Path, dst: Path) -> None:
+        if kind == "exchange":
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
+
+    monkeypatch.setattr(rio, "RENAME_HOOK", refuse)
+    with pytest.raises(RlflatError, match="cannot publish"):
+        update_dir(target, lambda folder: rio.write_text(folder / "a", "new"))
+    assert _tree(tmp_path) == {"out": b"<dir>", "out/a": b"old"}
