@@ -3,9 +3,10 @@
 For each case (task, algorithm) and seeds 0..n-1, every run is trained twice: by the population engine
 (:func:`rlflat.population.train_population`, one population per case) and by the single-run SB3 path
 (:func:`rlflat.train.train_run`). Each run is probed for ``fisher_adaptive_lambda_max`` (the probe's Fisher stage
-only). Per case and metric the two samples are compared by Welch's two one-sided tests (TOST, Schuirmann 1987)
-at a stated margin: equivalence is claimed when both one-sided p-values are below alpha = 0.05, i.e. the 90%
-confidence interval of the mean difference lies inside [-margin, margin]. Margins: final nominal return within
+only). Per case and metric the two samples are compared by two one-sided tests (TOST, Schuirmann 1987) at a
+stated margin, Welch's (independent samples) and paired (same seed): equivalence is claimed when both
+one-sided p-values are below alpha = 0.05, i.e. the 90% confidence interval of the mean difference lies inside
+[-margin, margin]. Margins: final nominal return within
 5% of the task's normalisation range (``ref - low`` in the task spec), ``log10 fisher_adaptive_lambda_max``
 within 0.1 (a factor of 1.26). The number of seeds whose two runs are bit-identical is reported too (the
 engine is built to make it all of them). Writes ``report.md``, ``results.csv`` and ``figures/*.png`` under
@@ -93,6 +94,20 @@ def tost(a: np.ndarray, b: np.ndarray, margin: float) -> dict[str, float]:
     return {"diff": diff, "low": diff - half, "high": diff + half, "p": float(max(p_lower, p_upper))}
 
 
+def paired_tost(a: np.ndarray, b: np.ndarray, margin: float) -> dict[str, float]:
+    """Paired TOST on the same-seed differences a - b: mean difference, its 90% CI and the TOST p-value
+    (differences all equal: a CI of width 0, p = 0 inside the margin, 1 outside)."""
+    d = (a - b)[np.isfinite(a) & np.isfinite(b)]
+    mean = float(d.mean())
+    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.inf
+    if se == 0:
+        return {"diff": mean, "low": mean, "high": mean, "p": 0.0 if abs(mean) < margin else 1.0}
+    df = len(d) - 1
+    p = max(stats.t.sf((mean + margin) / se, df), stats.t.cdf((mean - margin) / se, df))
+    half = stats.t.ppf(1 - ALPHA, df) * se
+    return {"diff": mean, "low": mean - half, "high": mean + half, "p": float(p)}
+
+
 def plot(name: str, metric: str, pop: np.ndarray, sb3: np.ndarray, path: Path) -> None:
     import matplotlib
 
@@ -139,9 +154,12 @@ def main() -> None:
         f"Margins: return {RETURN_MARGIN:.0%} of the task's normalisation range; log10 fisher_adaptive_lambda_max "
         f"{FISHER_MARGIN}.",
         "",
-        "| case | metric | n | population mean | SB3 mean | difference [90% CI] | margin | TOST p | "
-        "equivalent | bit-identical seeds |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "Two tests per row: Welch TOST treats the two sets of runs as independent samples (the question 'same "
+        "distribution?'); paired TOST uses that both runs of a seed share it (the question 'same run?').",
+        "",
+        "| case | metric | n | population mean | SB3 mean | Welch difference [90% CI] | margin | Welch TOST p | "
+        "paired difference [90% CI] | paired TOST p | equivalent (Welch / paired) | bit-identical seeds |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for case in args.cases.split(","):
         task, algo = case.split(":")
@@ -157,15 +175,18 @@ def main() -> None:
             a = np.array([m[metric] for m in pop])
             b = np.array([m[metric] for m in sb3])
             result = tost(a, b, margin)
+            paired = paired_tost(a, b, margin)
             identical = int(np.sum(a == b))
-            verdict = "yes" if result["p"] < ALPHA else "no"
+            verdict = "/".join("yes" if r["p"] < ALPHA else "no" for r in (result, paired))
             rows.append({"case": case, "metric": metric, "n": len(a), **result, "margin": margin,
-                         "identical": identical, "population_mean": float(np.nanmean(a)),
+                         "paired_diff": paired["diff"], "paired_low": paired["low"], "paired_high": paired["high"],
+                         "paired_p": paired["p"], "identical": identical, "population_mean": float(np.nanmean(a)),
                          "sb3_mean": float(np.nanmean(b))})  # fmt: skip
             lines.append(
                 f"| {task} {algo} | {metric} | {len(a)} | {np.nanmean(a):.4g} | {np.nanmean(b):.4g} | "
                 f"{result['diff']:.3g} [{result['low']:.3g}, {result['high']:.3g}] | {margin:.3g} | "
-                f"{result['p']:.2g} | {verdict} | {identical}/{len(a)} |"
+                f"{result['p']:.2g} | {paired['diff']:.3g} [{paired['low']:.3g}, {paired['high']:.3g}] | "
+                f"{paired['p']:.2g} | {verdict} | {identical}/{len(a)} |"
             )
             plot(f"{task} {algo}", metric, a, b, args.out / "figures" / f"{task}-{algo}-{metric}.png")
     args.out.mkdir(parents=True, exist_ok=True)
