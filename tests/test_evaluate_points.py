@@ -27,7 +27,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _table(run: Path, out: Path, *flags: str) -> pd.DataFrame:
     with redirect_stdout(io.StringIO()):
-        assert main([str(run), "--out", str(out), "--episodes", "1", "--nominal-episodes", "2", "--no-inert", *flags]) == 0
+        assert (
+            main([str(run), "--out", str(out), "--episodes", "1", "--nominal-episodes", "2", "--no-inert", *flags]) == 0
+        )
     return pd.read_parquet(out / "robustness.parquet")
 
 
