@@ -41,8 +41,6 @@ DPI = 150
 PANEL = (3.6, 3.0)
 """Inches per panel: at DPI 150 and a 1000-px page, 10-pt text stays about 12 px on screen."""
 MAX_COLS = 3
-_RULE_SHADE = {"": 0.62, "sam": 0.0, "asam": -0.4, "lysam": 0.3}  # plain far lighter: base vs SAM must read apart
-"""Mix toward white (>0) or black (<0) per update rule: plain light, SAM full, ASAM dark, Lee & Yoon's between."""
 _RULE_MARKER = {"": "o", "sam": "s", "asam": "^", "lysam": "v"}
 RULES = ("sam", "asam", "lysam")
 
@@ -148,13 +146,6 @@ def split_algo(algo: str) -> tuple[str, str]:
     """``ppo_sam`` -> (``ppo``, ``sam``); an algorithm without a known rule suffix is its own base."""
     base, _, rule = algo.rpartition("_")
     return (base, rule) if base and rule in RULES else (algo, "")
-
-
-def _mix(colour: Colour, amount: float) -> Colour:
-    target = 1.0 if amount > 0 else 0.0
-    a = abs(amount)
-    r, g, b = colour
-    return (r + (target - r) * a, g + (target - g) * a, b + (target - b) * a)
 
 
 def algo_palette(algos: Sequence[str]) -> Palette:
