@@ -135,8 +135,12 @@ def test_sigterm_removes_the_staging_folder(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "rlflat.train", "ppo", "CartPole", "--steps", "10000000", "--no-progress"]
     proc = subprocess.Popen([*argv, "--out", str(tmp_path / "run")], env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not any((p / "config.json").exists() for p in tmp_path.glob(".run.*")):  # training has started
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+    # training has started once config.json is written somewhere inside the (marked) staging folder
+    while not any(tmp_path.glob(".run.*/**/config.json")):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()  # never block on a live child's stderr: it would wait for the whole training
+            _, err = proc.communicate(timeout=60)
+            pytest.fail(f"training never started (exit {proc.returncode}): {err}")
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
