@@ -269,3 +269,21 @@ def test_differing_shapes_are_refused_in_one_line(tmp_path: Path) -> None:
         train_population([Member(a, tmp_path / "a"), Member(b, tmp_path / "b")], progress=False)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "a").exists()
+
+
+def test_an_update_rule_the_batched_trainer_lacks_trains_alone(tmp_path: Path) -> None:
+    """ppo_lysam's step is not SAM's: the batched trainer (plain/SAM/ASAM) must not take it, or it would train
+    Lee & Yoon's learners with Foret's step. Its members go through train_run, equal to a single run."""
+    from rlflat.algos import load_model
+    from rlflat.population.batched import unsupported
+    from rlflat.train import train_run
+
+    configs = [_config("ppo_lysam", seed=s, steps=256, rho=0.01) for s in (1, 2)]
+    assert unsupported(configs[0], "cpu") == "update rule lysam"
+    assert unsupported(_config("ppo_asam"), "cpu") is None
+    results = train_population([Member(c, tmp_path / f"m{i}") for i, c in enumerate(configs)], progress=False)
+    assert [r.status for r in results] == ["ok", "ok"]
+    train_run(configs[1], out=tmp_path / "alone", progress=False)
+    together = load_model(tmp_path / "m1" / "model.zip").policy.state_dict()
+    alone = load_model(tmp_path / "alone" / "model.zip").policy.state_dict()
+    assert all(th.equal(together[k], alone[k]) for k in alone)

@@ -27,6 +27,9 @@ from rlflat.population.optim import StackedAdam
 from rlflat.population.rollout import Rollout, collect
 from rlflat.population.update import Shared, Trainer
 
+BATCHED_RULES = ("plain", "sam", "asam")
+"""The update rules the batched trainer implements (:mod:`rlflat.population.update`); others train alone."""
+
 UNSUPPORTED = {
     "swa_start": "stochastic weight averaging",
     "dropout": "consistent dropout (masks stored with the rollout: rlflat.algos.dropout)",
@@ -38,9 +41,11 @@ def unsupported(config: dict[str, Any], device: str) -> str | None:
     """Why the batched engine cannot train ``config`` (None if it can); such populations train one run each."""
     if th.device(device).type != "cpu":
         return f"device {device}"
-    base, _ = parse_algorithm(config["algo"])
+    base, rule = parse_algorithm(config["algo"])
     if base not in ("ppo", "pg"):
         return f"algorithm {config['algo']}"
+    if rule not in BATCHED_RULES:  # e.g. lysam: its step is not SAM's, and the batched update knows only these
+        return f"update rule {rule}"
     from rlflat.train_monitoring import Monitoring
 
     if Monitoring.from_json(config.get("monitoring")).active:
