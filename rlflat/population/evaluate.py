@@ -73,7 +73,7 @@ def population_rollout(
     k = len(policies)
     sim, _ = single._make_simulator(task, settings, np.tile(layout.row_setting(), k), backend, workers)
     selectors = [
-        ActionSelector(p, None, layout, action_space, action_noise, obs_noise, deterministic, rng_seed)
+        ActionSelector(p, None, layout, action_space, action_noise, obs_noise, deterministic, rng_seed, task.protocol)
         for p in policies
     ]
     registered = gym.spec(task.id).max_episode_steps
@@ -135,7 +135,7 @@ def _frozen(value: Any) -> Hashable:
 
 
 def _task_key(task: TaskSpec) -> Hashable:
-    return (task.id, task.alias, _frozen({name: p.nominal for name, p in task.parameters.items()}))
+    return (task.id, task.alias, task.protocol, _frozen({name: p.nominal for name, p in task.parameters.items()}))
 
 
 def _rollout_key(
