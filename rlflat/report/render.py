@@ -99,11 +99,7 @@ def _section_overview(ctx: Context) -> None:
     unsolved = ctx.unsolved if ctx.unsolved is not None else runs.iloc[0:0]
     entering = len(ctx.correlated)
     if len(unsolved):
-        cols = [
-            c
-            for c in ("run_id", "algo", "seed", *_SOLVED_COLUMNS)
-            if c in unsolved
-        ]
+        cols = [c for c in ("run_id", "algo", "seed", *_SOLVED_COLUMNS) if c in unsolved]
         doc.table(unsolved[cols], f"Runs {VERDICT_WORDS['unsolved']}.")
         ctx.save_table(unsolved[cols], "unsolved")
     borderline = ctx.borderline if ctx.borderline is not None else runs.iloc[0:0]
