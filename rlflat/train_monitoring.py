@@ -64,7 +64,13 @@ def take_tensorboard_override(overrides: dict[str, Any]) -> str | None:
     """``--set tensorboard_log=DIR`` (SB3's keyword) as the monitoring option it is: removed from the
     hyperparameters, so a log directory never changes a run's id."""
     value = overrides.pop("tensorboard_log", None)
-    return None if value is None else str(value)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise RlflatError(
+            f"tensorboard_log must be a directory path, got {value!r}; e.g. --set tensorboard_log=runs/tb"
+        )
+    return value
 
 
 def check_tensorboard() -> None:

@@ -179,7 +179,7 @@ def test_divergence_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         (["ppo"], "ALGO and TASK"),
         (["ppo", "CartPole", "--device", "foo"], "'foo' is not a torch device; valid forms: cpu, cuda, cuda:N, mps"),
         (["ppo", "CartPole", "--device", "cuda:99"], "'cuda:99'"),
-        (["ppo", "CartPole", "--set", "tensorboard_log=5"], "'tensorboard_log'"),
+        (["ppo", "CartPole", "--set", "tensorboard_log=5"], "tensorboard_log must be a directory path"),
         (["ppo", "CartPole", "--set", "verbose=1"], "'verbose'"),
         (["ppo", "CartPole", "--seed", "-1"], "-1"),
         (["ppo", "CartPole", "--threads", "0"], "--threads"),
