@@ -17,6 +17,13 @@ Usage (the reference study's 20 policies, retrained from their configs since the
     python -m rlflat.sweep STUDY_TRAIN_ONLY.yaml --out /tmp/ref --workers 1     # train stage only
     OMP_NUM_THREADS=1 python benchmarks/probe_reliability.py /tmp/ref [--batches 4] [--quick]
 
+A measure whose computation changed is re-probed alone and its rows replaced in the committed tables, the others
+kept (the ``probes`` column names each row's probe folder), e.g. the exact Fisher trace (docs/corrections.md)::
+
+    OMP_NUM_THREADS=1 python benchmarks/probe_reliability.py /tmp/ref --measures fisher \\
+        --work results/cartpole_v2/.reliability_exact_trace --out results/cartpole_v2/probe_reliability.csv \\
+        --replace fisher_trace,fisher_adaptive_trace
+
 Every probe goes to a scratch directory (``--work``, default ``<study>/.reliability``); run dirs are not touched.
 """
 
@@ -107,7 +114,12 @@ def reliability(values: pd.DataFrame) -> pd.DataFrame:
         row: dict[str, Any] = {"measure": measure, "n": n, "icc": math.nan, "icc_ci95": "", "variance_ratio": math.nan}
         if n >= 3 and float(wide.to_numpy().std()) > 0:
             long = wide.reset_index().melt(id_vars="run", var_name="probe", value_name="value")
-            table = pingouin.intraclass_corr(data=long, targets="run", raters="probe", ratings="value")
+            rounding = pingouin.options.get("round.column.CI95")
+            pingouin.options["round.column.CI95"] = None  # pingouin rounds the CI to 2 decimals by default
+            try:
+                table = pingouin.intraclass_corr(data=long, targets="run", raters="probe", ratings="value")
+            finally:
+                pingouin.options["round.column.CI95"] = rounding
             types = table.set_index("Type")
             icc2 = types.loc["ICC(A,1)" if "ICC(A,1)" in types.index else "ICC2"]  # McGraw & Wong's name / older
             row["icc"] = float(icc2["ICC"])
@@ -145,6 +157,38 @@ def _long(blocks: dict[str, list[dict[str, Any]]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def probes_label(work: Path, out: Path) -> str:
+    """Where a table's rows were probed: ``work`` relative to the table's folder when inside it."""
+    return (
+        str(work.resolve().relative_to(out.resolve().parent))
+        if work.resolve().is_relative_to(out.resolve().parent)
+        else str(work)
+    )
+
+
+def merged(
+    out: Path, table: pd.DataFrame, families: pd.DataFrame, replaced: list[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The existing tables at ``out`` (and its ``_by_family``) with the rows of ``replaced`` taken from ``table`` /
+    ``families``, most reliable first. Tables written before the ``probes`` column name their rows' probes unknown."""
+    missing = sorted(set(replaced) - set(table["measure"]))
+    if missing:
+        raise ValueError(f"--replace names {', '.join(missing)}, not measured here; measured: "
+                         f"{', '.join(table['measure'])}")  # fmt: skip
+    parts = []
+    for new, path in ((table, out), (families, out.with_name(out.stem + "_by_family.csv"))):
+        old = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        old = old.drop(columns="verdict", errors="ignore")
+        if "probes" not in old:
+            old["probes"] = "unknown"
+        keep = old[~old["measure"].isin(replaced)]
+        both = pd.concat([keep, new[new["measure"].isin(replaced)]], ignore_index=True)[list(old.columns)]
+        order = ["family", "icc"] if "family" in both else ["icc"]
+        both = both.sort_values(order, ascending=[True, False][-len(order) :], na_position="last", kind="stable")
+        parts.append(both.reset_index(drop=True))
+    return parts[0], parts[1]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("study", type=Path, nargs="+",
@@ -155,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, help="only the first N runs, dealt round-robin over algorithms")
     ap.add_argument("--work", type=Path, help="scratch dir for the probes (default <study>/.reliability)")
     ap.add_argument("--out", type=Path, help="CSV table (default <study>/probe_reliability.csv)")
+    ap.add_argument("--replace", help="measures, comma-separated: write only their rows into the existing --out "
+                    "tables (pooled and by family), keeping the other rows (a re-probe of changed measures)")  # fmt: skip
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     work = args.work or args.study[0] / ".reliability"
@@ -174,11 +220,18 @@ def main(argv: list[str] | None = None) -> int:
         blocks[run.name] = probe_twice(run, work, options)
         print(f"[{i}/{len(runs)}] {run.name} ({time.process_time() - c0:.0f} s cpu so far)", flush=True)
     values = _long(blocks)
-    table = reliability(values)
-    families = by_family(values)
+    out = args.out or args.study[0] / "probe_reliability.csv"
+    table, families = reliability(values), by_family(values)
+    table["probes"] = families["probes"] = probes_label(work, out)
+    if args.replace is not None:
+        replaced = [m.strip() for m in args.replace.split(",") if m.strip()]
+        try:
+            table, families = merged(out, table, families, replaced)
+        except (ValueError, OSError) as exc:  # nothing written
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     table["verdict"] = verdicts(table, families if not families.empty else None)
     batches = blocks[runs[0].name][0]["batches"]
-    out = args.out or args.study[0] / "probe_reliability.csv"
     write_atomic(out, lambda path: table.to_csv(path, index=False))
     family_out = out.with_name(out.stem + "_by_family.csv")
     if not families.empty:

@@ -109,6 +109,35 @@ def _uncertainty(ctx: Context) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _probe_sets_sentence(table: pd.DataFrame, runs: pd.DataFrame) -> str:
+    """Which rows were re-probed apart (the benchmark's ``probes`` column: a changed measure re-run alone), and
+    whether this study's own Fisher traces are the older Hutchinson estimates."""
+    traces = ["fisher_trace", "fisher_adaptive_trace"]
+    apart: dict[str, str] = {}
+    if "probes" in table and table["probes"].nunique() > 1:
+        usual = table["probes"].mode().iloc[0]
+        apart = {str(m): str(p) for m, p in zip(table["measure"], table["probes"], strict=True) if p != usual}
+    text = (
+        " Rows probed apart from the others (a changed measure re-probed alone; 'probes' names the probe folder): "
+        + ", ".join(f"{m} ({p})" for m, p in apart.items())
+        + "."
+        if apart
+        else ""
+    )
+    if "probe.fisher_trace_method" in runs and runs["probe.fisher_trace_method"].eq("exact").all():
+        return text
+    if all(m in apart for m in traces):
+        return text + (
+            " This study's per-run fisher_trace and fisher_adaptive_trace are still the older Hutchinson estimates "
+            "(its models are not committed); their reliability rows are the exact trace, re-probed on retrained "
+            "policies."
+        )
+    return text + (
+        " fisher_trace and fisher_adaptive_trace here are the older Hutchinson estimates (the models are not "
+        "committed, so the exact trace could not be re-probed)."
+    )
+
+
 def section_reliability(ctx: Context) -> None:
     """'Probe uncertainty and reliability': per-run SEs of the headline measures, and the test-retest table."""
     uncertainty = _uncertainty(ctx)
@@ -152,13 +181,7 @@ def section_reliability(ctx: Context) -> None:
         "ICC's own noise rather than a finding: "
         + (", ".join(sensitive) if sensitive else "none")
         + ". Intervals are printed as the table stores them (two decimals in tables written before three were "
-        "kept: [1.00, 1.00] there means both bounds >= 0.995)."
-        + (
-            " fisher_trace and fisher_adaptive_trace here are the older Hutchinson estimates (the models are not "
-            "committed, so the exact trace could not be re-probed)."
-            if "probe.fisher_trace_method" not in ctx.runs or ctx.runs["probe.fisher_trace_method"].ne("exact").any()
-            else ""
-        )
+        "kept: [1.00, 1.00] there means both bounds >= 0.995)." + _probe_sets_sentence(table, ctx.runs)
     )
     unfit = [m for m, v in zip(shown["measure"], shown["verdict"], strict=True) if v == "unfit"]
     headline_unfit = [m for m in ctx.measures if m.removeprefix("probe.") in unfit]
