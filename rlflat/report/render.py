@@ -38,12 +38,28 @@ from rlflat.report.sections_stability import section_stability
 from rlflat.report.sections_stats import section_comparisons, section_correlations
 from rlflat.report.settings import ReportSettings, load_report_settings
 from rlflat.report.solved import VERDICT_WORDS, run_verdicts
+from rlflat.report.stats.strata import configuration_columns
 from rlflat.report.study import Study, load_robustness, load_study, skipped_runs
 from rlflat.report.summary import section_summary
 
 DEFAULT_COLLAPSE_FRAC = 0.5
 
 _SOLVED_COLUMNS = ("robustness.nominal_return", "robustness.nominal_return_se", "robustness.solved_threshold")
+
+
+def _verdict_table(runs: pd.DataFrame, configuration: Sequence[str]) -> pd.DataFrame:
+    """A verdict's runs with what tells them apart: the configuration (e.g. SAM's radius) beside the seed."""
+    cols = [c for c in ("run_id", "algo", *configuration, "seed", *_SOLVED_COLUMNS) if c in runs]
+    return runs[cols]
+
+
+def _shown_to_the_hundredth(table: pd.DataFrame) -> pd.DataFrame:
+    """Returns as text with two decimals: three significant digits would show 474.94 as the threshold 475."""
+    shown = table.copy()
+    for col in _SOLVED_COLUMNS:
+        if col in shown:
+            shown[col] = [f"{v:.2f}" if isinstance(v, float) and math.isfinite(v) else v for v in shown[col]]
+    return shown
 
 
 def _collapse_frac(runs: pd.DataFrame, settings: ReportSettings, doc: Document) -> float:
@@ -97,16 +113,13 @@ def _section_overview(ctx: Context) -> None:
     doc.table(counts, "Runs per task and algorithm.")
     ctx.save_table(counts, "runs")
     unsolved = ctx.unsolved if ctx.unsolved is not None else runs.iloc[0:0]
-    entering = len(ctx.correlated)
-    if len(unsolved):
-        cols = [c for c in ("run_id", "algo", "seed", *_SOLVED_COLUMNS) if c in unsolved]
-        doc.table(unsolved[cols], f"Runs {VERDICT_WORDS['unsolved']}.")
-        ctx.save_table(unsolved[cols], "unsolved")
     borderline = ctx.borderline if ctx.borderline is not None else runs.iloc[0:0]
-    if len(borderline):
-        cols = [c for c in ("run_id", "algo", "seed", *_SOLVED_COLUMNS) if c in borderline]
-        doc.table(borderline[cols], f"Runs {VERDICT_WORDS['borderline']}.")
-        ctx.save_table(borderline[cols], "borderline")
+    entering = len(ctx.correlated)
+    for verdict, listed in (("unsolved", unsolved), ("borderline", borderline)):
+        if len(listed):
+            table = _verdict_table(listed, configuration_columns(runs))
+            doc.table(_shown_to_the_hundredth(table), f"Runs {VERDICT_WORDS[verdict]}.")
+            ctx.save_table(table, verdict)
     doc.para(
         f"{len(unsolved)} of {len(runs)} runs are below the solved threshold (the upper 95% bound of the nominal "
         f"return below it; {len(borderline)} more are borderline and count as solved); "
