@@ -79,8 +79,12 @@ def test_registered_suites_and_thresholds_are_the_task_specs(loaded: Any) -> Non
 
 
 def test_registered_seeds_were_never_used_by_a_committed_study(loaded: Any) -> None:
+    """Fresh seeds: no committed study other than this preregistration's own blocks ever used them."""
     used: set[int] = set()
     for path in ROOT.glob("results/*/runs.parquet"):
+        lock = path.parent / "preregistration.lock.json"
+        if lock.exists() and json.loads(lock.read_text()).get("preregistration") == str(PREREG.relative_to(ROOT)):
+            continue  # a block of the registered study itself
         used |= set(pd.read_parquet(path, columns=["seed"])["seed"].astype(int))
     assert used, "no committed runs table found"
     assert not used & set(loaded.prereg.design.seeds)
