@@ -53,6 +53,33 @@ def _clip(params: Sequence[th.nn.Parameter], max_grad_norm: float | None) -> Non
         th.nn.utils.clip_grad_norm_(params, max_grad_norm)
 
 
+def _backward_at_moved_point(
+    optimizer: th.optim.Optimizer,
+    closure: Closure,
+    moved: Sequence[th.nn.Parameter],
+    saved: Sequence[th.Tensor],
+    loss: th.Tensor,
+    label: str,
+    rho: float | None,
+) -> None:
+    """Gradients of ``closure`` at the moved parameters (fresh, never added to those at theta), then ``moved``
+    restored bit for bit from ``saved``; a non-finite loss there stops training with theta restored."""
+    optimizer.zero_grad()
+    perturbed_loss = closure()
+    finite = bool(th.isfinite(perturbed_loss))
+    if finite:
+        perturbed_loss.backward()
+    with th.no_grad():
+        for p, original in zip(moved, saved, strict=True):
+            p.copy_(original)  # exact restore
+    if not finite:
+        optimizer.zero_grad()
+        raise TrainingDiverged(
+            f"loss at the {label}-perturbed point is {perturbed_loss.item()} "
+            f"(rho={rho}; the loss at theta was {loss.item():.4g})"
+        )
+
+
 class UpdateRule:
     """Plain rule: backward, clip, step -- the order of SB3's PPO/A2C ``train()``."""
 
@@ -113,20 +140,8 @@ class SAM(UpdateRule):
                 grads = [p.grad for p in moved if p.grad is not None]
                 for p, e in zip(moved, self.perturbation(moved, grads), strict=True):
                     p.add_(e)
-        optimizer.zero_grad()  # the step uses the perturbed gradient alone, never g + g_sam
-        perturbed_loss = closure()
-        finite = bool(th.isfinite(perturbed_loss))
-        if finite:
-            perturbed_loss.backward()
-        with th.no_grad():
-            for p, original in zip(moved, saved, strict=True):
-                p.copy_(original)  # exact restore
-        if not finite:
-            optimizer.zero_grad()
-            raise TrainingDiverged(
-                f"loss at the {self.name.upper()}-perturbed point is {perturbed_loss.item()} "
-                f"(rho={self.rho}; the loss at theta was {loss.item():.4g})"
-            )
+        # the step uses the perturbed gradient alone, never g + g_sam
+        _backward_at_moved_point(optimizer, closure, moved, saved, loss, self.name.upper(), self.rho)
         _clip(params, max_grad_norm)
         optimizer.step()
 
@@ -222,20 +237,7 @@ class LeeYoonSAM(UpdateRule):
             saved = [p.detach().clone() for p in moved]
             for p in moved:
                 p.add_(p.grad * scale_of[id(p)])  # type: ignore[operator]
-        optimizer.zero_grad()
-        perturbed_loss = closure()
-        finite = bool(th.isfinite(perturbed_loss))
-        if finite:
-            perturbed_loss.backward()
-        with th.no_grad():
-            for p, original in zip(moved, saved, strict=True):
-                p.copy_(original)  # exact restore
-        if not finite:
-            optimizer.zero_grad()
-            raise TrainingDiverged(
-                f"loss at the LYSAM-perturbed point is {perturbed_loss.item()} "
-                f"(rho={self.rho}; the loss at theta was {loss.item():.4g})"
-            )
+        _backward_at_moved_point(optimizer, closure, moved, saved, loss, "LYSAM", self.rho)
         with th.no_grad():
             for p, g in zip(params, at_theta, strict=True):
                 if g is None or id(p) not in scale_of:
