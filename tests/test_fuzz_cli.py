@@ -96,11 +96,26 @@ def _time_budget(seconds: int) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+@contextlib.contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
 def _check_contract(main: Callable[..., int], argv: list[str], root: Path, output: Path, expected: set[str]) -> str:
     """Run ``main(argv)`` in-process; assert the contract; return the outcome ('ok', 'refused', 'interrupted')."""
     before = _snapshot(root)
     err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), _time_budget(BUDGET_S):
+    with (
+        contextlib.redirect_stderr(err),
+        contextlib.redirect_stdout(io.StringIO()),
+        _time_budget(BUDGET_S),
+        _working_directory(root),  # a relative path a command writes (e.g. tensorboard_log) lands in root
+    ):
         code = run_cli(main, argv)
     text = err.getvalue()
     assert "Traceback" not in text, text
