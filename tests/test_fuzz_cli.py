@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rlflat.cli import run_cli
+from rlflat.sweep.pipeline import _working_directory
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "12"))
 BUDGET_S = 20
@@ -94,16 +95,6 @@ def _time_budget(seconds: int) -> Iterator[None]:
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
-
-
-@contextlib.contextmanager
-def _working_directory(path: Path) -> Iterator[None]:
-    previous = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
 
 
 def _check_contract(main: Callable[..., int], argv: list[str], root: Path, output: Path, expected: set[str]) -> str:
