@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlflat.errors import RlflatError
+from rlflat.yaml_files import parse_yaml_mapping, read_yaml_text
 
 SCHEMA = "rlflat-preregistration/1"
 AMENDMENTS = "amendments"
@@ -232,12 +232,7 @@ def body_hash(data: dict[str, Any]) -> str:
 
 def parse_preregistration(text: str, source: str = "<string>") -> tuple[Preregistration, str]:
     """Validate YAML text; returns the model and the body hash. Every problem is one line naming ``source``."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise RlflatError(f"{source}: not valid YAML ({getattr(exc, 'problem', None) or type(exc).__name__})") from None
-    if not isinstance(data, dict):
-        raise RlflatError(f"{source}: a preregistration must be a mapping with keys {', '.join(_keys())}")
+    data = parse_yaml_mapping(text, source, "preregistration", _keys())
     try:
         prereg = Preregistration.model_validate(data)
     except ValidationError as exc:
@@ -247,10 +242,7 @@ def parse_preregistration(text: str, source: str = "<string>") -> tuple[Preregis
 
 def load_preregistration(path: str | Path) -> LoadedPreregistration:
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise RlflatError(f"cannot read preregistration {path}: {exc.strerror or exc}") from None
+    text = read_yaml_text(path, "preregistration")
     prereg, digest = parse_preregistration(text, str(path))
     return LoadedPreregistration(prereg, path, digest, text)
 

@@ -24,12 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlflat.errors import RlflatError
-from rlflat.io import check_nesting
 from rlflat.sweep.stage_options import check_options
+from rlflat.yaml_files import parse_yaml_mapping, read_yaml_text
 
 STAGES = ("train", "probe", "evaluate")
 """The per-run pipeline, in order; train always runs, probe/evaluate unless the study disables them."""
@@ -205,8 +204,6 @@ class RunSpec:
         return f"{self.name} {settings}".strip()
 
 
-MAX_CONFIG_BYTES = 1 << 20
-"""Largest study config read (1 MiB; the shipped ones are under 4 KiB): ``sweep /dev/zero`` must not read for ever."""
 MAX_SEEDS = 10_000
 MAX_RUNS = 100_000
 """Most runs one study may expand to (tasks x algos x grid points x seeds), checked from the list lengths before any
@@ -215,39 +212,13 @@ run is built: a grid of 1e10 points is refused at once, not after minutes of exp
 
 def load_study_config(path: str | Path) -> LoadedStudy:
     """Read and validate ``path``; every problem is one :class:`RlflatError` line naming the file and key."""
-    import stat
-
     path = Path(path)
-    try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):
-            raise RlflatError(f"study config {path} is not a regular file; give a YAML file")
-        if info.st_size > MAX_CONFIG_BYTES:
-            raise RlflatError(f"study config {path} is {info.st_size} bytes, over the {MAX_CONFIG_BYTES} accepted")
-        text = path.read_bytes()[: MAX_CONFIG_BYTES + 1].decode("utf-8")
-    except OSError as exc:
-        raise RlflatError(f"cannot read study config {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise RlflatError(f"study config {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 YAML") from None
-    return parse_study_config(text, source=str(path))
+    return parse_study_config(read_yaml_text(path, "study config"), source=str(path))
 
 
 def parse_study_config(text: str, source: str = "<string>") -> LoadedStudy:
     """Validate YAML text as a study config (``source`` names it in error messages)."""
-    try:
-        check_nesting(text)
-        data = yaml.safe_load(text)
-    except (ValueError, RecursionError) as exc:
-        raise RlflatError(
-            f"{source}: not a usable study config ({exc if isinstance(exc, ValueError) else 'nested too deeply'})"
-        ) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise RlflatError(f"{source}{where}: not valid YAML ({problem})") from None
-    if not isinstance(data, dict):
-        raise RlflatError(f"{source}: a study config must be a mapping with keys {', '.join(StudyConfig.model_fields)}")
+    data = parse_yaml_mapping(text, source, "study config", StudyConfig.model_fields)
     try:
         config = StudyConfig.model_validate(data)
     except ValidationError as exc:
