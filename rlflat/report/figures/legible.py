@@ -101,15 +101,19 @@ def _rank(rule: str) -> int:
     return _RULE_ORDER.index(rule) if rule in _RULE_ORDER else len(_RULE_ORDER)
 
 
-class PlainLogLocator(Locator):
-    """Major ticks of a log axis at 1-2-5 multiples in view (at most :data:`MAX_TICKS`, thinned by decade),
-    or evenly spaced plain numbers when the view holds fewer than two such multiples."""
+class _ViewLocator(Locator):
+    """A locator whose ticks depend only on the axis' view interval (no ticks before an axis is attached)."""
 
     def __call__(self) -> Sequence[float]:
         if self.axis is None:
             return []
         lo, hi = sorted(float(v) for v in self.axis.get_view_interval())
         return self.tick_values(lo, hi)
+
+
+class PlainLogLocator(_ViewLocator):
+    """Major ticks of a log axis at 1-2-5 multiples in view (at most :data:`MAX_TICKS`, thinned by decade),
+    or evenly spaced plain numbers when the view holds fewer than two such multiples."""
 
     def tick_values(self, vmin: float, vmax: float) -> Sequence[float]:
         lo, hi = sorted((vmin, vmax))
@@ -134,18 +138,12 @@ def plain_log_axis(ax: Axes, axis: str = "x") -> None:
     target.set_minor_formatter(NullFormatter())
 
 
-class SymlogLocator(Locator):
+class SymlogLocator(_ViewLocator):
     """Ticks of a symlog axis: 0 and signed powers of ten in view, thinned to at most :data:`MAX_TICKS` (the
     default locator labels every decade on both sides, and the labels collide)."""
 
     def __init__(self, linthresh: float) -> None:
         self.linthresh = linthresh
-
-    def __call__(self) -> Sequence[float]:
-        if self.axis is None:
-            return []
-        lo, hi = sorted(float(v) for v in self.axis.get_view_interval())
-        return self.tick_values(lo, hi)
 
     def tick_values(self, vmin: float, vmax: float) -> Sequence[float]:
         lo, hi = sorted((vmin, vmax))
